@@ -1,0 +1,46 @@
+"""Developer sessions: ``nox -s tests typecheck lint`` (what CI runs) and ``nox -s bench``."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["tests", "typecheck", "lint"]
+nox.options.default_venv_backend = "venv"
+
+# The CPU wheel of torch is pinned here, not in pyproject.toml: the package keeps a plain lower
+# bound, while development and CI environments must never resolve to the multi-gigabyte CUDA build.
+TORCH_CPU = "torch==2.13.0"
+
+
+def _install(session: nox.Session) -> None:
+    session.install(TORCH_CPU)
+    session.install("-e", ".[dev]")
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Run the test suite (float64 by default; pass e.g. ``-- --dtype float32``)."""
+    _install(session)
+    session.run("pytest", *session.posargs)
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """``mypy --strict`` on the package."""
+    _install(session)
+    session.run("mypy", "--strict", "pathgrad_ref")
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff check and ruff format --check over the whole tree."""
+    session.install("ruff>=0.5")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Runtime benchmarks and ratio gates (pytest-benchmark)."""
+    _install(session)
+    session.run("pytest", "benchmarks", "--benchmark-only", *session.posargs)

@@ -1,0 +1,27 @@
+"""Normalizing flows: the layer contract, coupling and scaling layers, masks, constructors."""
+
+from .base import Flow, Layer
+from .conditioners import MLP
+from .coupling import AdditiveCoupling, AffineCoupling, Coupling
+from .masks import alternating_mask, checkerboard_mask
+from .models import real_nvp, z2_nice
+from .scaling import GlobalScaling
+from .transforms import Additive, Affine, Elementwise, ElementwiseTransform
+
+__all__ = [
+    "MLP",
+    "Additive",
+    "AdditiveCoupling",
+    "Affine",
+    "AffineCoupling",
+    "Coupling",
+    "Elementwise",
+    "ElementwiseTransform",
+    "Flow",
+    "GlobalScaling",
+    "Layer",
+    "alternating_mask",
+    "checkerboard_mask",
+    "real_nvp",
+    "z2_nice",
+]

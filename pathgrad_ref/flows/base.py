@@ -1,0 +1,145 @@
+"""The layer contract and the flow that composes layers over a base distribution.
+
+Notation (SPEC §1–2): ``x_{l+1} = T_l(x_l)``, ``x_0 = z ~ q0``,
+``log q_{l+1}(x_{l+1}) = log q_l(x_l) − log|det J_l(x_l)|``. The *score* of layer ``l`` is
+``s_l = ∇_{x_l} log q_l(x_l)``; one layer carries it forward by
+
+    s_{l+1} = J_l^{-T} (s_l − ∇_{x_l} log|det J_l(x_l)|)                    (Algorithm 1)
+
+and the same formula with ``T_l^{-1}`` in place of ``T_l`` carries it through the inverse. This
+is the whole of the fast path; the estimators only compose these steps.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .._validation import check_batch
+from ..distributions import BaseDistribution
+
+
+class Layer(nn.Module, ABC):
+    """A bijection of ``(N, *event_shape)`` batches with its log-determinant and score steps.
+
+    Contract, for every subclass:
+
+    - ``forward(x) -> (y, log_det)`` with ``log_det = log|det ∂y/∂x|``, shape ``(N,)``.
+    - ``inverse(y) -> (x, log_det)`` with ``log_det = log|det ∂x/∂y|`` (so the two log-dets of a
+      round trip cancel), shape ``(N,)``.
+    - ``forward_and_score(x, score) -> (y, log_det, score_y)`` returns ``forward(x)`` and
+      ``score_y = J^{-T} (score − ∇_x log|det J(x)|)``. ``y`` and ``log_det`` keep the autograd
+      graph in the parameters; ``score_y`` is computed with the parameters held fixed and is
+      returned detached. ``x`` must require grad: the step takes input-only vector-Jacobian
+      products through the graph that ``forward`` builds, which it leaves intact.
+    - ``inverse_and_score(y, score)`` is the same for the inverse map.
+    """
+
+    @abstractmethod
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]: ...
+
+    @abstractmethod
+    def inverse(self, y: Tensor) -> tuple[Tensor, Tensor]: ...
+
+    @abstractmethod
+    def forward_and_score(self, x: Tensor, score: Tensor) -> tuple[Tensor, Tensor, Tensor]: ...
+
+    @abstractmethod
+    def inverse_and_score(self, y: Tensor, score: Tensor) -> tuple[Tensor, Tensor, Tensor]: ...
+
+
+class Flow(nn.Module):
+    """``x = T_θ(z) = T_L ∘ … ∘ T_1(z)``, ``z ~ q0``, ``log q_θ(x) = log q0(z) − Σ_l log|det J_l|``.
+
+    All tensors are batches ``(N, *event_shape)``; log-densities have shape ``(N,)``.
+    """
+
+    def __init__(self, base: BaseDistribution, layers: Sequence[Layer]) -> None:
+        super().__init__()
+        self.base = base
+        self.layers = nn.ModuleList(layers)
+
+    @property
+    def event_shape(self) -> tuple[int, ...]:
+        return self.base.event_shape
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.base.anchor.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.base.anchor.device
+
+    def _layers(self) -> list[Layer]:
+        return [layer for layer in self.layers if isinstance(layer, Layer)]
+
+    def check_input(self, x: Tensor, name: str = "batch") -> None:
+        """Raise a ``ValueError`` naming the expectation unless ``x`` is a finite
+        ``(N, *event_shape)`` batch of the flow's dtype and device."""
+        check_batch(x, self.event_shape, dtype=self.dtype, device=self.device, name=name)
+
+    def transform(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """``(T_θ(z), log|det J_T(z)|)``, shapes ``(N, *event_shape)`` and ``(N,)``."""
+        log_det = z.new_zeros(z.shape[0])
+        x = z
+        for layer in self._layers():
+            x, ld = layer(x)
+            log_det = log_det + ld
+        return x, log_det
+
+    def inverse_transform(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(T_θ^{-1}(x), log|det J_{T^{-1}}(x)|)``."""
+        log_det = x.new_zeros(x.shape[0])
+        z = x
+        for layer in reversed(self._layers()):
+            z, ld = layer.inverse(z)
+            log_det = log_det + ld
+        return z, log_det
+
+    def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """``(x, log q_θ(x))`` for base samples ``z``."""
+        x, log_det = self.transform(z)
+        return x, self.base.log_prob(z) - log_det
+
+    def inverse(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(z, log q_θ(x))`` with ``z = T_θ^{-1}(x)``."""
+        z, log_det = self.inverse_transform(x)
+        return z, self.base.log_prob(z) + log_det
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        """``log q_θ(x)``, shape ``(N,)``."""
+        return self.inverse(x)[1]
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """``(x, log q_θ(x))`` for ``n`` fresh samples."""
+        x, log_q = self.forward(self.base.sample(n, generator))
+        return x, log_q
+
+    def forward_and_score(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Algorithm 1, forward: ``(x, log q_θ(x), ∇_x log q_θ(x))``.
+
+        ``x`` carries the graph in θ; ``log q`` and the score are detached. ``z`` must require
+        grad (see :class:`Layer`).
+        """
+        score = self.base.score(z.detach())
+        log_q = self.base.log_prob(z.detach())
+        x = z
+        for layer in self._layers():
+            x, log_det, score = layer.forward_and_score(x, score)
+            log_q = log_q - log_det.detach()
+        return x, log_q, score
+
+    def inverse_and_score(self, x: Tensor, score: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Algorithm 1 through the inverse flow: from ``score = ∇_x log p(x)`` to
+        ``(z, log|det J_{T^{-1}}(x)|, ∇_z log p_{θ,0}(z))`` with ``p_{θ,0}`` the pull-back of
+        ``p``. ``z`` carries the graph in θ; the rest is detached. ``x`` must require grad."""
+        log_det = x.new_zeros(x.shape[0])
+        z = x
+        for layer in reversed(self._layers()):
+            z, ld, score = layer.inverse_and_score(z, score)
+            log_det = log_det + ld.detach()
+        return z, log_det, score

@@ -1,0 +1,122 @@
+"""Coupling layers ``a' = f(a; c(b))``, ``b' = b`` and their fast-path score steps.
+
+With ``D = diag(∂f/∂a)``, ``u = s − ∇ log|det J|`` (SPEC §2):
+
+    s'_a = D^{-1} (s_a − f''/f')
+    s'_b = s_b − ∂_b[ Σ log f'(a; c(b)) + ⟨s'_a, f(a; c(b))⟩ ]                  (one VJP)
+
+The second line is one vector-Jacobian product, taken to ``b`` alone through the graph that the
+forward pass built anyway: through the element-wise map to the transform parameters, then
+through the conditioner. Holding ``a`` fixed while differentiating to ``b`` is what autograd does
+when the gradient is asked of the tensor ``b`` itself. The inverse step is the same formula with
+``f^{-1}``, which is again an element-wise map conditioned on ``b``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .base import Layer
+from .transforms import Additive, Affine, Elementwise, ElementwiseTransform
+
+
+class Coupling(Layer):
+    """A coupling layer on ``(N, *event_shape)`` batches.
+
+    Args:
+        mask: boolean tensor of ``event_shape``, ``True`` on the active (transformed) sites.
+        conditioner: maps ``(N, n_passive)`` to ``(N, n_params · n_active)``.
+        transform: the element-wise map ``f``.
+    """
+
+    active: Tensor
+    passive: Tensor
+    unpermute: Tensor
+
+    def __init__(
+        self, mask: Tensor, conditioner: nn.Module, transform: ElementwiseTransform
+    ) -> None:
+        super().__init__()
+        flat = mask.reshape(-1).bool()
+        if bool(flat.all()) or not bool(flat.any()):
+            raise ValueError("a coupling mask needs both active and passive sites")
+        self.event_shape = tuple(mask.shape)
+        self.conditioner = conditioner
+        self.transform = transform
+        active = torch.nonzero(flat).flatten()
+        passive = torch.nonzero(~flat).flatten()
+        self.register_buffer("active", active, persistent=False)
+        self.register_buffer("passive", passive, persistent=False)
+        # y_flat = cat(a', b)[:, unpermute]: a gather, so that torch.func transforms apply.
+        self.register_buffer(
+            "unpermute", torch.argsort(torch.cat([active, passive])), persistent=False
+        )
+
+    @property
+    def n_active(self) -> int:
+        return int(self.active.numel())
+
+    def _split(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        flat = x.flatten(1)
+        return flat[:, self.active], flat[:, self.passive]
+
+    def _merge(self, a: Tensor, b: Tensor) -> Tensor:
+        return torch.cat([a, b], dim=1)[:, self.unpermute].reshape(-1, *self.event_shape)
+
+    def _params(self, b: Tensor) -> Tensor:
+        p: Tensor = self.conditioner(b)
+        return p.reshape(b.shape[0], self.transform.n_params, self.n_active)
+
+    def _couple(self, x: Tensor, inverse: bool) -> tuple[Tensor, Tensor, Tensor, Elementwise]:
+        a, b = self._split(x)
+        p = self._params(b)
+        res = self.transform.inverse(a, p) if inverse else self.transform.forward(a, p)
+        return self._merge(res.out, b), res.log_deriv.sum(1), b, res
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        y, log_det, _, _ = self._couple(x, inverse=False)
+        return y, log_det
+
+    def inverse(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        x, log_det, _, _ = self._couple(y, inverse=True)
+        return x, log_det
+
+    def _score_step(self, x: Tensor, score: Tensor, inverse: bool) -> tuple[Tensor, Tensor, Tensor]:
+        if not x.requires_grad:
+            raise ValueError(
+                "the fast-path score step needs an input that requires grad "
+                "(start from z.detach().requires_grad_())"
+            )
+        y, log_det, b, res = self._couple(x, inverse)
+        s_a, s_b = self._split(score)
+        u_a = s_a if res.grad_log_deriv is None else s_a - res.grad_log_deriv.detach()
+        s_a_new = u_a * torch.exp(-res.log_deriv.detach())
+        outputs, cotangents = [res.out], [s_a_new]
+        if log_det.requires_grad:
+            outputs.append(log_det)
+            cotangents.append(torch.ones_like(log_det))
+        (vjp_b,) = torch.autograd.grad(outputs, b, cotangents, retain_graph=True, allow_unused=True)
+        s_b_new = s_b if vjp_b is None else s_b - vjp_b
+        return y, log_det, self._merge(s_a_new, s_b_new)
+
+    def forward_and_score(self, x: Tensor, score: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return self._score_step(x, score, inverse=False)
+
+    def inverse_and_score(self, y: Tensor, score: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return self._score_step(y, score, inverse=True)
+
+
+class AffineCoupling(Coupling):
+    """RealNVP: ``a' = a·exp(σ(b)) + μ(b)``; the conditioner outputs ``(σ, μ)`` stacked."""
+
+    def __init__(self, mask: Tensor, conditioner: nn.Module) -> None:
+        super().__init__(mask, conditioner, Affine())
+
+
+class AdditiveCoupling(Coupling):
+    """NICE: ``a' = a + μ(b)``, volume preserving. With an odd conditioner (bias-free tanh MLP)
+    the layer is Z2-equivariant, ``T(−x) = −T(x)``: this is the Z2Nice coupling."""
+
+    def __init__(self, mask: Tensor, conditioner: nn.Module) -> None:
+        super().__init__(mask, conditioner, Additive())
