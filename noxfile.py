@@ -10,6 +10,8 @@ nox.options.default_venv_backend = "venv"
 # The CPU wheel of torch is pinned here, not in pyproject.toml: the package keeps a plain lower
 # bound, while development and CI environments must never resolve to the multi-gigabyte CUDA build.
 TORCH_CPU = "torch==2.13.0"
+# Formatting rules change between ruff releases; lint with one version everywhere.
+RUFF = "ruff==0.17.6"
 
 
 def _install(session: nox.Session) -> None:
@@ -34,7 +36,7 @@ def typecheck(session: nox.Session) -> None:
 @nox.session
 def lint(session: nox.Session) -> None:
     """ruff check and ruff format --check over the whole tree."""
-    session.install("ruff>=0.5")
+    session.install(RUFF)
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
 

@@ -10,10 +10,11 @@ import torch
 from torch import Tensor
 from torch.func import grad, jacrev, vmap
 
-from pathgrad_ref.flows import Flow, real_nvp, z2_nice
-from pathgrad_ref.targets import GaussianMixture, Phi4, Target
+from pathgrad_ref.flows import Flow, real_nvp, u1_flow, z2_nice
+from pathgrad_ref.samplers import hmc_sample
+from pathgrad_ref.targets import GaussianMixture, Phi4, Target, U1Gauge
 
-SETUPS = ("realnvp-gmm", "z2nice-phi4")
+SETUPS = ("realnvp-gmm", "z2nice-phi4", "u1-gauge")
 
 
 def perturb(module: torch.nn.Module, scale: float = 0.3, seed: int = 0) -> None:
@@ -32,6 +33,10 @@ def make_setup(name: str, device: torch.device, dtype: torch.dtype) -> tuple[Flo
         flow, target = real_nvp(4, n_couplings=4, hidden=(16, 16)), GaussianMixture(4)
     elif name == "z2nice-phi4":
         flow, target = z2_nice((4, 6), n_couplings=4, hidden=(16, 16)), Phi4((4, 6))
+    elif name == "u1-gauge":
+        # The implicitly invertible flow; 4 layers cover both link directions.
+        flow = u1_flow(4, n_layers=4, n_mixture=3, hidden=(4,), kernel_size=3)
+        target = U1Gauge(4, beta=1.0)
     else:
         raise ValueError(name)
     flow = flow.to(device=device, dtype=dtype)
@@ -40,11 +45,23 @@ def make_setup(name: str, device: torch.device, dtype: torch.dtype) -> tuple[Flo
 
 
 def target_batch(flow: Flow, target: Target, n: int, seed: int = 1) -> Tensor:
-    """Points standing in for ``x ~ p``: exact samples where the target has a sampler, else
-    flow samples moved off the flow's typical set (the equalities hold at any ``x``)."""
+    """Points standing in for ``x ~ p``: exact samples for the GMM, a short HMC chain for U(1),
+    flow samples moved off the flow's typical set for φ⁴ (the equalities hold at any ``x``)."""
     torch.manual_seed(seed)
     if isinstance(target, GaussianMixture):
         return target.sample(n).to(device=flow.device, dtype=flow.dtype)
+    if isinstance(target, U1Gauge):
+        chain = hmc_sample(
+            target,
+            n,
+            n_chains=n,
+            step_size=0.2,
+            n_leapfrog=5,
+            n_therm=10,
+            periodic=2 * math.pi,
+            generator=torch.Generator().manual_seed(seed),
+        )
+        return chain.samples.to(device=flow.device, dtype=flow.dtype)
     with torch.no_grad():
         x, _ = flow.sample(n)
     return x + 0.2 * torch.randn_like(x)

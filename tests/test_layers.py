@@ -121,7 +121,7 @@ def test_masks() -> None:
     with pytest.raises(ValueError, match="parity"):
         checkerboard_mask((4, 4), 2)
     with pytest.raises(ValueError, match="active and passive"):
-        AffineCoupling(torch.ones(4, dtype=torch.bool), MLP(0, 8))
+        AffineCoupling(torch.ones(4, dtype=torch.bool), MLP(1, 8))
 
 
 def test_mlp_bias_free_tanh_is_odd() -> None:

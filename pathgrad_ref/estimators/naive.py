@@ -8,9 +8,11 @@ sample at a time through ``functional_call``. Per sample they build the dense Ja
 
 and differentiate w.r.t. θ with ``torch.func.grad``. Forward-KL oracles need ``z = T_θ^{-1}(x)``;
 they take the root from ``flow.inverse`` (detached: only its value is used) and get its
-θ-dependence from one dense Newton step ``z(θ) = z* − J_0^{-1}(T_θ(z*) − x)`` with ``J_0`` held
-fixed, which has the exact value ``z*`` at a root and the implicit-function-theorem derivative
-``∂z/∂θ = −J^{-1} ∂_θ T``. They are slow by design (``O(d³)`` per sample) and exist to be trusted.
+θ-dependence from the dense linearisation ``z(θ) = z* − J_0^{-1}(T_θ(z*) − stop_grad T_θ(z*))``
+with ``J_0`` held fixed: its value is ``z*`` and its derivative is the implicit-function-theorem
+one, ``∂z/∂θ = −J^{-1} ∂_θ T`` (written without ``x`` so that periodic maps, whose outputs are
+wrapped, need no special case). They are slow by design (``O(d³)`` per sample) and exist to be
+trusted.
 
 Each returns a surrogate ``value + Σ_k ⟨g_k, θ_k⟩ − stop_grad(…)`` whose ``backward()`` leaves
 exactly the oracle gradient ``g`` in ``param.grad``.
@@ -145,19 +147,20 @@ def _pullback(o: _Oracle, x: Tensor) -> tuple[Tensor, Tensor]:
 
 def forward_standard_naive(flow: Flow, target: Target, x: Tensor) -> tuple[Tensor, Tensor]:
     """``∇_θ mean[−log q_θ(x)]`` with ``log q_θ(x) = log q0(z(θ)) − log|det J(z(θ))|`` and
-    ``z(θ)`` the Newton step of the module docstring (implicit differentiation)."""
+    ``z(θ)`` the linearisation of the module docstring (implicit differentiation)."""
     check_inputs(flow, target, x, "forward")
     o = _Oracle(flow, target)
     xf = _flat(x)
     z_root, J0 = _pullback(o, x)
 
-    def log_q(p: Params, u: Tensor, J: Tensor, y: Tensor) -> Tensor:
-        z_theta = u - torch.linalg.solve(J, o.T(p, u) - y)
+    def log_q(p: Params, u: Tensor, J: Tensor) -> Tensor:
+        x_theta = o.T(p, u)
+        z_theta = u - torch.linalg.solve(J, x_theta - x_theta.detach())
         return o.log_q0(z_theta) - o.log_det(p, z_theta)
 
-    batched = vmap(log_q, in_dims=(None, 0, 0, 0))
-    g = o.param_grad(lambda p: -batched(p, z_root, J0, xf).mean())
-    log_w = -vmap(o.action)(xf) - batched(o.params, z_root, J0, xf)
+    batched = vmap(log_q, in_dims=(None, 0, 0))
+    g = o.param_grad(lambda p: -batched(p, z_root, J0).mean())
+    log_w = -vmap(o.action)(xf) - batched(o.params, z_root, J0)
     return o.surrogate(kl_value(log_w, target, "forward"), g), log_w.detach()
 
 

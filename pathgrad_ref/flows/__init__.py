@@ -7,6 +7,7 @@ from .masks import alternating_mask, checkerboard_mask
 from .models import real_nvp, z2_nice
 from .scaling import GlobalScaling
 from .transforms import Additive, Affine, Elementwise, ElementwiseTransform
+from .u1 import U1Coupling, u1_flow
 
 __all__ = [
     "MLP",
@@ -20,8 +21,10 @@ __all__ = [
     "Flow",
     "GlobalScaling",
     "Layer",
+    "U1Coupling",
     "alternating_mask",
     "checkerboard_mask",
     "real_nvp",
+    "u1_flow",
     "z2_nice",
 ]
