@@ -141,7 +141,7 @@ def test_path_gradient_matches_finite_differences(
 
 
 @pytest.mark.parametrize("dirn", ["reverse", "forward"])
-def test_sticking_the_landing(setup: tuple[Flow, Target], dirn: str) -> None:
+def test_sticking_the_landing(setup: tuple[Flow, Target], dirn: str, exact_tol: float) -> None:
     """With ``p = q_θ`` the path gradient vanishes for every single sample; the standard
     gradient does not."""
     flow, _ = setup
@@ -163,7 +163,7 @@ def test_sticking_the_landing(setup: tuple[Flow, Target], dirn: str) -> None:
             norm_std = math.sqrt(sum(float((t**2).sum()) for t in g_std.values()))
             norm_path = math.sqrt(sum(float((t**2).sum()) for t in g_path.values()))
             assert norm_std > 1e-3
-            assert norm_path <= 1e-8 * norm_std, (path, i, norm_path, norm_std)
+            assert norm_path <= 10 * exact_tol * norm_std, (path, i, norm_path, norm_std)
 
 
 def _paired_z_scores(
