@@ -1,0 +1,86 @@
+"""Atomic checkpoints that load with ``torch.load(..., weights_only=True)``, and RNG states.
+
+A checkpoint is a ``dict`` of tensors and plain Python values only (no pickled objects), so
+loading it cannot run code. It is written to a temporary file in the destination folder and
+moved into place with ``os.replace``: a run killed while saving leaves the previous checkpoint
+intact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+CHECKPOINT_NAME = "checkpoint.pt"
+FORMAT_VERSION = 1
+
+
+def atomic_save(obj: dict[str, Any], path: str | os.PathLike[str]) -> None:
+    """``torch.save(obj, path)`` through a temporary file in the same folder and
+    ``os.replace``, with the data flushed to disk before the rename."""
+    dest = Path(path)
+    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, dest)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Load a checkpoint onto the CPU with ``weights_only=True``; ``ValueError`` if it is not
+    one of ours."""
+    obj = torch.load(Path(path), map_location="cpu", weights_only=True)
+    if not isinstance(obj, dict) or obj.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: not a pathgrad_ref training checkpoint")
+    return obj
+
+
+def global_rng_state() -> dict[str, Any]:
+    """The process-wide RNG states: torch CPU, every CUDA device (if initialised), Python's
+    ``random``. Stored as tensors and plain values. (The training code draws all its random
+    numbers from explicit generators; these are saved so that user code relying on the global
+    streams resumes too.)"""
+    state: dict[str, Any] = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
+        state["torch_cuda"] = list(torch.cuda.get_rng_state_all())
+    version, internal, gauss = random.getstate()
+    state["python"] = {"version": version, "state": list(internal), "gauss": gauss}
+    return state
+
+
+def set_global_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`global_rng_state` saved (CUDA states only where CUDA is in use)."""
+    torch.set_rng_state(state["torch_cpu"])
+    cuda: list[Tensor] | None = state.get("torch_cuda")
+    if cuda is not None and torch.cuda.is_available():
+        n = min(len(cuda), torch.cuda.device_count())
+        for i in range(n):
+            torch.cuda.set_rng_state(cuda[i], i)
+    py = state.get("python")
+    if py is not None:
+        random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
+
+
+def generator_states(generators: dict[str, torch.Generator]) -> dict[str, Tensor]:
+    """``{name: generator.get_state()}`` (CPU byte tensors, for CPU and CUDA generators)."""
+    return {name: g.get_state() for name, g in generators.items()}
+
+
+def set_generator_states(generators: dict[str, torch.Generator], states: dict[str, Tensor]) -> None:
+    """Restore generator states saved by :func:`generator_states`; ``KeyError`` naming a
+    generator the checkpoint lacks."""
+    for name, g in generators.items():
+        if name not in states:
+            raise KeyError(f"checkpoint has no state for the {name!r} random stream")
+        g.set_state(states[name])

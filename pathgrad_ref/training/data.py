@@ -1,0 +1,429 @@
+"""Target samples for forward-KL training and held-out evaluation: exact samplers, or HMC
+generated once and cached on disk.
+
+Layout of a cached sample set, ``<cache_dir>/<name>-<key>/``:
+
+- ``metadata.json``: the settings that produced it (whose hash is ``key``) and the sampler's
+  report (acceptance rate, ``τ_int``, step size, time);
+- ``chunk_00000.pt``, …: ``(n_i, *event_shape)`` tensors, together the samples in order.
+
+A set is written to a temporary folder and renamed into place, so a killed generation never
+leaves a partial set behind. Chunks load with ``weights_only=True`` and ``mmap=True``: a
+50-million-sample set is paged in from disk on demand and shared between processes, not copied
+into each one's memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..samplers import hmc_sample
+from ..targets.base import Target
+from .config import DTYPES, HMCConfig
+from .distributed import stream_seed
+
+Symmetry = Callable[[Tensor, torch.Generator], Tensor]
+"""``(samples, generator) -> samples``: a random exact symmetry of the target applied to each
+sample (e.g. a global sign flip for φ⁴), to remove the imbalance between modes that Markov
+chains started at random leave behind."""
+
+
+class SampleStore:
+    """Samples ``(N, *event_shape)`` held as a list of chunks (CPU tensors, possibly
+    memory-mapped); indexing gathers across chunks."""
+
+    def __init__(self, chunks: Sequence[Tensor]) -> None:
+        chunks = [c for c in chunks if c.shape[0] > 0]
+        if not chunks:
+            raise ValueError("SampleStore needs at least one non-empty chunk")
+        shapes = {tuple(c.shape[1:]) for c in chunks}
+        if len(shapes) != 1:
+            raise ValueError(f"SampleStore: chunks of different event shapes {sorted(shapes)}")
+        self.chunks = list(chunks)
+        sizes = torch.tensor([c.shape[0] for c in self.chunks])
+        self._ends = torch.cumsum(sizes, 0)
+        self._starts = self._ends - sizes
+        self.event_shape: tuple[int, ...] = shapes.pop()
+
+    def __len__(self) -> int:
+        return int(self._ends[-1])
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.chunks[0].dtype
+
+    def gather(self, index: Tensor) -> Tensor:
+        """``samples[index]``, shape ``(len(index), *event_shape)``, on the CPU."""
+        index = index.to(device="cpu", dtype=torch.int64)
+        if len(self.chunks) == 1:
+            return self.chunks[0][index]
+        which = torch.searchsorted(self._ends, index, right=True)
+        out = torch.empty((index.numel(), *self.event_shape), dtype=self.dtype)
+        for c in torch.unique(which).tolist():
+            sel = (which == c).nonzero().flatten()
+            out[sel] = self.chunks[c][index[sel] - self._starts[c]]
+        return out
+
+    def all(self) -> Tensor:
+        """Every sample in one tensor (a copy unless there is a single chunk)."""
+        return self.chunks[0] if len(self.chunks) == 1 else torch.cat(self.chunks)
+
+
+@dataclass
+class TargetSamples:
+    """Training and held-out target samples (either may be ``None``) and how they were made."""
+
+    train: SampleStore | None
+    test: SampleStore | None
+    metadata: dict[str, Any]
+
+
+def settings_key(settings: dict[str, Any]) -> str:
+    """A short stable hash of JSON-serialisable settings (sorted keys)."""
+    blob = json.dumps(settings, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class SampleSetWriter:
+    """Writes a cached sample set chunk by chunk into a temporary sibling of ``folder`` and
+    renames it into place on :meth:`finish` (so only finished sets are ever visible). If
+    another process finished the same set first, its copy is kept."""
+
+    def __init__(self, folder: str | os.PathLike[str]) -> None:
+        self.folder = Path(folder)
+        self.folder.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.folder.with_name(f".{self.folder.name}.tmp-{os.getpid()}")
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.tmp.mkdir()
+        self.n_chunks = 0
+        self.n_samples = 0
+
+    def add(self, chunk: Tensor) -> None:
+        """Write the next chunk ``(n_i, *event_shape)`` (moved to the CPU)."""
+        data = chunk.detach().to("cpu").contiguous().clone()
+        torch.save(data, self.tmp / f"chunk_{self.n_chunks:05d}.pt")
+        self.n_chunks += 1
+        self.n_samples += data.shape[0]
+
+    def finish(self, metadata: dict[str, Any]) -> Path:
+        meta = dict(metadata, n_chunks=self.n_chunks, n_samples=self.n_samples)
+        text = json.dumps(_jsonable(meta), indent=2, sort_keys=True)
+        (self.tmp / "metadata.json").write_text(text)
+        try:
+            os.replace(self.tmp, self.folder)
+        except OSError:
+            if not (self.folder / "metadata.json").exists():
+                raise
+        finally:
+            self.discard()
+        return self.folder
+
+    def discard(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def save_sample_set(
+    folder: str | os.PathLike[str], chunks: Sequence[Tensor], metadata: dict[str, Any]
+) -> Path:
+    """Write chunks and metadata as a cached sample set at ``folder`` (atomically, see
+    :class:`SampleSetWriter`). Returns ``folder``."""
+    writer = SampleSetWriter(folder)
+    try:
+        for chunk in chunks:
+            writer.add(chunk)
+    except BaseException:
+        writer.discard()
+        raise
+    return writer.finish(metadata)
+
+
+def load_sample_set(folder: str | os.PathLike[str]) -> tuple[SampleStore, dict[str, Any]]:
+    """Load a set written by :func:`save_sample_set` (``weights_only=True``, memory-mapped)."""
+    src = Path(folder)
+    metadata: dict[str, Any] = json.loads((src / "metadata.json").read_text())
+    chunks = []
+    for i in range(int(metadata["n_chunks"])):
+        t = torch.load(src / f"chunk_{i:05d}.pt", map_location="cpu", weights_only=True, mmap=True)
+        if not isinstance(t, Tensor):
+            raise ValueError(f"{src}: chunk {i} is not a tensor")
+        chunks.append(t)
+    return SampleStore(chunks), metadata
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def exact_samples(
+    target: Target, n_train: int, n_test: int, seed: int, dtype: torch.dtype
+) -> TargetSamples:
+    """Samples from the target's exact sampler: the training and test sets from two
+    independent CPU streams seeded by ``seed``, stored in ``dtype``."""
+
+    def draw(n: int, split: int) -> SampleStore | None:
+        if n == 0:
+            return None
+        g = torch.Generator().manual_seed(stream_seed(seed, 0, 100 + split))
+        return SampleStore([target.sample(n, g).to(dtype)])
+
+    def info(n: int) -> dict[str, Any] | None:
+        return {"n_samples": n, "seed": seed} if n else None
+
+    meta = {
+        "sampler": "exact",
+        "target": type(target).__name__,
+        "train": info(n_train),
+        "test": info(n_test),
+    }
+    return TargetSamples(draw(n_train, 0), draw(n_test, 1), meta)
+
+
+def hmc_settings(
+    target: Target, hmc: HMCConfig, n: int, seed: int, split: str, dtype: torch.dtype, device: str
+) -> dict[str, Any]:
+    """The settings that identify one HMC sample set (the cache key hashes them)."""
+    params = {
+        k: (list(v) if isinstance(v, tuple) else v)
+        for k, v in vars(target).items()
+        if not k.startswith("_") and isinstance(v, (bool, int, float, str, tuple))
+    }
+    h = asdict(hmc)
+    h.pop("chunk_size")  # how the work is split does not change the samples
+    return {
+        "sampler": "hmc",
+        "target": type(target).__name__,
+        "target_params": params,
+        "hmc": h,
+        "n_samples": n,
+        "seed": seed,
+        "split": split,
+        "dtype": str(dtype).removeprefix("torch."),
+        # CUDA and CPU random streams differ: the device type is part of the identity.
+        "device_type": torch.device(device).type,
+    }
+
+
+def generate_hmc(
+    target: Target,
+    n: int,
+    hmc: HMCConfig,
+    *,
+    seed: int,
+    split: int,
+    dtype: torch.dtype,
+    device: str | torch.device,
+    periodic: float | None = None,
+    observable: Callable[[Tensor], Tensor] | None = None,
+    symmetry: Symmetry | None = None,
+    progress: bool = False,
+    on_chunk: Callable[[Tensor], None] | None = None,
+) -> tuple[list[Tensor], dict[str, Any]]:
+    """Run HMC (:func:`pathgrad_ref.samplers.hmc_sample`) for ``n`` samples in chunks of about
+    ``hmc.chunk_size``, every chunk continuing the chains of the previous one
+    (``HMCResult.final_state``, no new thermalisation), so that only one chunk is on the
+    device at a time. Each chunk, in ``dtype`` on the CPU, goes to ``on_chunk`` if given (and
+    is not kept), else into the returned list. Also returns a report: acceptance rate,
+    ``τ_int`` of ``observable`` (default the action) in kept samples (mean over chunks), final
+    step size, time.
+
+    Chains run in whole sweeps of ``hmc.n_chains``; the last sweep is cut to ``n`` samples.
+    """
+    device = torch.device(device)
+    hmc_dtype = DTYPES[hmc.dtype]
+    gen = torch.Generator(device=device).manual_seed(stream_seed(seed, 0, 200 + split))
+    per_chunk = max(1, hmc.chunk_size // hmc.n_chains) * hmc.n_chains
+    remaining = math.ceil(n / hmc.n_chains) * hmc.n_chains
+    chunks: list[Tensor] = []
+    init: Tensor | None = None
+    step_size = hmc.step_size
+    accepted = 0.0
+    n_traj = 0
+    taus: list[float] = []
+    produced = 0
+    start = time.perf_counter()
+    while remaining > 0:
+        m = min(per_chunk, remaining)
+        first = init is None
+        with warnings.catch_warnings():
+            # Short chunks give unreliable τ_int estimates; the report says how many chunks.
+            warnings.filterwarnings("ignore", message="series of .* too short")
+            res = hmc_sample(
+                target,
+                m,
+                n_chains=hmc.n_chains,
+                step_size=step_size,
+                n_leapfrog=hmc.n_leapfrog,
+                n_therm=hmc.n_therm if first else 0,
+                thin=hmc.thin,
+                init=init,
+                generator=gen,
+                dtype=hmc_dtype,
+                device=device,
+                periodic=periodic,
+                adapt_step_size=hmc.adapt_step_size and first,
+                target_acceptance=hmc.target_acceptance,
+                observable=observable,
+                progress=progress,
+            )
+        samples = res.samples
+        if symmetry is not None:
+            samples = symmetry(samples, gen)
+        chunk = samples[: n - produced].to(device="cpu", dtype=dtype)
+        produced += chunk.shape[0]
+        if on_chunk is not None:
+            on_chunk(chunk)
+        else:
+            chunks.append(chunk)
+        accepted += res.acceptance_rate * res.n_steps
+        n_traj += res.n_steps
+        if math.isfinite(res.tau_int):
+            taus.append(res.tau_int)
+        init, step_size = res.final_state, res.step_size
+        remaining -= m
+        del res, samples, chunk
+    report = {
+        "acceptance_rate": accepted / n_traj,
+        "tau_int": sum(taus) / len(taus) if taus else math.nan,
+        "tau_int_chunks": len(taus),
+        "step_size": step_size,
+        "n_chains": hmc.n_chains,
+        "trajectories_per_chain": n_traj + hmc.n_therm,
+        "generation_time_s": time.perf_counter() - start,
+        "symmetrised": symmetry is not None,
+    }
+    return chunks, report
+
+
+def cached_hmc_samples(
+    target: Target,
+    n: int,
+    hmc: HMCConfig,
+    *,
+    seed: int,
+    split: str,
+    dtype: torch.dtype,
+    device: str | torch.device,
+    cache_dir: str | os.PathLike[str],
+    periodic: float | None = None,
+    observable: Callable[[Tensor], Tensor] | None = None,
+    symmetry: Symmetry | None = None,
+    progress: bool = False,
+    log: Callable[[str], None] = print,
+) -> tuple[SampleStore, dict[str, Any]]:
+    """``n`` HMC samples of ``target`` for data split ``split`` (``"train"``/``"test"``,
+    independent streams), from the cache if present, else generated
+    (:func:`generate_hmc`) and cached. Returns the samples and their metadata."""
+    device = torch.device(device)
+    settings = hmc_settings(target, hmc, n, seed, split, dtype, str(device))
+    folder = Path(cache_dir) / f"{type(target).__name__.lower()}-{split}-{settings_key(settings)}"
+    if (folder / "metadata.json").exists():
+        store, meta = load_sample_set(folder)
+        log(f"loaded {len(store)} cached {split} samples from {folder}")
+        return store, meta
+    log(f"generating {n} {split} samples by HMC on {device} ({hmc.n_chains} chains) ...")
+    split_id = {"train": 0, "test": 1}.get(split, 2)
+    writer = SampleSetWriter(folder)
+    try:
+        _, report = generate_hmc(
+            target,
+            n,
+            hmc,
+            seed=seed,
+            split=split_id,
+            dtype=dtype,
+            device=device,
+            periodic=periodic,
+            observable=observable,
+            symmetry=symmetry,
+            progress=progress,
+            on_chunk=writer.add,
+        )
+    except BaseException:
+        writer.discard()
+        raise
+    writer.finish({"settings": settings, "report": report, "torch": torch.__version__})
+    store, meta = load_sample_set(folder)
+    rep = meta["report"]
+    log(
+        f"  {n} samples in {rep['generation_time_s']:.1f} s: acceptance "
+        f"{rep['acceptance_rate']:.3f}, tau_int {rep['tau_int']}, step size "
+        f"{rep['step_size']:.4g}; cached in {folder}"
+    )
+    return store, meta
+
+
+def remove_sample_set(folder: str | os.PathLike[str]) -> None:
+    """Delete a cached set (e.g. to force regeneration)."""
+    with contextlib.suppress(FileNotFoundError):
+        shutil.rmtree(folder)
+
+
+class MinibatchSampler:
+    """Random minibatches (with replacement) of a :class:`SampleStore`: indices from a CPU
+    generator, so the stream is the same on every device.
+
+    The samples are copied to ``device`` in ``dtype`` once, chunk by chunk, when they fit in
+    ``device_limit_bytes`` (default: 40% of the free memory of a CUDA device, 2 GiB on the
+    CPU, where a single chunk is used in place); otherwise each minibatch is gathered on the
+    CPU from the (memory-mapped) chunks and moved over.
+    """
+
+    def __init__(
+        self,
+        store: SampleStore,
+        generator: torch.Generator,
+        device: torch.device,
+        dtype: torch.dtype,
+        device_limit_bytes: int | None = None,
+    ) -> None:
+        self.store = store
+        self.generator = generator
+        self.device = device
+        self.dtype = dtype
+        self._resident: Tensor | None = None
+        if device_limit_bytes is None:
+            device_limit_bytes = 2 << 30
+            if device.type == "cuda":
+                free, _ = torch.cuda.mem_get_info(device)
+                device_limit_bytes = int(0.4 * free)
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        nbytes = len(store) * math.prod(store.event_shape) * itemsize
+        if device.type == "cpu" and len(store.chunks) == 1:
+            self._resident = store.chunks[0].to(dtype=dtype)
+        elif nbytes <= device_limit_bytes:
+            resident = torch.empty((len(store), *store.event_shape), dtype=dtype, device=device)
+            start = 0
+            for c in store.chunks:
+                resident[start : start + c.shape[0]].copy_(c)
+                start += c.shape[0]
+            self._resident = resident
+
+    def draw(self, n: int) -> Tensor:
+        """``(n, *event_shape)`` samples drawn uniformly with replacement."""
+        index = torch.randint(len(self.store), (n,), generator=self.generator)
+        if self._resident is not None:
+            return self._resident[index.to(self._resident.device)]
+        batch = self.store.gather(index)
+        if self.device.type == "cuda":
+            batch = batch.pin_memory()
+        return batch.to(device=self.device, dtype=self.dtype, non_blocking=True)

@@ -1,0 +1,154 @@
+"""Data-parallel training helpers: process-group setup from ``torchrun``'s environment,
+gradient averaging, per-rank random streams.
+
+The estimators call flow methods other than ``forward`` (``forward_and_score``, ``inverse``,
+``transform``), which ``DistributedDataParallel``'s hooks do not see; so instead of the DDP
+wrapper every rank runs its estimator on its share of the batch and the gradients are averaged
+by one ``all_reduce`` after ``backward``. With equal shares and a loss that is a mean over the
+batch this is exactly the gradient on the whole batch.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """Where this process stands: ``rank`` of ``world_size`` (``local_rank`` on its node).
+    ``enabled`` is False for a plain single-process run."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    enabled: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def env_world() -> tuple[int, int, int] | None:
+    """``(rank, world_size, local_rank)`` from ``torchrun``'s environment variables, or
+    ``None`` when they are not set."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return None
+    rank = int(os.environ["RANK"])
+    world = int(os.environ["WORLD_SIZE"])
+    local = int(os.environ.get("LOCAL_RANK", rank))
+    return rank, world, local
+
+
+def init_distributed(device_type: str, timeout_s: float = 7200.0) -> DistContext:
+    """Join the process group described by the environment (``RANK``, ``WORLD_SIZE``,
+    ``MASTER_ADDR``, ``MASTER_PORT``, as set by ``torchrun``): ``nccl`` for CUDA, ``gloo``
+    for the CPU. Without those variables (or with ``WORLD_SIZE=1``) nothing is initialised.
+
+    ``timeout_s`` bounds how long ranks wait for each other, e.g. while rank 0 generates the
+    target samples."""
+    world = env_world()
+    if world is None or world[1] == 1:
+        return DistContext()
+    rank, world_size, local_rank = world
+    if not dist.is_available():
+        raise RuntimeError("torch.distributed is not available in this build of torch")
+    if not dist.is_initialized():
+        backend = "nccl" if device_type == "cuda" else "gloo"
+        if device_type == "cuda":
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(
+            backend=backend,
+            init_method="env://",
+            rank=rank,
+            world_size=world_size,
+            timeout=datetime.timedelta(seconds=timeout_s),
+        )
+    return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, enabled=True)
+
+
+def shutdown(ctx: DistContext) -> None:
+    """Leave the process group (no-op for a single process)."""
+    if ctx.enabled and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(ctx: DistContext) -> None:
+    if ctx.enabled:
+        dist.barrier()
+
+
+def stream_seed(seed: int, rank: int, stream: int, *more: int) -> int:
+    """A 63-bit seed for random stream ``stream`` of ``rank`` (and any further integers, e.g.
+    a step), well mixed from ``seed`` by NumPy's ``SeedSequence``: streams of different ranks
+    and seeds do not overlap in practice (``seed + rank`` schemes would collide across runs)."""
+    entropy = [seed, rank, stream, *more]
+    state = np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)
+    return int(state[0]) >> 1
+
+
+def trainable(module: nn.Module) -> list[nn.Parameter]:
+    return [p for p in module.parameters() if p.requires_grad]
+
+
+def average_gradients(params: Sequence[nn.Parameter], ctx: DistContext) -> None:
+    """Replace every ``p.grad`` by its mean over all ranks (one ``all_reduce`` of one flat
+    buffer). Parameters without a gradient count as zero gradients."""
+    if not ctx.enabled or not params:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat /= ctx.world_size
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.grad = flat[offset : offset + n].view_as(p).clone()
+        offset += n
+
+
+def all_reduce_sum(values: Tensor, ctx: DistContext) -> Tensor:
+    """The element-wise sum of ``values`` over all ranks (the tensor itself if alone)."""
+    if ctx.enabled:
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values
+
+
+def broadcast_parameters(module: nn.Module, ctx: DistContext) -> None:
+    """Copy rank 0's parameters and buffers to every rank."""
+    if not ctx.enabled:
+        return
+    with torch.no_grad():
+        for t in _tensors(module):
+            dist.broadcast(t, src=0)
+
+
+def _tensors(module: nn.Module) -> Iterable[Tensor]:
+    yield from module.parameters()
+    yield from module.buffers()
+
+
+def gather_objects(obj: Any, ctx: DistContext) -> list[Any]:
+    """``[obj of rank 0, obj of rank 1, …]`` on every rank (``[obj]`` alone)."""
+    if not ctx.enabled:
+        return [obj]
+    out: list[Any] = [None] * ctx.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj: Any, ctx: DistContext) -> Any:
+    """Rank 0's ``obj`` on every rank."""
+    if not ctx.enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

@@ -1,0 +1,90 @@
+"""What a training script defines: the target, the flow, their parameters, presets,
+observables and where target samples come from.
+
+Each ``paper_runs/*.py`` builds one :class:`Experiment` and hands it to
+:func:`pathgrad_ref.training.cli.main`; everything else (options, training loop, evaluation,
+checkpoints, reports) is shared.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from torch import Tensor
+
+from ..flows.base import Flow
+from ..targets.base import Target
+from .data import Symmetry
+from .observables import Observable
+
+Params = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Param:
+    """One physics or architecture option: ``--name`` (underscores become dashes) parsed by
+    ``type``; its default comes from the active preset."""
+
+    name: str
+    type: Callable[[str], Any]
+    help: str
+    metavar: str | None = None
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    """``"64,64"`` → ``(64, 64)``; also accepts ``x`` as separator (``"16x8"``)."""
+    parts = [p for p in text.replace("x", ",").split(",") if p.strip()]
+    try:
+        values = tuple(int(p) for p in parts)
+    except ValueError:
+        raise ValueError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise ValueError(f"expected positive integers, got {text!r}")
+    return values
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A training experiment.
+
+    - ``name``: short name (run folders, cache names); ``description``: the ``--help`` header.
+    - ``params``: physics and architecture options; ``presets``: ``{preset: {option: value}}``
+      with values for every ``params`` entry and any training option to override
+      (``steps``, ``batch_size``, ``lr``, ``lr_schedule``, ``clip_norm``, ``n_train_samples``,
+      ``hmc_chains``, …; see :func:`pathgrad_ref.training.cli.build_parser`).
+    - ``make_target(params)``, ``make_flow(params)``: build them (the flow in the default
+      dtype on the CPU; the trainer moves it).
+    - ``observables(target)``: what to estimate with importance weights.
+    - ``sampler``: ``"exact"`` (``target.sample``), ``"hmc"`` or ``None`` (no target samples:
+      forward-KL estimators are refused).
+    - ``hmc_periodic``: period of the coordinates for HMC (``2π`` for link angles);
+      ``hmc_observable(target)``: the observable whose ``τ_int`` HMC reports;
+      ``symmetry``: a random exact symmetry applied to HMC samples (see
+      :data:`~pathgrad_ref.training.data.Symmetry`).
+    - ``log_z(target)``: ``log Z`` where it is known (KL values are then absolute).
+    - ``epilog``: extra ``--help`` text (examples).
+    """
+
+    name: str
+    description: str
+    params: Sequence[Param]
+    presets: Mapping[str, Mapping[str, Any]]
+    make_target: Callable[[Params], Target]
+    make_flow: Callable[[Params], Flow]
+    observables: Callable[[Target], Sequence[Observable]] = field(default=lambda _t: ())
+    sampler: Literal["exact", "hmc"] | None = None
+    hmc_periodic: float | None = None
+    hmc_observable: Callable[[Target], Callable[[Tensor], Tensor]] | None = None
+    symmetry: Symmetry | None = None
+    log_z: Callable[[Target], float | None] | None = None
+    epilog: str = ""
+
+    def __post_init__(self) -> None:
+        if "quick" not in self.presets:
+            raise ValueError(f"experiment {self.name!r} needs a 'quick' preset")
+        for preset, values in self.presets.items():
+            missing = [p.name for p in self.params if p.name not in values]
+            if missing:
+                raise ValueError(f"preset {preset!r} of {self.name!r} lacks values for {missing}")

@@ -1,0 +1,495 @@
+"""The training library: target-sample caching, reweighted observables, checkpoints, the loop
+(non-finite steps, clipping, schedules, learning), exact resumption and data parallelism."""
+
+from __future__ import annotations
+
+import json
+import math
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from torch import Tensor
+
+from pathgrad_ref.estimators import get_estimator
+from pathgrad_ref.flows import Flow, real_nvp
+from pathgrad_ref.samplers import hmc_sample
+from pathgrad_ref.targets import GaussianMixture, Phi4
+from pathgrad_ref.training import (
+    DataConfig,
+    HMCConfig,
+    Observable,
+    SampleStore,
+    TrainConfig,
+    Trainer,
+    TrainingError,
+    average_gradients,
+    cached_hmc_samples,
+    exact_samples,
+    init_distributed,
+    load_sample_set,
+    reweighted_mean,
+    sample_mean,
+    save_sample_set,
+)
+from pathgrad_ref.training import checkpoint as ckpt
+from pathgrad_ref.training.config import ConfigError, resume_mismatches
+from pathgrad_ref.training.data import generate_hmc
+from pathgrad_ref.training.distributed import DistContext, shutdown, stream_seed
+
+F64 = torch.float64
+CPU = torch.device("cpu")
+TIMING_KEYS = {"elapsed_s", "step_time_s"}
+
+# Short HMC runs give unreliable τ_int estimates, which the sampler says.
+pytestmark = pytest.mark.filterwarnings("ignore:series of .* too short:RuntimeWarning")
+
+
+def quiet(_message: str) -> None:
+    pass
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    # Tiny models: a second thread only adds synchronisation, and on a busy 2-core machine
+    # spinning OpenMP threads slow such runs down many times over.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# ---------------------------------------------------------------- target samples
+
+
+def test_sample_store_gathers_across_chunks() -> None:
+    x = torch.randn(23, 3, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
+    store = SampleStore([x[:5], x[5:5], x[5:17], x[17:]])
+    idx = torch.tensor([22, 0, 4, 5, 16, 17, 3, 22])
+    assert len(store) == 23
+    assert torch.equal(store.gather(idx), x[idx])
+    assert torch.equal(store.all(), x)
+
+
+def test_sample_set_round_trip_weights_only(tmp_path: Path) -> None:
+    chunks = [torch.randn(4, 2, dtype=F64), torch.randn(3, 2, dtype=F64)]
+    folder = save_sample_set(
+        tmp_path / "set", chunks, {"report": {"tau_int": math.nan}, "x": (1, 2)}
+    )
+    assert not list(tmp_path.glob(".set.tmp*")), "the temporary folder must be gone"
+    for f in folder.glob("chunk_*.pt"):
+        assert isinstance(torch.load(f, weights_only=True), Tensor)
+    store, meta = load_sample_set(folder)
+    assert torch.equal(store.all(), torch.cat(chunks))
+    assert meta["n_samples"] == 7 and meta["x"] == [1, 2] and meta["report"]["tau_int"] is None
+
+
+def test_cached_hmc_samples_round_trip(tmp_path: Path) -> None:
+    target = Phi4((4, 4), kappa=0.2, lam=0.02)
+    hmc = HMCConfig(n_chains=16, n_leapfrog=4, n_therm=10, thin=2, chunk_size=32)
+    kw: dict[str, Any] = dict(
+        seed=3, dtype=F64, device="cpu", cache_dir=tmp_path, log=quiet, split="test"
+    )
+    first, meta1 = cached_hmc_samples(target, 80, hmc, **kw)
+    folders = list(tmp_path.iterdir())
+    assert len(folders) == 1 and len(first) == 80
+    assert meta1["settings"]["n_samples"] == 80 and meta1["report"]["n_chains"] == 16
+    assert 0.3 < meta1["report"]["acceptance_rate"] <= 1.0
+    assert meta1["n_chunks"] == 3  # 32 + 32 + 16
+
+    again, meta2 = cached_hmc_samples(target, 80, hmc, **kw)
+    assert list(tmp_path.iterdir()) == folders, "the second call must load, not generate"
+    assert torch.equal(again.all(), first.all()) and meta2 == meta1
+
+    # Another seed, split or size is another set; the chunk size is not part of the key.
+    other, _ = cached_hmc_samples(target, 80, hmc, **{**kw, "split": "train"})
+    assert len(list(tmp_path.iterdir())) == 2
+    assert not torch.equal(other.all(), first.all())
+    rechunked = HMCConfig(n_chains=16, n_leapfrog=4, n_therm=10, thin=2, chunk_size=1000)
+    same, _ = cached_hmc_samples(target, 80, rechunked, **kw)
+    assert len(list(tmp_path.iterdir())) == 2 and torch.equal(same.all(), first.all())
+
+
+def test_chunked_hmc_continues_the_chains() -> None:
+    """Chunks that continue from ``final_state`` give exactly the samples of one long run."""
+    target = Phi4((4, 4), kappa=0.2, lam=0.02)
+    hmc = HMCConfig(n_chains=8, n_leapfrog=3, n_therm=5, thin=2, chunk_size=16)
+    chunks, report = generate_hmc(target, 48, hmc, seed=1, split=0, dtype=F64, device="cpu")
+    assert [c.shape[0] for c in chunks] == [16, 16, 16]
+    gen = torch.Generator().manual_seed(stream_seed(1, 0, 200))
+    whole = hmc_sample(
+        target, 48, n_chains=8, step_size=0.1, n_leapfrog=3, n_therm=5, thin=2,
+        generator=gen, adapt_step_size=True,
+    )  # fmt: skip
+    assert torch.equal(torch.cat(chunks), whole.samples)
+    assert report["step_size"] == pytest.approx(whole.step_size)
+
+
+def test_exact_samples_are_independent_streams() -> None:
+    target = GaussianMixture(3)
+    a = exact_samples(target, 100, 50, seed=0, dtype=F64)
+    b = exact_samples(target, 0, 50, seed=0, dtype=F64)
+    assert a.train is not None and a.test is not None and b.test is not None
+    assert b.train is None and torch.equal(a.test.all(), b.test.all())
+    assert a.train.all().shape == (100, 3) and a.train.dtype == F64
+
+
+def test_symmetry_is_applied(tmp_path: Path) -> None:
+    target = Phi4((4, 4), kappa=0.2, lam=0.02)
+    hmc = HMCConfig(n_chains=8, n_leapfrog=3, n_therm=5, thin=1)
+
+    def flip(x: Tensor, g: torch.Generator) -> Tensor:
+        return -x
+
+    plain, _ = generate_hmc(target, 16, hmc, seed=0, split=0, dtype=F64, device="cpu")
+    flipped, rep = generate_hmc(
+        target, 16, hmc, seed=0, split=0, dtype=F64, device="cpu", symmetry=flip
+    )
+    assert rep["symmetrised"] and torch.equal(flipped[0], -plain[0])
+
+
+# ---------------------------------------------------------------- observables
+
+
+def test_reweighted_mean() -> None:
+    v = torch.tensor([1.0, 2.0, 3.0, 4.0] * 5, dtype=F64)
+    equal = reweighted_mean(v, torch.zeros(20, dtype=F64))
+    assert equal.mean == pytest.approx(2.5)
+    assert equal.err == pytest.approx(float(v.std(unbiased=False)) / math.sqrt(20))
+    w = torch.tensor([1.0, 3.0, 0.0, 0.0] * 5, dtype=F64)
+    est = reweighted_mean(v, torch.log(w))  # zero weights (log w = −inf) are allowed
+    assert est.mean == pytest.approx((1 * 1 + 2 * 3) / 4)
+    assert math.isnan(reweighted_mean(v, torch.full((20,), math.nan, dtype=F64)).mean)
+    # A single sample carrying all the weight: a mean, but no meaningful error.
+    one = reweighted_mean(v, torch.tensor([0.0] + [-1e3] * 19, dtype=F64))
+    assert one.mean == pytest.approx(1.0) and math.isnan(one.err)
+
+
+def test_sample_mean_error_scales_with_tau() -> None:
+    v = torch.arange(100, dtype=F64)
+    assert sample_mean(v, 2.0).err == pytest.approx(2 * sample_mean(v).err)
+
+
+# ---------------------------------------------------------------- checkpoints and configs
+
+
+def test_atomic_checkpoint_round_trip(tmp_path: Path) -> None:
+    g = torch.Generator().manual_seed(5)
+    state = {
+        "format_version": ckpt.FORMAT_VERSION,
+        "rng": ckpt.generator_states({"batch": g}),
+        "global": ckpt.global_rng_state(),
+        "x": [1, 2.5, None, "s"],
+    }
+    expected = torch.rand(3, generator=g)
+    ckpt.atomic_save(state, tmp_path / "c.pt")
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
+    loaded = ckpt.load_checkpoint(tmp_path / "c.pt")
+    g2 = torch.Generator()
+    ckpt.set_generator_states({"batch": g2}, loaded["rng"])
+    assert torch.equal(torch.rand(3, generator=g2), expected)
+    ckpt.set_global_rng_state(loaded["global"])
+    with pytest.raises(KeyError, match="index"):
+        ckpt.set_generator_states({"index": g2}, loaded["rng"])
+    torch.save({"format_version": 999}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a pathgrad_ref"):
+        ckpt.load_checkpoint(tmp_path / "other.pt")
+
+
+def test_config_validation_and_resume_mismatches() -> None:
+    TrainConfig().validate()
+    DataConfig(hmc=HMCConfig()).validate()
+    with pytest.raises(ConfigError, match="unknown estimator"):
+        TrainConfig(estimator="nope").validate()
+    with pytest.raises(ConfigError, match="--batch-size"):
+        TrainConfig(batch_size=0).validate()
+    with pytest.raises(ConfigError, match="--lr-factor"):
+        TrainConfig(lr_factor=1.5).validate()
+    saved = {"train": {"lr": 1e-3, "steps": 10}, "params": {"hidden": [8, 8]}}
+    assert (
+        resume_mismatches(saved, {"train": {"lr": 1e-3, "steps": 99}, "params": {"hidden": [8, 8]}})
+        == []
+    )
+    changed = {"train": {"lr": 1e-2, "steps": 10}, "params": {"hidden": [8, 9]}}
+    assert resume_mismatches(saved, changed) == ["params.hidden", "train.lr"]
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def small_flow(seed: int = 0, dim: int = 2) -> Flow:
+    torch.manual_seed(seed)
+    return real_nvp(dim, n_couplings=2, hidden=(8,))
+
+
+def gmm_observables(target: GaussianMixture) -> list[Observable]:
+    return [Observable("x2", "x²", lambda x: (x * x).mean(1), exact=1 + target.sigma2)]
+
+
+def make_trainer(run_dir: Path | None, estimator: str, steps: int, **overrides: Any) -> Trainer:
+    target = GaussianMixture(2)
+    cfg = TrainConfig(
+        **{
+            "estimator": estimator,
+            "steps": steps,
+            "batch_size": 32,
+            "lr": 2e-2,
+            "lr_schedule": "plateau",
+            "lr_patience": 2,
+            "clip_norm": 0.5,
+            "eval_every": 4,
+            "eval_samples": 64,
+            "checkpoint_every": 5,
+            "dtype": "float64",
+            "progress": False,
+            **overrides,
+        }
+    )
+    data = exact_samples(target, 256, 64, seed=0, dtype=F64)
+    return Trainer(
+        small_flow(),
+        target,
+        cfg,
+        device=CPU,
+        run_dir=run_dir,
+        data=data,
+        observables=gmm_observables(target),
+        log=quiet,
+    )
+
+
+@pytest.mark.parametrize("estimator", ["reverse-path-fast", "forward-path-fast"])
+def test_resume_retraces_an_uninterrupted_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, estimator: str
+) -> None:
+    """Killed after the checkpoint of step 10, resumed: the same parameters, bit for bit."""
+    full = make_trainer(tmp_path / "full", estimator, steps=17)
+    full.train()
+
+    original = Trainer._train_step
+
+    def dies_at_13(self: Trainer, stop: bool) -> tuple[float, float, bool, bool]:
+        if self.step == 12:
+            raise KeyboardInterrupt  # as if killed while computing step 13
+        return original(self, stop)
+
+    monkeypatch.setattr(Trainer, "_train_step", dies_at_13)
+    with pytest.raises(KeyboardInterrupt):
+        make_trainer(tmp_path / "cut", estimator, steps=17).train()
+    assert ckpt.load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["step"] == 10
+    monkeypatch.setattr(Trainer, "_train_step", original)
+
+    resumed = make_trainer(tmp_path / "cut", estimator, steps=17)
+    summary = resumed.train(resume=True)
+    assert summary["steps_done"] == 17 and summary["status"] == "completed"
+    a, b = full.flow.state_dict(), resumed.flow.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert full.optimizer.param_groups[0]["lr"] == resumed.optimizer.param_groups[0]["lr"]
+
+    def strip(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in records]
+
+    lines = [json.loads(s) for s in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    full_lines = [
+        json.loads(s) for s in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert [r["step"] for r in lines] == [0, 4, 8, 12, 16, 17]
+    assert strip(lines) == strip(full_lines)
+
+
+def test_run_folder_contents(tmp_path: Path) -> None:
+    trainer = make_trainer(tmp_path, "reverse-path-fast", steps=6)
+    summary = trainer.train()
+    names = {p.name for p in tmp_path.iterdir()}
+    assert {"metrics.jsonl", "checkpoint.pt", "summary.json", "ess.png", "loss.png"} <= names
+    assert {"nll.png", "observables.png"} <= names
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    assert on_disk["steps_done"] == 6 == summary["steps_done"]
+    assert on_disk["references"]["x2"]["value"] == 1.5
+    assert on_disk["references"]["x2"]["sample_value"] == pytest.approx(1.5, abs=0.3)
+    final = on_disk["final"]
+    for key in ("ess_reverse", "ess_forward", "nll", "kl_reverse", "kl_forward", "x2", "x2_err"):
+        assert isinstance(final[key], float), key
+    for key in ("loss", "grad_norm", "step_time_s", "lr"):
+        assert isinstance(final[key], float), key
+
+
+class FlakyMixture(GaussianMixture):
+    """A mixture whose action is NaN on the calls listed in ``bad`` (0-based call numbers of
+    ``action`` made while ``armed``)."""
+
+    def __init__(self, bad: set[int]) -> None:
+        super().__init__(2)
+        self.bad = bad
+        self.calls = 0
+        self.armed = True
+
+    def action(self, x: Tensor) -> Tensor:
+        s = super().action(x)
+        if self.armed:
+            self.calls += 1
+            if self.calls - 1 in self.bad:
+                return s * math.nan
+        return s
+
+
+def test_nonfinite_steps_are_skipped_then_stop() -> None:
+    # reverse-path-fast evaluates the action once per step; evaluation calls are disarmed.
+    target = FlakyMixture(bad={2, 3})
+    cfg = TrainConfig(
+        steps=6, batch_size=16, eval_every=100, eval_samples=16, dtype="float64", progress=False
+    )
+    trainer = Trainer(small_flow(), target, cfg, device=CPU, log=quiet)
+    original_eval = trainer.evaluate
+
+    def disarmed_eval() -> dict[str, Any]:
+        target.armed = False
+        try:
+            return original_eval()
+        finally:
+            target.armed = True
+
+    trainer.evaluate = disarmed_eval  # type: ignore[method-assign]
+    summary = trainer.train()
+    assert summary["n_skipped"] == 2 and summary["status"] == "completed"
+
+    target2 = FlakyMixture(bad=set(range(3, 100)))
+    cfg2 = TrainConfig(**{**cfg.__dict__, "max_nonfinite": 4, "steps": 20})
+    trainer2 = Trainer(small_flow(), target2, cfg2, device=CPU, log=quiet)
+    trainer2.evaluate = lambda: {"step": trainer2.step}  # type: ignore[method-assign]
+    before: dict[str, Tensor] = {}
+
+    original_step = Trainer._train_step
+
+    def spy(stop: bool) -> tuple[float, float, bool, bool]:
+        if trainer2.step == 3:
+            before.update({k: v.clone() for k, v in trainer2.flow.state_dict().items()})
+        return original_step(trainer2, stop)
+
+    trainer2._train_step = spy  # type: ignore[method-assign]
+    with pytest.raises(TrainingError, match="4 steps in a row with a non-finite loss"):
+        trainer2.train()
+    after = trainer2.flow.state_dict()
+    assert trainer2.step == 7
+    assert all(torch.equal(before[k], after[k]) for k in before), "skipped steps must not update"
+
+
+def test_gradient_clipping_and_plateau_decay() -> None:
+    trainer = make_trainer(None, "reverse-standard", steps=0, clip_norm=1e-3, lr_patience=0)
+    seen: list[float] = []
+    step = trainer.optimizer.step
+
+    def recording_step(*args: Any, **kwargs: Any) -> Any:
+        grads = [p.grad for p in trainer.params if p.grad is not None]
+        seen.append(float(torch.linalg.vector_norm(torch.cat([g.flatten() for g in grads]))))
+        return step(*args, **kwargs)
+
+    trainer.optimizer.step = recording_step  # type: ignore[method-assign]
+    _, norm, finite, _ = trainer._train_step(False)
+    assert finite and norm > 1e-2
+    assert seen[0] == pytest.approx(1e-3, rel=1e-3), "the update must use the clipped gradient"
+    # With patience 0 the rate decays as soon as the loss misses a new minimum.
+    for _ in range(6):
+        trainer._train_step(False)
+    assert trainer.optimizer.param_groups[0]["lr"] < 2e-2
+
+
+def test_learning_raises_reverse_ess() -> None:
+    """A short run on the 2D mixture: the reverse ESS clearly rises above its initial value."""
+    target = GaussianMixture(2)
+    torch.manual_seed(0)
+    flow = real_nvp(2, n_couplings=4, hidden=(32, 32))
+    cfg = TrainConfig(
+        steps=200, batch_size=256, lr=1e-2, eval_every=200, eval_samples=4096, dtype="float64",
+        progress=False,
+    )  # fmt: skip
+    trainer = Trainer(flow, target, cfg, device=CPU, log=quiet)
+    summary = trainer.train()
+    initial, final = summary["initial"]["ess_reverse"], summary["final"]["ess_reverse"]
+    assert final > initial + 0.08, (initial, final)
+    assert summary["final"]["kl_reverse"] < summary["initial"]["kl_reverse"]
+
+
+def test_forward_estimator_needs_training_samples() -> None:
+    cfg = TrainConfig(estimator="forward-standard", steps=1, dtype="float64", progress=False)
+    with pytest.raises(ConfigError, match="needs training samples"):
+        Trainer(small_flow(), GaussianMixture(2), cfg, device=CPU, log=quiet)
+
+
+# ---------------------------------------------------------------- data parallelism
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _ddp_worker(rank: int, world: int, port: int, batches: dict[str, Tensor], out: str) -> None:
+    import os
+
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+    )
+    torch.set_num_threads(1)
+    ctx = init_distributed("cpu", timeout_s=120)
+    assert ctx.enabled and ctx.world_size == world
+    grads = {}
+    for name, batch in batches.items():
+        flow = small_flow(seed=1).double()
+        share = batch.shape[0] // world
+        loss, _ = get_estimator(name)(
+            flow, GaussianMixture(2), batch[rank * share : (rank + 1) * share]
+        )
+        loss.backward()
+        params = [p for p in flow.parameters() if p.requires_grad]
+        average_gradients(params, ctx)
+        grads[name] = [p.grad.clone() if p.grad is not None else None for p in params]
+    torch.save(grads, Path(out) / f"rank{rank}.pt")
+    shutdown(ctx)
+
+
+def test_ddp_average_equals_single_process_gradient(tmp_path: Path) -> None:
+    """Two gloo processes, each on half the batch: the averaged gradient is the gradient on
+    the whole batch (estimators whose loss is a mean over the batch)."""
+    g = torch.Generator().manual_seed(0)
+    batches = {
+        "reverse-path-fast": torch.randn(64, 2, generator=g, dtype=F64),
+        "reverse-standard": torch.randn(64, 2, generator=g, dtype=F64),
+        "forward-standard": GaussianMixture(2).sample(64, g),
+    }
+    mp.spawn(_ddp_worker, args=(2, free_port(), batches, str(tmp_path)), nprocs=2, join=True)
+    per_rank = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    for name, batch in batches.items():
+        flow = small_flow(seed=1).double()
+        loss, _ = get_estimator(name)(flow, GaussianMixture(2), batch)
+        loss.backward()
+        expected = [p.grad for p in flow.parameters() if p.requires_grad]
+        for grads in per_rank:
+            for got, want in zip(grads[name], expected, strict=True):
+                assert want is not None and got is not None
+                torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
+        # Both ranks hold the very same averaged gradient.
+        assert all(
+            torch.equal(a, b) for a, b in zip(per_rank[0][name], per_rank[1][name], strict=True)
+        )
+
+
+def test_single_process_context_is_a_no_op() -> None:
+    flow = small_flow()
+    loss, _ = get_estimator("reverse-standard")(flow, GaussianMixture(2), torch.randn(8, 2))
+    loss.backward()
+    before = [p.grad.clone() for p in flow.parameters() if p.grad is not None]
+    average_gradients(list(flow.parameters()), DistContext())
+    after = [p.grad for p in flow.parameters() if p.grad is not None]
+    assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True))
+    assert stream_seed(0, 0, 0) != stream_seed(0, 1, 0) != stream_seed(1, 0, 0)
