@@ -23,7 +23,7 @@ from pathgrad_ref.samplers import (
     integrated_autocorrelation_time,
     leapfrog,
 )
-from pathgrad_ref.targets import Phi4
+from pathgrad_ref.targets import Phi4, U1Gauge
 from pathgrad_ref.targets.base import Target
 
 # Short test runs make hmc_sample's τ_int of its observable unreliable, which it says.
@@ -330,3 +330,25 @@ def test_float32_and_continuation() -> None:
 def test_bad_input_raises(kw: dict[str, object], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         _small_run(0, **kw)
+
+
+def test_u1_average_plaquette_matches_exact_formula() -> None:
+    """Periodic HMC on U(1) links reproduces the character-expansion ``⟨cos P⟩`` (L=4, β=1)."""
+    target = U1Gauge(4, 1.0)
+    res = hmc_sample(
+        target,
+        64 * 400,
+        n_chains=64,
+        step_size=0.25,
+        n_leapfrog=6,
+        n_therm=50,
+        periodic=2 * math.pi,
+        generator=torch.Generator().manual_seed(0),
+        observable=target.average_plaquette,
+    )
+    obs = res.observable
+    se = float(obs.std()) * math.sqrt(2 * res.tau_int / obs.numel())
+    exact = target.exact_average_plaquette()
+    assert abs(float(obs.mean()) - exact) < 4 * se, (float(obs.mean()), se, exact)
+    assert se < 0.003
+    assert bool(((res.samples >= 0) & (res.samples < 2 * math.pi)).all())
