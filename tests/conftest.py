@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 
@@ -31,3 +33,13 @@ def dtype(request: pytest.FixtureRequest) -> torch.dtype:
 def exact_tol(dtype: torch.dtype) -> float:
     """Relative tolerance for quantities that agree up to rounding."""
     return 1e-9 if dtype == torch.float64 else 2e-3
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """One intra-op thread for the module: tiny models gain nothing from a second thread, and on
+    a busy 2-core machine spinning OpenMP threads slow such runs down many times over."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -12,7 +12,6 @@ import json
 import os
 import socket
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -27,7 +26,10 @@ from pathgrad_ref.training.config import ConfigError
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ("gmm", "phi4", "u1")
 
-pytestmark = pytest.mark.filterwarnings("ignore:series of .* too short:RuntimeWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:series of .* too short:RuntimeWarning"),
+    pytest.mark.usefixtures("one_thread"),
+]
 
 COMMON = [
     "--steps", "4", "--batch-size", "16", "--eval-every", "2", "--eval-samples", "32",
@@ -50,16 +52,6 @@ def load_script(name: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    # Tiny models: a second thread only adds synchronisation, and on a busy 2-core machine
-    # spinning OpenMP threads slow such runs down many times over.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

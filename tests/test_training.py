@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,21 +45,14 @@ CPU = torch.device("cpu")
 TIMING_KEYS = {"elapsed_s", "step_time_s"}
 
 # Short HMC runs give unreliable τ_int estimates, which the sampler says.
-pytestmark = pytest.mark.filterwarnings("ignore:series of .* too short:RuntimeWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:series of .* too short:RuntimeWarning"),
+    pytest.mark.usefixtures("one_thread"),
+]
 
 
 def quiet(_message: str) -> None:
     pass
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    # Tiny models: a second thread only adds synchronisation, and on a busy 2-core machine
-    # spinning OpenMP threads slow such runs down many times over.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 # ---------------------------------------------------------------- target samples

@@ -52,7 +52,6 @@ class _Oracle:
         self.flow = flow
         self.target = target
         self.push = _Push(flow)
-        self.names = [n for n, p in self.push.named_parameters() if p.requires_grad]
         self.params: Params = {
             n: p.detach() for n, p in self.push.named_parameters() if p.requires_grad
         }
@@ -96,7 +95,7 @@ class _Oracle:
     def surrogate(self, value: Tensor, g: Params) -> Tensor:
         """``value`` with the gradient ``g`` on the flow's parameters."""
         params = dict(self.push.named_parameters())
-        inner = sum(((g[n].detach() * params[n]).sum() for n in self.names), value.new_zeros(()))
+        inner = sum(((g[n].detach() * params[n]).sum() for n in self.params), value.new_zeros(()))
         return value.detach() + inner - inner.detach()
 
     def param_grad(self, loss: Callable[[Params], Tensor]) -> Params:

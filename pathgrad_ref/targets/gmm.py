@@ -46,6 +46,6 @@ class GaussianMixture(Target):
         """Exact samples ``(n, d)``: a uniformly random corner plus ``N(0, σ² I)`` noise
         (float64, CPU unless a generator on another device is given)."""
         device = generator.device if generator is not None else torch.device("cpu")
-        kw = {"generator": generator, "dtype": torch.float64, "device": device}
-        corner = 2.0 * torch.randint(0, 2, (n, self.dim), generator=generator, device=device) - 1
-        return corner.to(torch.float64) + math.sqrt(self.sigma2) * torch.randn(n, self.dim, **kw)  # type: ignore[arg-type]
+        corner = 2 * torch.randint(0, 2, (n, self.dim), generator=generator, device=device) - 1
+        noise = torch.randn(n, self.dim, generator=generator, dtype=torch.float64, device=device)
+        return corner.to(torch.float64) + math.sqrt(self.sigma2) * noise
