@@ -36,6 +36,38 @@ def forward_ess(log_w: Tensor) -> float:
     return float(torch.exp(log_ess))
 
 
+def reverse_ess_error(log_w: Tensor) -> float:
+    """Delta-method standard error of :func:`reverse_ess` from its own ``N`` samples.
+
+    With ``a = mean w``, ``b = mean w²`` and ``ESS = a²/b``, the influence of sample ``i`` is
+    ``ESS · [2(w_i/a − 1) − (w_i²/b − 1)]``, so ``SE = ESS · sqrt(mean(ψ_i²) / N)`` with ``ψ_i``
+    the bracket. Computed with ``w_i/a`` and ``w_i²/b`` in log space (no overflow). It is the
+    weights' own estimate: where ``q_θ`` misses part of ``p`` it is optimistic, like the ESS.
+    ``log_w`` shape ``(N,)``.
+    """
+    lw = _check_log_w(log_w).to(torch.float64)
+    n = lw.numel()
+    u = torch.exp(lw - torch.logsumexp(lw, 0) + math.log(n))  # w_i / a
+    v = torch.exp(2 * lw - torch.logsumexp(2 * lw, 0) + math.log(n))  # w_i² / b
+    psi = 2 * (u - 1) - (v - 1)
+    return reverse_ess(lw) * math.sqrt(float((psi * psi).mean()) / n)
+
+
+def forward_ess_error(log_w: Tensor) -> float:
+    """Delta-method standard error of :func:`forward_ess` from its own ``N`` samples ``x ~ p``.
+
+    With ``a = mean w``, ``c = mean 1/w`` and ``ESS = 1/(a c)``, the influence of sample ``i`` is
+    ``−ESS · [(w_i/a − 1) + (w_i⁻¹/c − 1)]``, so ``SE = ESS · sqrt(mean(ψ_i²) / N)``; both ratios
+    are computed in log space. ``log_w`` shape ``(N,)``.
+    """
+    lw = _check_log_w(log_w).to(torch.float64)
+    n = lw.numel()
+    u = torch.exp(lw - torch.logsumexp(lw, 0) + math.log(n))  # w_i / a
+    v = torch.exp(-lw - torch.logsumexp(-lw, 0) + math.log(n))  # w_i⁻¹ / c
+    psi = (u - 1) + (v - 1)
+    return forward_ess(lw) * math.sqrt(float((psi * psi).mean()) / n)
+
+
 def nll(flow: Flow, x: Tensor) -> float:
     """``−mean log q_θ(x)`` on held-out target samples ``x`` ``(N, *event_shape)``."""
     flow.check_input(x, name="x (held-out target samples)")

@@ -1,0 +1,408 @@
+"""Studies: several estimators × several seeds of one experiment and preset, run as separate
+training runs, then aggregated across seeds.
+
+A :class:`StudySpec` fixes everything before anything runs (experiment, preset, estimators,
+seeds, the claim it tests); :func:`run_study` trains every (estimator, seed) that has not
+finished, each in its own process (``python paper_runs/<experiment>.py … --resume``), so a
+killed study resumes where it stopped and finished runs are reused; :func:`collect` reads the
+runs' ``summary.json`` and ``metrics.jsonl``; :func:`summarise` aggregates them into the
+JSON-ready study record (``study.json``) from which :mod:`.study_report` draws every table,
+plot and verdict, so committed results can be re-rendered without re-running anything.
+
+Aggregates (:func:`aggregate`) give every seed's value together with mean ± standard error and
+median with quartiles, because ESS across seeds is often skewed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+# Keys of an evaluation record kept in ``study.json`` (the curves the plots need).
+CURVE_KEYS = (
+    "step",
+    "elapsed_s",
+    "ess_reverse",
+    "ess_reverse_err",
+    "ess_forward",
+    "ess_forward_err",
+    "kl_reverse",
+    "kl_forward",
+    "nll",
+    "nll_train",
+    "grad_var_standard",
+    "grad_var_path",
+)
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """One study, fixed before it runs.
+
+    - ``name``: folder and file names; ``experiment``: a script ``paper_runs/<experiment>.py``;
+      ``preset``: its preset; ``estimators``: trained one after the other for every seed;
+      ``seeds``: training seeds (the target samples are shared: same data seed).
+    - ``claim``: what the study tests, in one sentence; ``gpu_command``: the paper-size
+      command for a GPU, printed next to the CPU result.
+    """
+
+    name: str
+    experiment: str
+    preset: str
+    estimators: tuple[str, ...]
+    seeds: tuple[int, ...]
+    claim: str
+    gpu_command: str = ""
+    extra_args: tuple[str, ...] = field(default_factory=tuple)
+
+    def run_dir(self, root: Path, estimator: str, seed: int) -> Path:
+        return root / estimator / f"seed{seed}"
+
+
+class StudyError(RuntimeError):
+    """A study cannot be run or collected; the message names the run and what to do."""
+
+
+# ---------------------------------------------------------------------------------- running
+
+
+def run_state(run_dir: Path) -> str:
+    """``"completed"`` (``summary.json`` says so), ``"partial"`` (a run was started: resume it)
+    or ``"absent"``."""
+    summary = run_dir / "summary.json"
+    if summary.exists():
+        try:
+            status = json.loads(summary.read_text()).get("status")
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            status = None
+        if status == "completed":
+            return "completed"
+    if run_dir.exists() and any(run_dir.iterdir()):
+        return "partial"
+    return "absent"
+
+
+def run_command(
+    spec: StudySpec, script: Path, run_dir: Path, estimator: str, seed: int
+) -> list[str]:
+    """The training command of one run (``--resume`` starts it when nothing is there yet)."""
+    return [
+        sys.executable,
+        str(script),
+        "--preset",
+        spec.preset,
+        "--estimator",
+        estimator,
+        "--seed",
+        str(seed),
+        "--out",
+        str(run_dir),
+        "--resume",
+        "--no-progress",
+        *spec.extra_args,
+    ]
+
+
+def run_study(
+    spec: StudySpec,
+    script: Path,
+    root: Path,
+    *,
+    workers: int = 1,
+    log: Callable[[str], None] = print,
+    progress: bool = True,
+) -> None:
+    """Train every (estimator, seed) of ``spec`` whose run in ``root`` has not completed.
+
+    Runs go to ``root/<estimator>/seed<k>/`` with their output in ``train.log`` there; up to
+    ``workers`` run at once (give each one thread: the presets set ``--threads``). Raises
+    :class:`StudyError` naming the runs that failed (their logs say why)."""
+    todo = [
+        (e, s)
+        for e in spec.estimators
+        for s in spec.seeds
+        if run_state(spec.run_dir(root, e, s)) != "completed"
+    ]
+    done = len(spec.estimators) * len(spec.seeds) - len(todo)
+    log(
+        f"study {spec.name}: {len(todo)} run(s) to train, {done} reused, {workers} at a time, "
+        f"in {root}"
+    )
+    if not todo:
+        return
+    bar: Any = None
+    if progress:
+        from tqdm.auto import tqdm  # optional dependency, only for the bar
+
+        bar = tqdm(total=len(todo), desc=f"study {spec.name}", unit="run")
+    failures: list[str] = []
+    children: set[subprocess.Popen[bytes]] = set()
+
+    def train(job: tuple[str, int]) -> None:
+        estimator, seed = job
+        run_dir = spec.run_dir(root, estimator, seed)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cmd = run_command(spec, script, run_dir, estimator, seed)
+        with open(run_dir / "train.log", "ab") as out:
+            # One thread per run: ``workers`` runs share the cores without oversubscription.
+            env = {**os.environ, "OMP_NUM_THREADS": "1"}
+            child = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+            children.add(child)
+            code = child.wait()
+            children.discard(child)
+        if code != 0:
+            failures.append(f"{estimator} seed {seed} (exit {code}, see {run_dir / 'train.log'})")
+        if bar is not None:
+            bar.update(1)
+
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            list(pool.map(train, todo))
+    except KeyboardInterrupt:
+        # The runs received the same SIGINT (one process group) and checkpoint themselves.
+        for child in list(children):
+            child.send_signal(signal.SIGINT)
+        deadline = time.monotonic() + 60
+        for child in list(children):
+            child.wait(timeout=max(1.0, deadline - time.monotonic()))
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    if failures:
+        raise StudyError("runs failed: " + "; ".join(failures))
+
+
+# ---------------------------------------------------------------------------------- collecting
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise StudyError(
+            f"{path}: cannot read it ({e}); re-run the study to redo this run"
+        ) from None
+    if not isinstance(data, dict):
+        raise StudyError(f"{path}: expected a JSON object; re-run the study to redo this run")
+    return data
+
+
+def _read_records(path: Path) -> list[dict[str, Any]]:
+    records: list[dict[str, Any]] = []
+    if not path.exists():
+        return records
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            raise StudyError(
+                f"{path}:{n}: not a JSON line; re-run the study to redo this run"
+            ) from None
+        if isinstance(rec, dict):
+            records.append(rec)
+    return records
+
+
+def collect(spec: StudySpec, root: Path) -> list[dict[str, Any]]:
+    """One entry per completed run: ``estimator``, ``seed``, ``summary`` and the evaluation
+    ``curve`` (records restricted to :data:`CURVE_KEYS` and the observables)."""
+    runs = []
+    for e in spec.estimators:
+        for s in spec.seeds:
+            run_dir = spec.run_dir(root, e, s)
+            if run_state(run_dir) != "completed":
+                raise StudyError(f"{run_dir}: the run has not completed; run the study first")
+            summary = _read_json(run_dir / "summary.json")
+            observables = list((summary.get("observables") or {}).keys())
+            keep = set(CURVE_KEYS) | set(observables) | {f"{o}_err" for o in observables}
+            keep |= {f"{o}_n_eff" for o in observables}
+            curve = [
+                {k: v for k, v in rec.items() if k in keep}
+                for rec in _read_records(run_dir / "metrics.jsonl")
+            ]
+            runs.append({"estimator": e, "seed": s, "summary": summary, "curve": curve})
+    return runs
+
+
+# ---------------------------------------------------------------------------------- statistics
+
+
+def _finite(values: Iterable[Any]) -> list[float]:
+    return [
+        float(v)
+        for v in values
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    ]
+
+
+def quantile(sorted_values: Sequence[float], q: float) -> float:
+    """Linear-interpolation quantile (numpy's default) of already sorted values."""
+    if not sorted_values:
+        return math.nan
+    pos = q * (len(sorted_values) - 1)
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (pos - lo) * (sorted_values[hi] - sorted_values[lo])
+
+
+def aggregate(values: Sequence[Any]) -> dict[str, Any]:
+    """Across seeds: every value (``None`` where a run has none), and over the finite ones
+    ``n``, ``mean``, ``se = std/√n`` (``std`` with ``n − 1``), ``median``, ``q25``, ``q75``,
+    ``min``, ``max``."""
+    xs = _finite(values)
+    n = len(xs)
+    out: dict[str, Any] = {
+        "values": [float(v) if v is not None else None for v in values],
+        "n": n,
+    }
+    if n == 0:
+        out.update(mean=None, se=None, median=None, q25=None, q75=None, min=None, max=None)
+        return out
+    mean = sum(xs) / n
+    se = math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1) / n) if n > 1 else None
+    s = sorted(xs)
+    out.update(
+        mean=mean,
+        se=se,
+        median=quantile(s, 0.5),
+        q25=quantile(s, 0.25),
+        q75=quantile(s, 0.75),
+        min=s[0],
+        max=s[-1],
+    )
+    return out
+
+
+def value_at_time(curve: Sequence[dict[str, Any]], key: str, t: float) -> float | None:
+    """``key`` of the last evaluation at training time ``≤ t`` (``None`` if there is none)."""
+    best: float | None = None
+    for rec in curve:
+        elapsed, v = rec.get("elapsed_s"), rec.get(key)
+        if isinstance(elapsed, (int, float)) and elapsed <= t and isinstance(v, (int, float)):
+            best = float(v)
+    return best
+
+
+def _final(run: dict[str, Any], key: str) -> Any:
+    for rec in reversed(run["curve"]):
+        if rec.get(key) is not None:
+            return rec[key]
+    return None
+
+
+def _best(run: dict[str, Any], key: str) -> Any:
+    xs = _finite(rec.get(key) for rec in run["curve"])
+    return max(xs) if xs else None
+
+
+def summarise(
+    spec: StudySpec, runs: Sequence[dict[str, Any]], hardware: dict[str, Any]
+) -> dict[str, Any]:
+    """The study record: the spec, the hardware, per estimator the aggregates of final and best
+    reverse ESS, forward ESS, NLL (held-out and training), KL, observables, step and train time,
+    reverse ESS at equal wall time, and every run's curve."""
+    by_est = {e: [r for r in runs if r["estimator"] == e] for e in spec.estimators}
+    train_times = {
+        e: aggregate([r["summary"].get("train_time_s") for r in rs])["median"]
+        for e, rs in by_est.items()
+    }
+    finite_times = _finite(train_times.values())
+    equal_time = min(finite_times) if finite_times else None
+    observables: dict[str, str] = {}
+    for r in runs:
+        observables.update(r["summary"].get("observables") or {})
+    estimators: dict[str, Any] = {}
+    for e, rs in by_est.items():
+        entry: dict[str, Any] = {
+            "seeds": [r["seed"] for r in rs],
+            "final_ess_reverse": aggregate([_final(r, "ess_reverse") for r in rs]),
+            "final_ess_reverse_err": aggregate([_final(r, "ess_reverse_err") for r in rs]),
+            "best_ess_reverse": aggregate([_best(r, "ess_reverse") for r in rs]),
+            "final_ess_forward": aggregate([_final(r, "ess_forward") for r in rs]),
+            "final_nll": aggregate([_final(r, "nll") for r in rs]),
+            "final_nll_train": aggregate([_final(r, "nll_train") for r in rs]),
+            "final_kl_reverse": aggregate([_final(r, "kl_reverse") for r in rs]),
+            "final_kl_forward": aggregate([_final(r, "kl_forward") for r in rs]),
+            "step_time_s": aggregate([r["summary"].get("mean_step_time_s") for r in rs]),
+            "train_time_s": aggregate([r["summary"].get("train_time_s") for r in rs]),
+            "steps": aggregate([r["summary"].get("steps_done") for r in rs]),
+        }
+        gap = [
+            (h - t) if isinstance(h, (int, float)) and isinstance(t, (int, float)) else None
+            for h, t in zip(
+                entry["final_nll"]["values"], entry["final_nll_train"]["values"], strict=True
+            )
+        ]
+        entry["final_nll_gap"] = aggregate(gap)
+        if equal_time is not None:
+            entry["ess_reverse_at_equal_time"] = aggregate(
+                [value_at_time(r["curve"], "ess_reverse", equal_time) for r in rs]
+            )
+        for o in observables:
+            entry[f"final_{o}"] = aggregate([_final(r, o) for r in rs])
+        estimators[e] = entry
+    references: dict[str, Any] = {}
+    for r in runs:
+        references.update(r["summary"].get("references") or {})
+    return {
+        "format": "pathgrad-ref study 1",
+        "spec": {**asdict(spec), "estimators": list(spec.estimators), "seeds": list(spec.seeds)},
+        "hardware": hardware,
+        "equal_time_s": equal_time,
+        "observables": observables,
+        "references": references,
+        "estimators": estimators,
+        "runs": [
+            {
+                "estimator": r["estimator"],
+                "seed": r["seed"],
+                "status": r["summary"].get("status"),
+                "steps_done": r["summary"].get("steps_done"),
+                "train_time_s": r["summary"].get("train_time_s"),
+                "mean_step_time_s": r["summary"].get("mean_step_time_s"),
+                "final": {
+                    k: v
+                    for k, v in (r["summary"].get("final") or {}).items()
+                    if not isinstance(v, (dict, list))
+                },
+                "curve": r["curve"],
+            }
+            for r in runs
+        ],
+    }
+
+
+def hardware_info() -> dict[str, Any]:
+    """What the numbers were measured on: processor, cores, torch version, GPU if any."""
+    import platform
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }

@@ -1,0 +1,162 @@
+"""The study machinery: aggregation against hand-computed values, the verdict rules, the ESS
+standard errors against their Monte Carlo spread, plots without warnings, and a tiny study end
+to end (two estimators, two seeds) that is killed and resumed."""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from pathgrad_ref.metrics import forward_ess, forward_ess_error, reverse_ess, reverse_ess_error
+from pathgrad_ref.training.study import aggregate, quantile, value_at_time
+from pathgrad_ref.training.study_report import higher, markdown, plot, verdicts
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_aggregate_matches_hand_computed_values() -> None:
+    agg = aggregate([1.0, 2.0, 4.0, 9.0, None])
+    # mean 4, sample variance ((−3)² + (−2)² + 0² + 5²)/3 = 38/3, se = sqrt(38/3/4)
+    assert agg["n"] == 4
+    assert agg["values"] == [1.0, 2.0, 4.0, 9.0, None]
+    assert agg["mean"] == pytest.approx(4.0, rel=1e-15)
+    assert agg["se"] == pytest.approx(math.sqrt(38 / 12), rel=1e-14)
+    assert agg["median"] == pytest.approx(3.0)
+    # numpy's default (linear) quantiles, an independent implementation
+    xs = np.array([1.0, 2.0, 4.0, 9.0])
+    assert agg["q25"] == pytest.approx(float(np.quantile(xs, 0.25)), rel=1e-15)
+    assert agg["q75"] == pytest.approx(float(np.quantile(xs, 0.75)), rel=1e-15)
+    assert agg["se"] == pytest.approx(float(np.std(xs, ddof=1) / 2), rel=1e-14)
+    assert (agg["min"], agg["max"]) == (1.0, 9.0)
+
+
+def test_aggregate_edge_cases() -> None:
+    assert aggregate([None, float("nan")])["mean"] is None
+    one = aggregate([0.5])
+    assert one["mean"] == 0.5 and one["se"] is None and one["median"] == 0.5
+    assert math.isnan(quantile([], 0.5))
+
+
+def test_value_at_time_takes_the_last_evaluation_within_the_budget() -> None:
+    curve = [
+        {"elapsed_s": 0.0, "ess_reverse": 0.1},
+        {"elapsed_s": 5.0, "ess_reverse": 0.3},
+        {"elapsed_s": 9.0, "ess_reverse": 0.5},
+    ]
+    assert value_at_time(curve, "ess_reverse", 8.9) == 0.3
+    assert value_at_time(curve, "ess_reverse", 9.0) == 0.5
+    assert value_at_time(curve, "ess_reverse", -1.0) is None
+
+
+def _agg(mean: float, se: float | None) -> dict[str, Any]:
+    return {"mean": mean, "se": se}
+
+
+def test_higher_needs_two_combined_standard_errors() -> None:
+    # combined se = hypot(0.03, 0.04) = 0.05: a difference of 0.11 > 0.10 holds, 0.09 does not
+    assert higher(_agg(0.61, 0.03), _agg(0.50, 0.04)) == "holds"
+    assert higher(_agg(0.59, 0.03), _agg(0.50, 0.04)) == "inconclusive"
+    assert higher(_agg(0.39, 0.03), _agg(0.50, 0.04)) == "does not hold"
+    assert higher(_agg(0.9, None), _agg(0.1, 0.01)) == "inconclusive"
+
+
+def _study(
+    ess: dict[str, list[float]], ratios: tuple[float, float] | None = None
+) -> dict[str, Any]:
+    """A synthetic study record: final reverse ESS per estimator and seed; with ``ratios``
+    the fast-path runs carry a gradient-variance curve whose path/standard ratio goes from
+    ``ratios[0]`` to ``ratios[1]``."""
+    runs = []
+    for e, values in ess.items():
+        for seed, v in enumerate(values):
+            curve = [
+                {"step": 0, "elapsed_s": 0.0, "ess_reverse": 0.01},
+                {"step": 10, "elapsed_s": 1.0 + seed, "ess_reverse": v},
+            ]
+            if ratios is not None and e == "reverse-path-fast":
+                curve[0].update(grad_var_standard=1.0, grad_var_path=ratios[0])
+                curve[1].update(grad_var_standard=2.0, grad_var_path=2.0 * ratios[1])
+            runs.append({"estimator": e, "seed": seed, "curve": curve, "final": curve[-1]})
+    estimators = {
+        e: {
+            "final_ess_reverse": aggregate(v),
+            "ess_reverse_at_equal_time": aggregate(v),
+        }
+        for e, v in ess.items()
+    }
+    spec = {
+        "name": "synthetic",
+        "experiment": "gmm",
+        "preset": "study",
+        "estimators": list(ess),
+        "seeds": [0, 1, 2],
+        "claim": "a test",
+        "gpu_command": "",
+    }
+    return {
+        "spec": spec,
+        "hardware": {"cpu": "test", "cores": 1, "torch": torch.__version__, "gpu": None},
+        "equal_time_s": 1.0,
+        "observables": {},
+        "references": {},
+        "estimators": estimators,
+        "runs": runs,
+    }
+
+
+def test_verdicts_follow_the_stated_rules() -> None:
+    study = _study(
+        {"reverse-standard": [0.50, 0.52, 0.48], "reverse-path-fast": [0.80, 0.82, 0.78]},
+        ratios=(0.8, 0.01),
+    )
+    by_claim = {
+        (v["claim"][:2], v["estimator"], v["claim"][-10:]): v["verdict"] for v in verdicts(study)
+    }
+    assert set(by_claim.values()) == {"holds"}
+    assert len(by_claim) == 3  # equal steps, equal time, variance
+    flat = _study(
+        {"reverse-standard": [0.50, 0.60, 0.40], "reverse-path-fast": [0.52, 0.62, 0.42]},
+        ratios=(0.8, 1.5),
+    )
+    got = [v["verdict"] for v in verdicts(flat)]
+    assert got == ["inconclusive", "inconclusive", "does not hold"]
+
+
+def test_reverse_ess_error_matches_its_monte_carlo_spread() -> None:
+    gen = torch.Generator().manual_seed(1)
+    for ess_fn, err_fn in ((reverse_ess, reverse_ess_error), (forward_ess, forward_ess_error)):
+        values, errors = [], []
+        for _ in range(300):
+            log_w = 0.8 * torch.randn(2000, generator=gen, dtype=torch.float64)
+            values.append(ess_fn(log_w))
+            errors.append(err_fn(log_w))
+        spread = float(np.std(values, ddof=1))
+        # the spread of 300 draws is itself known to about 1/sqrt(2·299) ≈ 4%
+        assert np.mean(errors) == pytest.approx(spread, rel=0.15)
+    # scale invariance, as the ESS itself
+    log_w = torch.randn(500, generator=gen, dtype=torch.float64)
+    assert reverse_ess_error(log_w + 700) == pytest.approx(reverse_ess_error(log_w), rel=1e-12)
+    assert forward_ess_error(log_w - 700) == pytest.approx(forward_ess_error(log_w), rel=1e-12)
+    assert reverse_ess_error(torch.zeros(10, dtype=torch.float64)) == 0.0
+
+
+def test_markdown_and_plots_without_warnings(tmp_path: Path) -> None:
+    study = _study(
+        {"reverse-standard": [0.50, 0.52, 0.48], "reverse-path-fast": [0.80, 0.82, 0.78]},
+        ratios=(0.8, 0.01),
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        files = plot(study, tmp_path)
+    assert {f.name for f in files} == {"ess.png", "gradvar.png"}
+    assert all(f.stat().st_size > 10_000 for f in files)
+    text = markdown(study)
+    assert "**holds**" in text and "reverse-path-fast" in text
+    json.dumps(study)  # the record is JSON-ready
