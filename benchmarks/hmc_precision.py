@@ -224,11 +224,11 @@ def _line(name: str, e: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--chains", type=int, default=256, help="chains per run [256]")
-    parser.add_argument("--therm", type=int, default=300, help="thermalisation trajectories [300]")
-    parser.add_argument("--kept", type=int, default=400, help="kept states per chain [400]")
+    parser.add_argument("--therm", type=int, default=400, help="thermalisation trajectories [400]")
+    parser.add_argument("--kept", type=int, default=200, help="kept states per chain [200]")
     parser.add_argument("--thin", type=int, default=5, help="trajectories per kept state [5]")
     parser.add_argument("--leapfrog", type=int, default=10, help="leapfrog steps [10]")
-    parser.add_argument("--repeats", type=int, default=4, help="seeds per precision [4]")
+    parser.add_argument("--repeats", type=int, default=8, help="seeds per precision [8]")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads [1]")
     parser.add_argument(
         "--out", type=Path, default=RESULTS / "hmc-precision-cpu.json", help="JSON output"

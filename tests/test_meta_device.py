@@ -17,6 +17,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -236,7 +237,7 @@ def test_bisection_continues_when_the_stated_width_is_too_small() -> None:
     assert float((x - x_true).abs().max()) <= 1e-13
 
     class NoWidth(TanMixture):
-        max_bracket_width = None
+        max_bracket_width = None  # type: ignore[assignment]  # the solver then reads the width
 
     x2 = implicit_inverse(NoWidth(K), m.h(x_true, q), q)
     assert float((x2 - x_true).abs().max()) <= 1e-13
@@ -345,7 +346,7 @@ def test_hmc_on_device_bookkeeping_matches_host_reference(
     x0 = ((x0.to(torch.float64) - 0.5) * (2 * math.pi if period else 2.0)).to(device)
     if period:
         x0 = torch.remainder(x0, period)
-    kw = {"n_therm": 6, "n_kept": 5, "eps0": 0.3, "n_leapfrog": 4, "jitter": jitter}
+    kw: dict[str, Any] = {"n_therm": 6, "n_kept": 5, "eps0": 0.3, "n_leapfrog": 4, "jitter": jitter}
     obs_ref, eps_ref, acc_ref = _reference_hmc(
         target,
         x0,
