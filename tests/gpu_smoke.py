@@ -183,13 +183,15 @@ def _train_cmd(script: str, out: Path, args: argparse.Namespace, *extra: str) ->
     return cmd + list(extra)
 
 
-def _summary(run_dir: Path) -> dict[str, object]:
+def _summary(run_dir: Path, args: argparse.Namespace) -> dict[str, object]:
+    """The run's ``summary.json``; ``RuntimeError`` unless it ran on ``args.device``'s type."""
     path = run_dir / "summary.json"
     if not path.exists():
         raise RuntimeError(f"no {path}")
     out: dict[str, object] = json.loads(path.read_text())
-    if not str(out.get("device", "")).startswith("cuda"):
-        raise RuntimeError(f"{path} records device {out.get('device')!r}, expected cuda")
+    want = _device(args).type
+    if not str(out.get("device", "")).startswith(want):
+        raise RuntimeError(f"{path} records device {out.get('device')!r}, expected {want}")
     return out
 
 
@@ -348,7 +350,7 @@ def _script_check(script: str) -> Callable[[argparse.Namespace], str]:
             args,
             f"paper_runs/{script}",
         )
-        s = _summary(out)
+        s = _summary(out, args)
         if s.get("steps_done") != 5:
             raise RuntimeError(f"steps_done={s.get('steps_done')}, expected 5")
         return f"5 steps forward-path-fast, final {_final(s)}; {fig}"
@@ -375,10 +377,10 @@ def check_resume(args: argparse.Namespace) -> str:
         args,
         "resume",
     )
-    s = _summary(out)
+    s = _summary(out, args)
     if s.get("steps_done") != 10:
         raise RuntimeError(f"resumed run: steps_done={s.get('steps_done')}, expected 10")
-    return f"phi4 run resumed from step 5 to 10 on cuda; {fig}"
+    return f"phi4 run resumed from step 5 to 10 on {args.device}; {fig}"
 
 
 def check_compare(args: argparse.Namespace) -> str:
@@ -391,7 +393,7 @@ def check_compare(args: argparse.Namespace) -> str:
         "compare",
     )
     for name in ("reverse-standard", "reverse-path-fast"):
-        _summary(out / name)
+        _summary(out / name, args)
     return f"phi4 --compare reverse-standard,reverse-path-fast; {fig}"
 
 
@@ -427,7 +429,7 @@ def check_torchrun(args: argparse.Namespace) -> str:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     cmd += _train_cmd("gmm", out, args, "--overwrite")[1:]
     fig = _run(cmd, args, "torchrun")
-    s = _summary(out)
+    s = _summary(out, args)
     if s.get("world_size") != 2:
         raise RuntimeError(f"world_size={s.get('world_size')}, expected 2")
     return f"2 ranks, nccl, gmm 5 steps; {fig}"

@@ -442,3 +442,60 @@ def test_gpu_smoke_sync_expectation() -> None:
     assert "0 host syncs" in gpu_smoke._expect_syncs("step", 0.0, 0, [])
     with pytest.raises(RuntimeError, match=r"1 host syncs per call, expected 0 \(a.py:3\)"):
         gpu_smoke._expect_syncs("step", 1.0, 0, ["a.py:3"])
+
+
+def test_gpu_smoke_training_command_runs_on_the_cpu(tmp_path: Path) -> None:
+    """The smoke script's training command is accepted by the current command line and
+    produces a run summary (here on the CPU; the script itself insists on CUDA)."""
+    import argparse
+
+    import gpu_smoke
+
+    args = argparse.Namespace(device="cpu", work=str(tmp_path), timeout=600.0)
+    figure = gpu_smoke._script_check("gmm")(args)
+    assert "5 steps forward-path-fast" in figure
+    assert gpu_smoke._summary(tmp_path / "runs" / "gmm", args)["steps_done"] == 5
+    with pytest.raises(RuntimeError, match="expected cuda"):
+        gpu_smoke._summary(tmp_path / "runs" / "gmm", argparse.Namespace(device="cuda"))
+
+
+def test_count_host_syncs(device: torch.device) -> None:
+    """On CUDA (``--device cuda``): a host read counts one sync, device work none, a bisection
+    one and HMC trajectories none. On the CPU the counter refuses to run (it would see
+    nothing)."""
+    from pathgrad_ref.syncs import count_host_syncs
+
+    if device.type != "cuda":
+        with pytest.raises(RuntimeError, match="needs CUDA"), count_host_syncs():
+            pass
+        return
+    x = torch.randn(100, device=device, dtype=torch.float64)
+    torch.cuda.synchronize()
+    with count_host_syncs() as device_only:
+        y = (x * 2).exp().sum()
+    with count_host_syncs() as one_read:
+        float(y)
+    assert (device_only.count, one_read.count) == (0, 1)
+    m = TanMixture(K)
+    q = _mixture_params((40, 9), seed=3).to(device)
+    y_target = m.h(torch.zeros(40, 9, dtype=torch.float64, device=device), q)
+    implicit_inverse(m, y_target, q)  # warm-up
+    torch.cuda.synchronize()
+    with count_host_syncs() as bisection:
+        implicit_inverse(m, y_target, q)
+    assert bisection.count == 1, bisection.sites
+    target = Phi4((4, 4))
+    x0 = torch.randn(16, 4, 4, dtype=torch.float64, device=device)
+    torch.cuda.synchronize()
+    with count_host_syncs() as hmc, torch.no_grad():
+        run_chains(
+            target,
+            x0,
+            n_therm=3,
+            n_kept=2,
+            thin=1,
+            step_size=0.1,
+            n_leapfrog=2,
+            adapt_step_size=True,
+        )
+    assert hmc.count == 0, hmc.sites
