@@ -1,4 +1,9 @@
-"""Test options: ``--device`` (default cpu) and ``--dtype`` (default float64)."""
+"""Test options: ``--device`` (default cpu) and ``--dtype`` (default float64).
+
+``--device cuda`` on a machine without CUDA is a usage error: the run stops with a non-zero exit
+status before any test, never a green run of skipped tests. Tests that take the ``device``
+fixture run on the chosen device.
+"""
 
 from __future__ import annotations
 
@@ -15,12 +20,37 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+def _requested_device(config: pytest.Config) -> torch.device:
+    """The ``--device`` option, or ``pytest.UsageError`` naming what is wrong with it."""
+    name = config.getoption("--device")
+    try:
+        dev = torch.device(name)
+    except RuntimeError as err:
+        raise pytest.UsageError(
+            f"--device: expected a torch device (cpu, cuda), got {name!r}"
+        ) from err
+    if dev.type not in ("cpu", "cuda"):
+        raise pytest.UsageError(f"--device: expected cpu or cuda[:index], got {name!r}")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise pytest.UsageError(
+                f"--device {name} requested but CUDA is not available (torch {torch.__version__}, "
+                f"built with CUDA {torch.version.cuda}): refusing to run the GPU tests on the CPU"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise pytest.UsageError(
+                f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) are visible"
+            )
+    return dev
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    _requested_device(config)
+
+
 @pytest.fixture(scope="session")
 def device(request: pytest.FixtureRequest) -> torch.device:
-    dev = torch.device(request.config.getoption("--device"))
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        pytest.skip("--device cuda requested but CUDA is not available")
-    return dev
+    return _requested_device(request.config)
 
 
 @pytest.fixture(scope="session")

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -93,8 +93,12 @@ class TanMixture:
     Parameters ``q`` of shape ``(3K, *S)`` for angles of shape ``S``: ``q[:K]`` softmax logits of
     ``w``, ``q[K:2K]`` raw ``α = α_min + (1 − α_min)·exp(raw)`` (``α = 1``, the identity, at
     ``raw = 0``), ``q[2K:]`` the shifts ``β``. Implements
-    :class:`~pathgrad_ref.flows.implicit.MonotoneFamily`.
+    :class:`~pathgrad_ref.flows.implicit.MonotoneFamily`, with its optional
+    ``max_bracket_width`` (``2π``) and ``prepare`` (the softmax and exp once per solve).
     """
+
+    # The brackets (y − π, y + π) are 2π wide: bisection's step count needs no device read.
+    max_bracket_width = TWO_PI
 
     def __init__(self, n_mixture: int, alpha_min: float = 1e-3) -> None:
         if n_mixture < 1:
@@ -133,6 +137,21 @@ class TanMixture:
     def h(self, x: Tensor, p: Tensor) -> Tensor:
         """``h(x)``, shape ``S``."""
         return x + self.shift(x, p)
+
+    def prepare(self, p: Tensor) -> Callable[[Tensor], Tensor]:
+        """``x ↦ h(x; p)`` with ``w = softmax``, ``α`` and the coefficients of ``D_k`` computed
+        once, for the many evaluations at one ``p`` in a bisection. Same operations in the
+        same order as :meth:`h`, hence the same values, bit for bit."""
+        w, alpha, _, _ = self._unpack(p.new_zeros(p.shape[1:]), p)
+        beta = p[2 * self.n_mixture :]
+        sin_coef, cos_add, cos_coef = alpha - 1.0, 1.0 + alpha, 1.0 - alpha
+
+        def h(x: Tensor) -> Tensor:
+            phi = x.unsqueeze(0) - beta
+            d = 2.0 * torch.atan2(sin_coef * torch.sin(phi), cos_add + cos_coef * torch.cos(phi))
+            return x + (w * d).sum(0)
+
+        return h
 
     def dh_dx(self, x: Tensor, p: Tensor) -> Tensor:
         """``h'(x) = Σ_k w_k T'_k(x − β_k) > 0``, shape ``S``."""

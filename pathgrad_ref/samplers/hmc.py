@@ -4,6 +4,11 @@ Each trajectory draws momenta ``π ~ N(0, I)``, integrates Hamilton's equations 
 ``H(x, π) = S(x) + ½|π|²`` with the leapfrog scheme and the target's analytic force ``∇S``, and
 accepts the end point with probability ``min(1, exp(−ΔH))``. Chains are independent and run as
 one batch of shape ``(n_chains, *event_shape)``, on the CPU or a GPU.
+
+No trajectory reads a value back to the host (which on a GPU would wait for the device):
+accept/reject is a ``torch.where`` (:func:`hmc_trajectory`), acceptances are counted and the
+step size adapted on the device (:func:`run_chains`); :func:`hmc_sample` reads the counts, the
+final step size and the observable series once, after the last trajectory.
 """
 
 from __future__ import annotations
@@ -154,6 +159,119 @@ def _wrap(x: Tensor, period: float) -> Tensor:
     return torch.where(x >= period, x - period, x)
 
 
+def hmc_trajectory(
+    target: Target,
+    x: Tensor,
+    action: Tensor,
+    force: Tensor,
+    step_size: Tensor,
+    n_leapfrog: int,
+    *,
+    generator: torch.Generator | None = None,
+    periodic: float | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """One HMC trajectory of every chain, device code only (no host read).
+
+    Draws ``π ~ N(0, I)``, runs :func:`leapfrog` from ``(x, π)`` with ``force = ∇S(x)`` given,
+    and accepts chain ``c`` where ``log u_c < −ΔH_c``, ``u_c ~ U(0, 1)``,
+    ``ΔH = S(x') − S(x) + ½(|π'|² − |π|²)``, by ``torch.where``; a NaN or infinite ``ΔH`` (a
+    diverging trajectory) compares false and is rejected.
+
+    Shapes: ``x``, ``force``: ``(N, *event_shape)``; ``action``: ``(N,)``; ``step_size``: a
+    0-dim tensor or one step per chain, ``(N, 1, …, 1)``. Returns ``(x, S(x), ∇S(x), accept,
+    ΔH)`` after the accept/reject step, ``accept`` bool ``(N,)``; with ``periodic`` the
+    positions are wrapped to ``[0, periodic)`` (the action and force, periodic, stay valid).
+    """
+    n_chains = x.shape[0]
+    p = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    x_new, p_new, force_new = _leapfrog(target, x, p, step_size, n_leapfrog, force)
+    action_new = target.action(x_new)
+    kinetic = 0.5 * (p_new * p_new - p * p).flatten(1).sum(1)
+    delta_h = action_new - action + kinetic
+    u = torch.rand(n_chains, generator=generator, dtype=x.dtype, device=x.device)
+    accept = torch.log(u) < -delta_h
+    mask = accept.view(-1, *([1] * (x.dim() - 1)))
+    x = torch.where(mask, x_new, x)
+    force = torch.where(mask, force_new, force)
+    action = torch.where(accept, action_new, action)
+    if periodic is not None:
+        x = _wrap(x, periodic)
+    return x, action, force, accept, delta_h
+
+
+@dataclass(frozen=True)
+class ChainState:
+    """Output of :func:`run_chains`, all on the chains' device (nothing read to the host).
+
+    ``samples``: ``(n_kept, n_chains, *event_shape)``; ``observable``: ``(n_kept, n_chains)``;
+    ``final_state``: ``(n_chains, *event_shape)``; ``n_accepted``: int64 ``()``, accepted
+    trajectories of the sampling phase summed over chains; ``log_step_size``: float64 ``()``,
+    ``log ε`` after any adaptation.
+    """
+
+    samples: Tensor
+    observable: Tensor
+    final_state: Tensor
+    n_accepted: Tensor
+    log_step_size: Tensor
+
+
+def run_chains(
+    target: Target,
+    x: Tensor,
+    *,
+    n_therm: int,
+    n_kept: int,
+    thin: int,
+    step_size: float,
+    n_leapfrog: int,
+    generator: torch.Generator | None = None,
+    periodic: float | None = None,
+    step_jitter: float = 0.0,
+    adapt_step_size: bool = False,
+    target_acceptance: float = 0.8,
+    observable: Observable | None = None,
+    progress: Callable[[int], Any] | None = None,
+) -> ChainState:
+    """The trajectories of :func:`hmc_sample` from the start ``x`` (``(n_chains, *event)``,
+    validated by the caller): ``n_therm`` thermalisation trajectories, then ``n_kept · thin``
+    sampling ones keeping every ``thin``-th state. No host synchronisation per trajectory:
+    accept/reject is a ``torch.where``, acceptances are summed on the device and the step-size
+    adaptation keeps ``log ε`` as a device tensor, all read once by the caller.
+    ``progress(1)`` is called after each trajectory. Call under ``torch.no_grad()``.
+    """
+    obs_fn: Observable = target.action if observable is None else observable
+    n_chains, dtype, device = x.shape[0], x.dtype, x.device
+    kept = torch.empty((n_kept, *x.shape), dtype=dtype, device=device)
+    obs = torch.empty((n_kept, n_chains), dtype=dtype, device=device)
+    # Adaptation state in float64 whatever the chains' dtype, as a host float would be.
+    log_eps = torch.full((), math.log(step_size), dtype=torch.float64, device=device)
+    n_accepted = torch.zeros((), dtype=torch.int64, device=device)
+    action = target.action(x)
+    force = target.force(x)
+    for t in range(n_therm + n_kept * thin):
+        sampling = t >= n_therm
+        eps = log_eps.exp().to(dtype)
+        if step_jitter > 0:
+            u = torch.rand(n_chains, generator=generator, dtype=dtype, device=device)
+            eps = _broadcast_step(eps * (1.0 + step_jitter * (2.0 * u - 1.0)), x)
+        x, action, force, accept, delta_h = hmc_trajectory(
+            target, x, action, force, eps, n_leapfrog, generator=generator, periodic=periodic
+        )
+        if sampling:
+            n_accepted += accept.sum()
+            k, r = divmod(t - n_therm + 1, thin)
+            if r == 0:
+                kept[k - 1] = x
+                obs[k - 1] = obs_fn(x)
+        elif adapt_step_size:
+            prob = torch.exp(torch.clamp(-delta_h, max=0.0)).nan_to_num(0.0)
+            log_eps = log_eps + (prob.mean().to(torch.float64) - target_acceptance) / (t + 1) ** 0.6
+        if progress is not None:
+            progress(1)
+    return ChainState(kept, obs, x, n_accepted, log_eps)
+
+
 def hmc_sample(
     target: Target,
     n_samples: int,
@@ -231,13 +349,10 @@ def hmc_sample(
     n_kept = n_samples // n_chains
     n_total = n_therm + n_kept * thin
     x = _initial_state(target, init, n_chains, periodic, generator, dtype, device)
-    shape = x.shape
     obs0 = obs_fn(x)
     if not isinstance(obs0, Tensor) or tuple(obs0.shape) != (n_chains,):
         got = tuple(obs0.shape) if isinstance(obs0, Tensor) else type(obs0).__name__
         raise ValueError(f"observable: expected a tensor of shape ({n_chains},), got {got}")
-    kept = torch.empty((n_kept, *shape), dtype=dtype, device=device)
-    obs = torch.empty((n_kept, n_chains), dtype=dtype, device=device)
 
     bar: Any = None
     if progress:
@@ -245,49 +360,29 @@ def hmc_sample(
 
         bar = tqdm(total=n_total, desc="HMC", unit="traj")
 
-    log_eps = math.log(eps0)
-    n_accepted = torch.zeros((), dtype=torch.int64, device=device)
     with torch.no_grad():
-        action = target.action(x)
-        force = target.force(x)
-        for t in range(n_total):
-            sampling = t >= n_therm
-            eps: Tensor | float = math.exp(log_eps)
-            if step_jitter > 0:
-                u = torch.rand(n_chains, generator=generator, dtype=dtype, device=device)
-                eps = _broadcast_step(eps * (1.0 + step_jitter * (2.0 * u - 1.0)), x)
-            eps_t = torch.as_tensor(eps, dtype=dtype, device=device)
-
-            p = torch.randn(shape, generator=generator, dtype=dtype, device=device)
-            x_new, p_new, force_new = _leapfrog(target, x, p, eps_t, n_leapfrog, force)
-            action_new = target.action(x_new)
-            kinetic = 0.5 * (p_new * p_new - p * p).flatten(1).sum(1)
-            delta_h = action_new - action + kinetic
-
-            log_u = torch.log(torch.rand(n_chains, generator=generator, dtype=dtype, device=device))
-            # NaN/inf ΔH (a diverging trajectory) compares False and is rejected.
-            accept = log_u < -delta_h
-            mask = accept.view(-1, *([1] * (x.dim() - 1)))
-            x = torch.where(mask, x_new, x)
-            force = torch.where(mask, force_new, force)
-            action = torch.where(accept, action_new, action)
-            if periodic is not None:
-                # The action is periodic, so the cached action and force stay valid.
-                x = _wrap(x, periodic)
-
-            if sampling:
-                n_accepted += accept.sum()
-                k, r = divmod(t - n_therm + 1, thin)
-                if r == 0:
-                    kept[k - 1] = x
-                    obs[k - 1] = obs_fn(x)
-            elif adapt_step_size:
-                prob = torch.exp(torch.clamp(-delta_h, max=0.0)).nan_to_num(0.0)
-                log_eps += (float(prob.mean()) - target_acceptance) / (t + 1) ** 0.6
-            if bar is not None:
-                bar.update(1)
+        chains = run_chains(
+            target,
+            x,
+            n_therm=n_therm,
+            n_kept=n_kept,
+            thin=thin,
+            step_size=eps0,
+            n_leapfrog=n_leapfrog,
+            generator=generator,
+            periodic=periodic,
+            step_jitter=step_jitter,
+            adapt_step_size=adapt_step_size,
+            target_acceptance=target_acceptance,
+            observable=obs_fn,
+            progress=bar.update if bar is not None else None,
+        )
     if bar is not None:
         bar.close()
+    # The run's host reads, once, after all trajectories.
+    x, kept, obs = chains.final_state, chains.samples, chains.observable
+    final_step = float(chains.log_step_size.exp())
+    n_accepted = int(chains.n_accepted)
 
     tau = math.nan
     if n_kept >= 2:
@@ -302,7 +397,7 @@ def hmc_sample(
         "n_samples": n_samples,
         "n_chains": n_chains,
         "step_size": eps0,
-        "final_step_size": math.exp(log_eps),
+        "final_step_size": final_step,
         "n_leapfrog": n_leapfrog,
         "n_therm": n_therm,
         "thin": thin,
@@ -319,9 +414,9 @@ def hmc_sample(
     n_traj = n_kept * thin
     return HMCResult(
         samples=kept.view(n_samples, *target.event_shape),
-        acceptance_rate=float(n_accepted) / (n_traj * n_chains),
+        acceptance_rate=n_accepted / (n_traj * n_chains),
         n_steps=n_traj,
-        step_size=math.exp(log_eps),
+        step_size=final_step,
         final_state=x,
         observable=obs,
         tau_int=tau,

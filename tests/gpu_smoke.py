@@ -1,0 +1,575 @@
+"""GPU smoke test: does the project run on CUDA, correctly and without per-step host syncs?
+
+    python tests/gpu_smoke.py                      # every check, on cuda (a few minutes)
+    python tests/gpu_smoke.py --dry-run            # list the checks, run nothing
+    python tests/gpu_smoke.py --only estimator,syncs --keep /tmp/smoke
+
+A plain script, not a pytest module (pytest collects ``test_*.py`` only). It prints one line per
+check, ``PASS``, ``FAIL`` or ``SKIP``, its name, a measured figure and its seconds, then a
+summary. Exit status: 0 when every check passed; 1 when one failed; 2 without CUDA (nothing can
+be checked: this script never passes on a CPU-only machine); 3 when checks were skipped (e.g.
+the 2-process NCCL run on a 1-GPU machine) and ``--allow-skip`` was not given.
+
+The checks:
+
+- ``cuda``: a CUDA device is visible; name, capability, torch and CUDA versions.
+- ``precision``: the float32 precision policy (TF32 off) is in force on the device.
+- ``estimator/<setup>/<name>``: every estimator (naive oracles included) on every flow (RealNVP
+  on the GMM, Z2Nice on φ⁴, the U(1) flow): the float64 gradient on CUDA against the same on
+  the CPU (max relative difference, must be <= 1e-9); and ``estimator-f32/<setup>``: the
+  float32 fast-path gradient on CUDA against float64 on the CPU (<= 2e-3).
+- ``syncs/...``: host synchronisations counted with ``torch.cuda.set_sync_debug_mode``
+  (:func:`pathgrad_ref.syncs.count_host_syncs`) in steady state: a U(1) inverse (one per
+  bisection, i.e. per layer), HMC trajectories (none), and full optimiser steps (estimator,
+  backward, clipping, Adam) of the fast-path estimators on φ⁴ (none) and U(1) (one per
+  bisection in the inverse direction, none in the reverse one).
+- ``paper_runs/<script>``: a few training steps of each script with ``--device cuda``, a
+  forward-KL estimator so that the target-sample path (HMC on the GPU) runs; ``resume``:
+  continuing the φ⁴ CUDA run from its checkpoint; ``compare``: two estimators under
+  ``--compare``.
+- ``table2``: ``benchmarks/table2.py --device cuda --scale small`` with few rounds.
+- ``torchrun-nccl``: ``torchrun --nproc_per_node 2`` with NCCL (needs 2 GPUs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+import torch  # noqa: E402
+
+from pathgrad_ref.flows import Flow  # noqa: E402
+from pathgrad_ref.targets import Target  # noqa: E402
+
+SETUPS = ("realnvp-gmm", "z2nice-phi4", "u1-gauge")
+ESTIMATOR_NAMES = (
+    "reverse-standard",
+    "reverse-path-dropin",
+    "reverse-path-fast",
+    "forward-standard",
+    "forward-path-gdreg",
+    "forward-path-fast",
+    "reverse-standard-naive",
+    "reverse-path-naive",
+    "forward-standard-naive",
+    "forward-path-naive",
+)
+SCRIPTS = ("gmm", "phi4", "u1")
+
+
+class SkipCheckError(Exception):
+    """The check cannot run on this machine (the reason is printed)."""
+
+
+@dataclass
+class Check:
+    name: str
+    what: str
+    run: Callable[[argparse.Namespace], str]
+
+
+@dataclass
+class Outcome:
+    status: str
+    name: str
+    figure: str
+    seconds: float
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def _device(args: argparse.Namespace) -> torch.device:
+    return torch.device(args.device)
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach().double().cpu(), b.detach().double().cpu()
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-300))
+
+
+def _batch(setup: str, name: str, n: int = 8) -> tuple[Flow, Target, torch.Tensor]:
+    """A CPU float64 flow, its target and a seeded batch for estimator ``name``."""
+    from support import make_setup, target_batch
+
+    from pathgrad_ref.estimators import direction
+
+    flow, target = make_setup(setup, torch.device("cpu"), torch.float64)
+    if direction(name) == "reverse":
+        torch.manual_seed(3)
+        batch = flow.base.sample(n)
+    else:
+        batch = target_batch(flow, target, n, seed=3)
+    return flow, target, batch
+
+
+def _gradient_on(
+    flow: Flow,
+    target: Target,
+    batch: torch.Tensor,
+    name: str,
+    dev: torch.device,
+    dtype: torch.dtype,
+) -> dict[str, torch.Tensor]:
+    from pathgrad_ref.estimators import gradient
+
+    f = copy.deepcopy(flow).to(device=dev, dtype=dtype)
+    return gradient(name, f, target, batch.to(device=dev, dtype=dtype))
+
+
+def _max_rel(g: dict[str, torch.Tensor], ref: dict[str, torch.Tensor]) -> float:
+    return max(_rel(g[k], ref[k]) for k in ref)
+
+
+def _run(cmd: Sequence[str], args: argparse.Namespace, name: str) -> str:
+    """Run ``cmd`` at the repository root; ``RuntimeError`` with the output tail if it fails."""
+    path = [str(ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
+    log = Path(args.work) / f"{name.replace('/', '_')}.log"
+    t0 = time.perf_counter()
+    with open(log, "w") as fh:
+        proc = subprocess.run(
+            list(cmd),
+            cwd=ROOT,
+            env=env,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            timeout=args.timeout,
+            check=False,
+        )
+    if proc.returncode != 0:
+        tail = log.read_text()[-1500:]
+        raise RuntimeError(f"exit status {proc.returncode}: {' '.join(cmd)}\n{tail}")
+    return f"{time.perf_counter() - t0:.1f} s wall, log {log}"
+
+
+def _train_cmd(script: str, out: Path, args: argparse.Namespace, *extra: str) -> list[str]:
+    cmd = [
+        sys.executable,
+        str(ROOT / "paper_runs" / f"{script}.py"),
+        "--device",
+        args.device,
+        "--steps",
+        "5",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--eval-every",
+        "5",
+        "--eval-samples",
+        "256",
+        "--checkpoint-every",
+        "5",
+        "--n-test-samples",
+        "256",
+        "--n-train-samples",
+        "2048",
+    ]
+    if script != "gmm":
+        cmd += ["--cache-dir", str(Path(args.work) / "cache"), "--hmc-chains", "128"]
+    return cmd + list(extra)
+
+
+def _summary(run_dir: Path, args: argparse.Namespace) -> dict[str, object]:
+    """The run's ``summary.json``; ``RuntimeError`` unless it ran on ``args.device``'s type."""
+    path = run_dir / "summary.json"
+    if not path.exists():
+        raise RuntimeError(f"no {path}")
+    out: dict[str, object] = json.loads(path.read_text())
+    want = _device(args).type
+    if not str(out.get("device", "")).startswith(want):
+        raise RuntimeError(f"{path} records device {out.get('device')!r}, expected {want}")
+    return out
+
+
+# --- the checks ------------------------------------------------------------------------------
+
+
+def check_cuda(args: argparse.Namespace) -> str:
+    dev = _device(args)
+    if dev.type != "cuda" or not torch.cuda.is_available():
+        raise RuntimeError(
+            f"CUDA not available (torch {torch.__version__}, CUDA {torch.version.cuda})"
+        )
+    cap = torch.cuda.get_device_capability(dev)
+    return (
+        f"{torch.cuda.get_device_name(dev)}, sm_{cap[0]}{cap[1]}, torch {torch.__version__}, "
+        f"CUDA {torch.version.cuda}, {torch.cuda.device_count()} device(s)"
+    )
+
+
+def check_precision(args: argparse.Namespace) -> str:
+    from pathgrad_ref.precision import apply_precision_policy
+
+    policy = apply_precision_policy(torch.float32, _device(args))
+    if (policy.matmul, policy.conv) != ("ieee", "ieee"):
+        raise RuntimeError(f"TF32 still on after the policy: {policy}")
+    # A matmul whose float32 result TF32 would spoil: exact in IEEE float32, not in TF32.
+    a = torch.full((64, 64), 1.0 + 2.0**-12, device=_device(args))
+    err = float((a @ a - 64 * (1.0 + 2.0**-12) ** 2).abs().max())
+    if err > 1e-4:
+        raise RuntimeError(f"float32 matmul error {err:.2e}: TF32 seems active")
+    return f"{policy.as_dict()}, float32 matmul error {err:.1e}"
+
+
+def _estimator_check(setup: str, name: str) -> Callable[[argparse.Namespace], str]:
+    def run(args: argparse.Namespace) -> str:
+        flow, target, batch = _batch(setup, name)
+        cpu = _gradient_on(flow, target, batch, name, torch.device("cpu"), torch.float64)
+        gpu = _gradient_on(flow, target, batch, name, _device(args), torch.float64)
+        err = _max_rel(gpu, cpu)
+        if not err <= 1e-9:
+            raise RuntimeError(f"float64 CUDA vs CPU gradient max rel diff {err:.2e} > 1e-9")
+        return f"float64 CUDA vs CPU gradient max rel diff {err:.1e}"
+
+    return run
+
+
+def _estimator_f32_check(setup: str) -> Callable[[argparse.Namespace], str]:
+    def run(args: argparse.Namespace) -> str:
+        from pathgrad_ref.precision import precision_policy
+
+        name = "reverse-path-fast"
+        flow, target, batch = _batch(setup, name)
+        ref = _gradient_on(flow, target, batch, name, torch.device("cpu"), torch.float64)
+        with precision_policy(torch.float32, _device(args)):
+            g = _gradient_on(flow, target, batch, name, _device(args), torch.float32)
+        err = _max_rel(g, ref)
+        if not err <= 2e-3:
+            raise RuntimeError(f"float32 CUDA vs float64 CPU max rel diff {err:.2e} > 2e-3")
+        return f"{name} float32 CUDA (TF32 off) vs float64 CPU max rel diff {err:.1e}"
+
+    return run
+
+
+def _count(fn: Callable[[], object], repeats: int = 3) -> tuple[float, list[str]]:
+    """Syncs per call of ``fn`` in steady state (after two warm-up calls)."""
+    from pathgrad_ref.syncs import count_host_syncs
+
+    for _ in range(2):
+        fn()
+    torch.cuda.synchronize()
+    with count_host_syncs() as c:
+        for _ in range(repeats):
+            fn()
+    torch.cuda.synchronize()
+    return c.count / repeats, c.sites
+
+
+def _expect_syncs(what: str, per_call: float, expected: int, sites: list[str]) -> str:
+    if per_call != expected:
+        where = "; ".join(sites[:4]) or "-"
+        raise RuntimeError(
+            f"{what}: {per_call:g} host syncs per call, expected {expected} ({where})"
+        )
+    return f"{what}: {per_call:g} host syncs per call (expected {expected})"
+
+
+def check_syncs_u1_inverse(args: argparse.Namespace) -> str:
+    from pathgrad_ref.flows import u1_flow
+
+    n_layers = 4
+    flow = u1_flow(8, n_layers=n_layers, n_mixture=3, hidden=(4,)).to(_device(args), torch.float64)
+    x, _ = flow.sample(64)
+
+    def inverse() -> object:
+        with torch.no_grad():
+            return flow.inverse(x)
+
+    per, sites = _count(inverse)
+    return _expect_syncs(f"U(1) inverse, {n_layers} layers", per, n_layers, sites)
+
+
+def check_syncs_hmc(args: argparse.Namespace) -> str:
+    from pathgrad_ref.samplers.hmc import run_chains
+    from pathgrad_ref.targets import Phi4
+
+    target = Phi4((8, 8), kappa=0.3, lam=0.022)
+    x = torch.randn(256, 8, 8, device=_device(args), dtype=torch.float64)
+
+    def chains() -> object:
+        with torch.no_grad():
+            return run_chains(
+                target,
+                x,
+                n_therm=5,
+                n_kept=5,
+                thin=2,
+                step_size=0.1,
+                n_leapfrog=5,
+                adapt_step_size=True,
+                step_jitter=0.1,
+            )
+
+    per, sites = _count(chains)
+    return _expect_syncs("HMC, 15 trajectories with adaptation", per, 0, sites)
+
+
+def _step_check(setup: str, name: str, expected: int) -> Callable[[argparse.Namespace], str]:
+    def run(args: argparse.Namespace) -> str:
+        from pathgrad_ref.estimators import get_estimator
+
+        flow, target, batch = _batch(setup, name, n=64)
+        flow = flow.to(_device(args))
+        batch = batch.to(_device(args))
+        opt = torch.optim.Adam(flow.parameters(), lr=1e-4)
+        estimator = get_estimator(name)
+
+        def step() -> object:
+            opt.zero_grad(set_to_none=True)
+            loss, _ = estimator(flow, target, batch)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(flow.parameters(), 1.0)
+            opt.step()
+            return loss
+
+        per, sites = _count(step)
+        return _expect_syncs(f"optimiser step, {name} on {setup}", per, expected, sites)
+
+    return run
+
+
+def _script_check(script: str) -> Callable[[argparse.Namespace], str]:
+    def run(args: argparse.Namespace) -> str:
+        out = Path(args.work) / "runs" / script
+        fig = _run(
+            _train_cmd(script, out, args, "--estimator", "forward-path-fast", "--overwrite"),
+            args,
+            f"paper_runs/{script}",
+        )
+        s = _summary(out, args)
+        if s.get("steps_done") != 5:
+            raise RuntimeError(f"steps_done={s.get('steps_done')}, expected 5")
+        return f"5 steps forward-path-fast, final {_final(s)}; {fig}"
+
+    return run
+
+
+def _final(s: dict[str, object]) -> str:
+    final = s.get("final")
+    if not isinstance(final, dict):
+        return "-"
+    keys = ("loss", "ess_reverse", "nll")
+    return ", ".join(f"{k}={final[k]:.4g}" for k in keys if isinstance(final.get(k), float))
+
+
+def check_resume(args: argparse.Namespace) -> str:
+    out = Path(args.work) / "runs" / "phi4"
+    if not (out / "summary.json").exists():
+        _script_check("phi4")(args)
+    fig = _run(
+        _train_cmd(
+            "phi4", out, args, "--estimator", "forward-path-fast", "--resume", "--steps", "10"
+        ),
+        args,
+        "resume",
+    )
+    s = _summary(out, args)
+    if s.get("steps_done") != 10:
+        raise RuntimeError(f"resumed run: steps_done={s.get('steps_done')}, expected 10")
+    return f"phi4 run resumed from step 5 to 10 on {args.device}; {fig}"
+
+
+def check_compare(args: argparse.Namespace) -> str:
+    out = Path(args.work) / "runs" / "compare"
+    fig = _run(
+        _train_cmd(
+            "phi4", out, args, "--compare", "reverse-standard,reverse-path-fast", "--overwrite"
+        ),
+        args,
+        "compare",
+    )
+    for name in ("reverse-standard", "reverse-path-fast"):
+        _summary(out / name, args)
+    return f"phi4 --compare reverse-standard,reverse-path-fast; {fig}"
+
+
+def check_table2(args: argparse.Namespace) -> str:
+    out = Path(args.work) / "table2"
+    cmd = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "table2.py"),
+        "--device",
+        args.device,
+        "--scale",
+        "small",
+        "--rounds",
+        str(args.table2_rounds),
+        "--out",
+        str(out),
+        "--fresh",
+    ]
+    fig = _run(cmd, args, "table2")
+    md = sorted(out.glob("*.md"))
+    if not md:
+        raise RuntimeError(f"table2 wrote no markdown table under {out}")
+    return f"{md[0].name} written; {fig}"
+
+
+def check_torchrun(args: argparse.Namespace) -> str:
+    n = torch.cuda.device_count()
+    if n < 2:
+        raise SkipCheckError(
+            f"needs 2 GPUs for 2 NCCL ranks (NCCL refuses two ranks on one GPU); {n} visible"
+        )
+    out = Path(args.work) / "runs" / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    cmd += _train_cmd("gmm", out, args, "--overwrite")[1:]
+    fig = _run(cmd, args, "torchrun")
+    s = _summary(out, args)
+    if s.get("world_size") != 2:
+        raise RuntimeError(f"world_size={s.get('world_size')}, expected 2")
+    return f"2 ranks, nccl, gmm 5 steps; {fig}"
+
+
+def all_checks() -> list[Check]:
+    checks = [
+        Check("cuda", "a CUDA device is visible", check_cuda),
+        Check("precision", "float32 policy: TF32 off on matmul and conv", check_precision),
+    ]
+    for setup in SETUPS:
+        for name in ESTIMATOR_NAMES:
+            checks.append(
+                Check(
+                    f"estimator/{setup}/{name}",
+                    "float64 CUDA == CPU gradient",
+                    _estimator_check(setup, name),
+                )
+            )
+        checks.append(
+            Check(
+                f"estimator-f32/{setup}", "float32 CUDA ≈ float64 CPU", _estimator_f32_check(setup)
+            )
+        )
+    checks += [
+        Check("syncs/u1-inverse", "one host sync per bisection", check_syncs_u1_inverse),
+        Check("syncs/hmc", "no host sync per HMC trajectory", check_syncs_hmc),
+        Check(
+            "syncs/step/z2nice-phi4/reverse-path-fast",
+            "no host sync per step",
+            _step_check("z2nice-phi4", "reverse-path-fast", 0),
+        ),
+        Check(
+            "syncs/step/z2nice-phi4/forward-path-fast",
+            "no host sync per step",
+            _step_check("z2nice-phi4", "forward-path-fast", 0),
+        ),
+        Check(
+            "syncs/step/u1-gauge/reverse-path-fast",
+            "no host sync per step",
+            _step_check("u1-gauge", "reverse-path-fast", 0),
+        ),
+        Check(
+            "syncs/step/u1-gauge/forward-path-fast",
+            "one host sync per bisection (4 layers)",
+            _step_check("u1-gauge", "forward-path-fast", 4),
+        ),
+    ]
+    for script in SCRIPTS:
+        checks.append(
+            Check(f"paper_runs/{script}", "5 training steps on cuda", _script_check(script))
+        )
+    checks += [
+        Check("resume", "resume a CUDA run from its checkpoint", check_resume),
+        Check("compare", "--compare of two estimators on cuda", check_compare),
+        Check("table2", "benchmarks/table2.py --scale small on cuda", check_table2),
+        Check("torchrun-nccl", "torchrun --nproc_per_node 2 with nccl", check_torchrun),
+    ]
+    return checks
+
+
+def select(checks: list[Check], only: str | None) -> list[Check]:
+    """The checks whose name starts with one of the comma-separated prefixes in ``only``."""
+    if not only:
+        return checks
+    prefixes = [p.strip() for p in only.split(",") if p.strip()]
+    chosen = [c for c in checks if any(c.name.startswith(p) for p in prefixes)]
+    if not chosen:
+        raise ValueError(f"--only {only!r} matches no check; see --dry-run for the names")
+    return chosen
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="GPU smoke test of pathgrad-ref: one line per check, PASS/FAIL/SKIP.",
+        epilog="Exit status: 0 all passed, 1 a check failed, 2 no CUDA, 3 skipped checks.",
+    )
+    parser.add_argument("--device", default="cuda", help="CUDA device to check [cuda]")
+    parser.add_argument("--dry-run", action="store_true", help="list the checks, run nothing")
+    parser.add_argument("--only", default=None, help="comma-separated name prefixes to run")
+    parser.add_argument("--keep", default=None, help="work folder to keep (default: a temp dir)")
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds per subprocess")
+    parser.add_argument("--table2-rounds", type=int, default=2, help="rounds of table2 [2]")
+    parser.add_argument("--allow-skip", action="store_true", help="exit 0 despite skipped checks")
+    args = parser.parse_args(argv)
+    if not args.device.startswith("cuda"):
+        parser.error(f"--device: expected cuda or cuda:K, got {args.device!r}")
+    if args.timeout <= 0 or args.table2_rounds < 1:
+        parser.error("--timeout must be positive and --table2-rounds >= 1")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        checks = select(all_checks(), args.only)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    if args.dry_run:
+        for c in checks:
+            print(f"{c.name:<48} {c.what}")
+        print(f"{len(checks)} checks (dry run: nothing was run)")
+        return 0
+    if not torch.cuda.is_available():
+        print(
+            f"FAIL  cuda  CUDA not available (torch {torch.__version__}, built with CUDA "
+            f"{torch.version.cuda}): nothing can be checked on this machine"
+        )
+        return 2
+    work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="gpu_smoke_"))
+    work.mkdir(parents=True, exist_ok=True)
+    args.work = str(work)
+    outcomes: list[Outcome] = []
+    for c in checks:
+        t0 = time.perf_counter()
+        try:
+            figure, status = c.run(args), "PASS"
+        except SkipCheckError as why:
+            figure, status = str(why), "SKIP"
+        except Exception as err:  # a smoke test reports every failure and goes on
+            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            figure, status = f"{type(err).__name__}: {first}", "FAIL"
+            if args.keep:
+                (work / f"{c.name.replace('/', '_')}.traceback").write_text(traceback.format_exc())
+        o = Outcome(status, c.name, figure, time.perf_counter() - t0)
+        outcomes.append(o)
+        print(f"{o.status}  {o.name}  {o.figure}  ({o.seconds:.1f} s)", flush=True)
+    n = {s: sum(o.status == s for o in outcomes) for s in ("PASS", "FAIL", "SKIP")}
+    total = sum(o.seconds for o in outcomes)
+    print(
+        f"summary: {n['PASS']} passed, {n['FAIL']} failed, {n['SKIP']} skipped in {total:.0f} s;"
+        f" work folder {work}"
+    )
+    if n["FAIL"]:
+        return 1
+    if n["SKIP"] and not args.allow_skip:
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
