@@ -148,20 +148,23 @@ def _legend(ax: Any) -> None:
         ax.legend(fontsize="small")
 
 
-def _fit_after_start(ax: Any, xs: Sequence[float], ys: Sequence[float]) -> None:
-    """Scale the y axis to the values after step 0 (the untrained flow's are far off and would
-    flatten the curve); the step-0 value is given in the legend."""
-    later = [y for x, y in zip(xs, ys, strict=True) if x > 0]
+def _fit_after_start(
+    ax: Any, xs: Sequence[float], ys: Sequence[float], errs: Sequence[float] | None = None
+) -> None:
+    """Scale the y axis to the values (with their error bars) after step 0: the untrained
+    flow's are far off and would flatten the curve; the legend gives the step-0 value."""
+    e = errs if errs is not None else [0.0] * len(ys)
+    later = [(y - d, y + d) for x, y, d in zip(xs, ys, e, strict=True) if x > 0]
     if len(later) < 2:
         return
-    lo, hi = min(later), max(later)
+    lo, hi = min(a for a, _ in later), max(b for _, b in later)
     pad = 0.08 * (hi - lo) if hi > lo else 0.05 * max(abs(hi), 1e-12)
     ax.set_ylim(lo - pad, hi + pad)
 
 
 def _log_if_decades(ax: Any, ys: Sequence[float]) -> None:
-    """Log scale when the (positive) values span more than a decade and a half."""
-    if ys and min(ys) > 0 and max(ys) / min(ys) > 30:
+    """Log scale when the (positive) values span more than a decade."""
+    if ys and min(ys) > 0 and max(ys) / min(ys) > 10:
         ax.set_yscale("log")
 
 
@@ -213,7 +216,7 @@ def plot_run(
     if xs:
         ax.plot(xs, ys, marker=".", label="mean since the last evaluation")
     ax.set(xlabel="step", ylabel="training loss (estimator's objective)")
-    ax.set_title("reverse: KL(q‖p) − log Z; forward: NLL of target samples", fontsize="small")
+    ax.set_title("reverse: KL(q‖p) − log Z; forward: NLL of training samples", fontsize="small")
     _legend(ax)
     if n_panels == 2:
         ax = axes[0][1]
@@ -250,7 +253,7 @@ def plot_run(
                 errs = [err_at.get(x, 0.0) for x in xs]  # no error where it is not estimable
                 label = "flow, reweighted" + (f" (step 0: {fmt(ys[0])})" if xs[0] == 0 else "")
                 ax.errorbar(xs, ys, yerr=errs, marker=".", capsize=2, label=label)
-                _fit_after_start(ax, xs, ys)
+                _fit_after_start(ax, xs, ys, errs)
             ref = (references or {}).get(o.name) or {}
             value, err = ref.get("value"), float(ref.get("err") or 0.0)
             if isinstance(value, (int, float)) and math.isfinite(value):

@@ -191,7 +191,7 @@ def run_experiment(
         configs[name] = (train, run_config)
     say(
         f"{exp.name}: loss = the estimator's objective (reverse: KL(q‖p) − log Z; forward: NLL "
-        "of target samples)"
+        "of the training samples)"
         + (
             f"; log Z = {fmt(log_z)} is exact, so KL values are absolute"
             if log_z is not None
