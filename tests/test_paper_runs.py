@@ -374,3 +374,13 @@ def test_presets_are_complete(scripts: dict[str, ModuleType]) -> None:
     u1 = scripts["u1"].PRESETS["paper"]
     assert (u1["L"], u1["beta"], u1["n_layers"], u1["n_mixture"]) == (16, 3.0, 24, 6)
     assert (u1["hidden"], u1["kernel_size"], u1["batch_size"], u1["lr"]) == ((8, 8), 3, 1000, 1e-4)
+
+
+def test_progress_bar_shows_the_latest_evaluation(
+    scripts: dict[str, ModuleType], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [a for a in tiny("gmm", tmp_path, "--out", str(tmp_path / "b")) if a != "--no-progress"]
+    capsys.readouterr()
+    assert run(scripts["gmm"], argv) == 0
+    final_bar = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    assert "4/4" in final_bar and "@4: ESS " in final_bar, final_bar
