@@ -228,6 +228,10 @@ def test_compared_estimators_share_the_data_path(
     for name in ("forward-standard", "forward-path-fast"):
         config = json.loads((out / name / "config.json").read_text())
         assert config["runtime"] == {"training_samples_on_device": False}
+    # Resumed when the samples would now fit: the index stream stays where it was.
+    monkeypatch.setattr(MinibatchSampler, "fits", staticmethod(lambda *a, **k: True))
+    assert main(experiments["gmm"], [*argv, "--resume", "--steps", "4"]) == 0
+    assert seen == [False] * 4
 
 
 def test_on_device_sampler_draws_indices_where_the_samples_are() -> None:

@@ -43,7 +43,8 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     except ConfigError:
         raise
     except Exception as e:  # torch raises many types for damaged archives
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        text = str(e).strip()
+        first = text.splitlines()[0].split(". ")[0] if text else type(e).__name__
         raise unusable(
             p, f"cannot be loaded, it is truncated or not a checkpoint ({first})"
         ) from None

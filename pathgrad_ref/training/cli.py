@@ -25,6 +25,7 @@ from ..estimators import ESTIMATORS
 from .config import ConfigError, DataConfig, HMCConfig, Option, TrainConfig, all_options
 from .distributed import init_distributed, shutdown
 from .experiment import Experiment
+from .files import RunFileError
 from .run import Settings, check_run_dirs, check_settings, run_experiment
 from .trainer import HardStop, RunInterruptedError, TrainingError, resolve_device
 
@@ -36,6 +37,13 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+    def config_error(self, e: ConfigError, exp: Experiment) -> NoReturn:
+        """One line for a setting (pointing to ``--help``) or a damaged run file (saying
+        what to do instead), exit code 2."""
+        if isinstance(e, RunFileError):
+            self.exit(2, f"{self.prog}: error: {e}\n")
+        self.error(with_flags(str(e), exp))
 
 
 def _options(exp: Experiment) -> list[tuple[str, Option, Any]]:
@@ -117,6 +125,10 @@ def check_presets(exp: Experiment) -> None:
 def build_parser(exp: Experiment) -> argparse.ArgumentParser:
     """The parser of ``paper_runs/<exp.name>.py``, generated from the option fields; every
     default is ``None`` and is filled in from the preset by :func:`resolve`."""
+    return _parser(exp)
+
+
+def _parser(exp: Experiment) -> _Parser:
     check_presets(exp)
     p = _Parser(
         prog=f"paper_runs/{exp.name}.py",
@@ -237,14 +249,14 @@ def main(exp: Experiment, argv: Sequence[str] | None = None) -> int:
     """Entry point of ``paper_runs/<exp.name>.py``; returns the exit code (0 done, 1 training
     failed, 2 bad options or files, ``128 + signum`` interrupted)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser(exp)
+    parser = _parser(exp)
     args = parser.parse_args(argv)
     try:
         settings = resolve(exp, args)
         device = resolve_device(settings.train.device)
         check_run_dirs(settings)
     except ConfigError as e:
-        parser.error(with_flags(str(e), exp))
+        parser.config_error(e, exp)
     if settings.train.threads is not None:
         torch.set_num_threads(settings.train.threads)
     ctx = init_distributed(device.type)
@@ -253,7 +265,7 @@ def main(exp: Experiment, argv: Sequence[str] | None = None) -> int:
     try:
         run_experiment(exp, settings, ctx=ctx, device=device)
     except ConfigError as e:
-        parser.error(with_flags(str(e), exp))
+        parser.config_error(e, exp)
     except TrainingError as e:
         print(f"{parser.prog}: training stopped: {with_flags(str(e), exp)}", file=sys.stderr)
         return 1

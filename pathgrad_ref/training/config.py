@@ -360,7 +360,10 @@ def config_dict(
     }
 
 
-RESUMABLE_CHANGES = frozenset({"preset"} | {p for p, o, _ in all_options() if o.resumable})
+RESUMABLE_CHANGES = frozenset(
+    {"preset", "runtime.training_samples_on_device"}
+    | {p for p, o, _ in all_options() if o.resumable}
+)
 """Settings (dotted paths) that may change when a run is resumed."""
 
 

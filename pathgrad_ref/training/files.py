@@ -56,11 +56,16 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> None:
     atomic_write(path, text.encode())
 
 
-def unusable(path: str | os.PathLike[str], why: str, todo: str = "") -> ConfigError:
+class RunFileError(ConfigError):
+    """A run file (checkpoint, ``config.json``, ``metrics.jsonl``, cached samples) that cannot
+    be used; the message names it and says what to do."""
+
+
+def unusable(path: str | os.PathLike[str], why: str, todo: str = "") -> RunFileError:
     """The error for a run file that cannot be used: names the file, says why and what to do
     (the command line prints it as one ``error:`` line, exit code 2)."""
     todo = todo or "restore it, or start afresh with --overwrite or another --out"
-    return ConfigError(None, f"{path}: {why}; {todo}")
+    return RunFileError(None, f"{path}: {why}; {todo}")
 
 
 def read_json(path: str | os.PathLike[str], todo: str = "") -> dict[str, Any]:

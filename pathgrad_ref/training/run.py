@@ -178,8 +178,16 @@ def run_experiment(
         return []
     observables = list(exp.observables(target))
     log_z = exp.log_z(target) if exp.log_z is not None else None
-    on_device = _data_on_device(data, settings.estimators, device, settings.train.torch_dtype)
     dirs = run_dirs(settings)
+    on_device = _data_on_device(data, settings.estimators, device, settings.train.torch_dtype)
+    if settings.resume and on_device is not None:
+        # The index stream lives where the samples do: a resumed run keeps its data path.
+        for run_dir in dirs.values():
+            if (run_dir / "config.json").exists():
+                saved = read_json(run_dir / "config.json").get("runtime") or {}
+                if isinstance(saved.get("training_samples_on_device"), bool):
+                    on_device = saved["training_samples_on_device"]
+                    break
     configs = {}
     for name, run_dir in dirs.items():
         train = dataclasses.replace(settings.train, estimator=name, device=device.type)
