@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import sys
+import warnings
 from pathlib import Path
 from types import ModuleType
 
@@ -384,3 +385,14 @@ def test_progress_bar_shows_the_latest_evaluation(
     assert run(scripts["gmm"], argv) == 0
     final_bar = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
     assert "4/4" in final_bar and "@4: ESS " in final_bar, final_bar
+
+
+def test_zero_steps_writes_everything_without_warnings(
+    scripts: dict[str, ModuleType], tmp_path: Path
+) -> None:
+    out = tmp_path / "zero"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert run(scripts["u1"], tiny("u1", tmp_path, "--steps", "0", "--out", str(out))) == 0
+    assert {"loss.png", "observables.png", "nll.png", "ess.png"} <= {p.name for p in out.iterdir()}
+    assert json.loads((out / "summary.json").read_text())["steps_done"] == 0

@@ -175,11 +175,13 @@ def plot_run(
     references: Mapping[str, Mapping[str, Any]] | None = None,
     title: str = "",
     log_z_known: bool = False,
+    loss_label: str = "",
 ) -> list[Path]:
     """Write ``ess.png``, ``loss.png``, ``nll.png`` (if NLL was measured) and
     ``observables.png`` (one panel per observable, its reference as a line with the error
     band) against the step. Where ``log Z`` is known the KL divergences get their own panel
-    (log scale where they span decades), apart from the training loss. Returns the files."""
+    (log scale where they span decades), apart from the training loss (``loss_label`` says
+    what it is). Returns the files."""
     plt = _pyplot()
     out = Path(out_dir)
     written: list[Path] = []
@@ -216,7 +218,7 @@ def plot_run(
     if xs:
         ax.plot(xs, ys, marker=".", label="mean since the last evaluation")
     ax.set(xlabel="step", ylabel="training loss (estimator's objective)")
-    ax.set_title("reverse: KL(q‖p) − log Z; forward: NLL of training samples", fontsize="small")
+    ax.set_title(f"loss = {loss_label}" if loss_label else "", fontsize="small")
     _legend(ax)
     if n_panels == 2:
         ax = axes[0][1]
@@ -315,7 +317,10 @@ def comparison_markdown(
         for k in obs:
             ref = references.get(k) or {}
             m, e = ref.get("value"), ref.get("err")
-            cells.append(fmt(m) if e is None else f"{fmt(m)} ± {fmt(e, 2)}")
+            exact = e == 0 and ref.get("source") == "exact"
+            cells.append(
+                fmt(m) if e is None else f"{fmt(m)} (exact)" if exact else f"{fmt(m)} ± {fmt(e, 2)}"
+            )
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -197,15 +197,6 @@ def run_experiment(
         if settings.resume:
             _check_resume(run_dir, run_config)
         configs[name] = (train, run_config)
-    say(
-        f"{exp.name}: loss = the estimator's objective (reverse: KL(q‖p) − log Z; forward: NLL "
-        "of the training samples)"
-        + (
-            f"; log Z = {fmt(log_z)} is exact, so KL values are absolute"
-            if log_z is not None
-            else ""
-        )
-    )
     summaries: list[dict[str, Any]] = []
     histories: dict[str, list[dict[str, Any]]] = {}
     references: dict[str, Any] = {}
@@ -244,6 +235,10 @@ def run_experiment(
             )
         else:
             say(f"--- {name} ({run_dir})")
+        say(
+            f"loss = {trainer.loss_label}"
+            + (f"; KL values use the exact log Z = {fmt(log_z)}" if log_z is not None else "")
+        )
         summary = trainer.train(resume=settings.resume)
         summaries.append(summary)
         references = trainer.references

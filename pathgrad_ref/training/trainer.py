@@ -294,6 +294,15 @@ class Trainer:
         self.references = references(self.observables, data.test if data is not None else None, tau)
         self.metrics: MetricsLog | None = None
         self.signals = StopSignals()
+        # What the estimators' loss value is (their KL estimate, log Z dropped where the target
+        # object does not carry it), for printouts and plots.
+        kl = "KL(q‖p)" if self.direction == "reverse" else "KL(p‖q)"
+        shift = (
+            ""
+            if target.log_z is not None
+            else (" − log Z" if self.direction == "reverse" else " + log Z")
+        )
+        self.loss_label = f"{kl}{shift} on the training batch"
 
     # ------------------------------------------------------------------ one step
 
@@ -569,6 +578,7 @@ class Trainer:
             self.references,
             title=self.title,
             log_z_known=self.log_z is not None,
+            loss_label=self.loss_label,
         )
 
     def summary(self, status: str = "completed", reason: str = "steps") -> dict[str, Any]:
