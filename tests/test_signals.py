@@ -175,3 +175,29 @@ def test_all_ranks_stop_at_the_same_step(tmp_path: Path) -> None:
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "interrupted" and summary["steps_done"] == 6
     assert ckpt.load_checkpoint(out / "checkpoint.pt")["step"] == 6
+
+
+def test_sigterm_while_sampling_leaves_no_partial_cache(tmp_path: Path) -> None:
+    """SIGTERM during HMC generation (before training): exit 143, one line, and the partial
+    sample set is removed, so the next run generates it afresh."""
+    cache = tmp_path / "cache"
+    argv = ["--lattice", "4,4", "--n-test-samples", "400000", "--hmc-chains", "64"]
+    argv += ["--cache-dir", str(cache), "--out", str(tmp_path / "run"), "--no-progress"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "paper_runs" / "phi4.py"), *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("generating"):
+            break
+    time.sleep(0.5)
+    proc.terminate()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert len(err.strip().splitlines()) == 1 and "stopped at once by SIGTERM" in err
+    assert not list(cache.rglob("*")), "no partial sample set is left behind"

@@ -15,8 +15,10 @@ import re
 import shlex
 import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
+from types import FrameType
 from typing import Any, NoReturn
 
 import torch
@@ -245,6 +247,10 @@ def _resume_command(prog: str, argv: Sequence[str]) -> str:
     return " ".join(["python", prog, *map(shlex.quote, args)])
 
 
+def _hard_stop(signum: int, _frame: FrameType | None) -> None:
+    raise HardStop(signum)
+
+
 def main(exp: Experiment, argv: Sequence[str] | None = None) -> int:
     """Entry point of ``paper_runs/<exp.name>.py``; returns the exit code (0 done, 1 training
     failed, 2 bad options or files, ``128 + signum`` interrupted)."""
@@ -259,6 +265,10 @@ def main(exp: Experiment, argv: Sequence[str] | None = None) -> int:
         parser.config_error(e, exp)
     if settings.train.threads is not None:
         torch.set_num_threads(settings.train.threads)
+    # Outside the training loop (sampling, loading) SIGTERM stops at once, like Ctrl-C, so
+    # that partial sample sets are cleaned up; the trainer handles both signals itself.
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _hard_stop) if in_main_thread else None
     ctx = init_distributed(device.type)
     if ctx.enabled and device.type == "cuda":
         device = torch.device("cuda", ctx.local_rank)
@@ -296,4 +306,6 @@ def main(exp: Experiment, argv: Sequence[str] | None = None) -> int:
         return 1
     finally:
         shutdown(ctx)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0
