@@ -31,8 +31,6 @@ from .files import RunFileError
 from .run import Settings, check_run_dirs, check_settings, run_experiment
 from .trainer import HardStop, RunInterruptedError, TrainingError, resolve_device
 
-_RUN_FLAGS = ("--preset", "--compare", "--out", "--resume", "--overwrite", "--prepare-data")
-
 
 class _Parser(argparse.ArgumentParser):
     """``error()`` prints one line, ``prog: error: message``, and exits with code 2."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import gc
 import json
-import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -116,19 +115,13 @@ def _check_resume(run_dir: Path, run_config: dict[str, Any]) -> None:
     if not saved_path.exists() or not (run_dir / ckpt.CHECKPOINT_NAME).exists():
         return
     saved = read_json(saved_path)
-    diff = resume_mismatches(saved, jsonable_copy(run_config))
+    diff = resume_mismatches(saved, json.loads(json.dumps(jsonable(run_config))))
     if diff:
         raise ConfigError(
             None,
             f"{run_dir} was started with other settings ({', '.join(diff)}); resume with the "
             "same ones, or start a new run",
         )
-
-
-def jsonable_copy(obj: dict[str, Any]) -> dict[str, Any]:
-    """``obj`` as it reads back from JSON (tuples as lists)."""
-    out: dict[str, Any] = json.loads(json.dumps(jsonable(obj)))
-    return out
 
 
 def _data_on_device(
@@ -240,6 +233,7 @@ def run_experiment(
             + (f"; KL values use the exact log Z = {fmt(log_z)}" if log_z is not None else "")
         )
         summary = trainer.train(resume=settings.resume)
+        trainer_signal = trainer.stop_signal
         summaries.append(summary)
         references = trainer.references
         if main:
@@ -252,7 +246,7 @@ def run_experiment(
         if device.type == "cuda":
             torch.cuda.empty_cache()
         if summary["status"] == "interrupted":
-            raise RunInterruptedError(ckpt_signal(summary), summary["steps_done"])
+            raise RunInterruptedError(trainer_signal, summary["steps_done"])
     if settings.compare and main:
         files = write_comparison(
             settings.out,
@@ -264,11 +258,6 @@ def run_experiment(
         say((settings.out / "comparison.md").read_text())
         say("wrote " + ", ".join(str(f) for f in files))
     return summaries
-
-
-def ckpt_signal(summary: dict[str, Any]) -> int:
-    """The signal number recorded in an interrupted run's summary."""
-    return int(signal.Signals[str(summary["stop_reason"]).split()[0]])
 
 
 def final_line(summary: dict[str, Any]) -> str:

@@ -294,6 +294,7 @@ class Trainer:
         self.references = references(self.observables, data.test if data is not None else None, tau)
         self.metrics: MetricsLog | None = None
         self.signals = StopSignals()
+        self.stop_signal = 0  # the signal that stopped the last train() call, if any
         # What the estimators' loss value is (their KL estimate, log Z dropped where the target
         # object does not carry it), for printouts and plots.
         kl = "KL(q‖p)" if self.direction == "reverse" else "KL(p‖q)"
@@ -545,6 +546,7 @@ class Trainer:
                     self.save_checkpoint()
             if self.checkpoint_step != self.step:
                 self.save_checkpoint()
+            self.stop_signal = signum
             if signum:
                 status, reason = "interrupted", signal.Signals(signum).name
             elif over_time:
