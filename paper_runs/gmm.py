@@ -1,4 +1,5 @@
-"""Train a RealNVP flow on the Gaussian mixture at the corners of {−1, +1}^d (SPEC §5).
+"""Train a RealNVP flow on the Gaussian mixture at the corners of {−1, +1}^d
+(``docs/theory.md``).
 
     python paper_runs/gmm.py                          # quick preset: d = 6, a few minutes on a CPU
     python paper_runs/gmm.py --preset paper --device cuda
@@ -47,7 +48,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "n_train_samples": 10_000,
         "n_test_samples": 10_000,
     },
-    # SPEC §5: Adam 1e-5, batch 4000, 10,000 steps, 10k/10k samples; d and the network sizes
+    # The paper: Adam 1e-5, batch 4000, 10,000 steps, 10k/10k samples; d and the network sizes
     # are (our choice) (d = 6 from the authors' public code).
     "paper": {
         "dim": 6,
@@ -87,8 +88,20 @@ def observables(target: Target) -> Sequence[Observable]:
         return (x > 0).to(x.dtype).mean(1)
 
     return (
-        Observable("x2", "⟨x²⟩/d", second_moment, exact=1.0 + target.sigma2),
-        Observable("positive", "⟨#(x_i>0)⟩/d", mode_sign, exact=0.5),
+        Observable(
+            "x2",
+            "⟨x²⟩/d",
+            second_moment,
+            exact=1.0 + target.sigma2,
+            tex=r"$\langle x^2 \rangle / d$",
+        ),
+        Observable(
+            "positive",
+            "⟨#(x_i>0)⟩/d",
+            mode_sign,
+            exact=0.5,
+            tex=r"$\langle \#\{i: x_i > 0\} \rangle / d$",
+        ),
     )
 
 

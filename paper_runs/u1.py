@@ -1,4 +1,4 @@
-"""Train a gauge-equivariant flow on 2D U(1) lattice gauge theory (SPEC §4–5).
+"""Train a gauge-equivariant flow on 2D U(1) lattice gauge theory (see ``docs/theory.md``).
 
     python paper_runs/u1.py                           # quick preset: 8×8, β = 1, CPU
     python paper_runs/u1.py --preset paper --device cuda
@@ -66,9 +66,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "hmc_therm": 300,
         "hmc_thin": 5,
     },
-    # SPEC §5 (from the authors' public code): L = 16, β = 3, 24 layers, 6 tan transforms, conv
-    # channels [8, 8], kernel 3, batch 1000, Adam 1e-4. Steps, evaluation sizes, the forward-KL
-    # sample count and the HMC settings are (our choice).
+    # The paper (settings from the authors' public code): L = 16, β = 3, 24 layers, 6 tan
+    # transforms, conv channels [8, 8], kernel 3, batch 1000, Adam 1e-4. Steps, evaluation
+    # sizes, the forward-KL sample count and the HMC settings are (our choice).
     "paper": {
         "L": 16,
         "beta": 3.0,
@@ -120,12 +120,14 @@ def observables(target: Target) -> Sequence[Observable]:
             "⟨cos P⟩",
             target.average_plaquette,
             exact=exact_average_plaquette(target.L, target.beta),
+            tex=r"$\langle \cos P \rangle$",
         ),
         Observable(
             "chi_top",
             "χ_top",
             chi_top,
             exact=exact_topological_susceptibility(target.L, target.beta),
+            tex=r"$\chi_\mathrm{top} = \langle Q^2 \rangle / V$",
         ),
     )
 

@@ -1,7 +1,10 @@
 """pathgrad-ref: fast path gradient estimators for normalizing flows, each proven equal to a
-full-Jacobian ``torch.func`` oracle (Vaitl, Winkler, Richter, Kessel, ICLR 2024)."""
+full-Jacobian ``torch.func`` oracle (Vaitl, Winkler, Richter, Kessel, ICLR 2024).
 
-from . import distributions, estimators, flows, metrics, samplers, targets, training
+The training library, :mod:`pathgrad_ref.training`, is imported on its own (it is not needed
+to use a flow or an estimator)."""
+
+from . import distributions, estimators, flows, metrics, samplers, targets
 from .estimators import ESTIMATORS, get_estimator, gradient
 
 __version__ = "0.1.0"
@@ -16,5 +19,4 @@ __all__ = [
     "metrics",
     "samplers",
     "targets",
-    "training",
 ]

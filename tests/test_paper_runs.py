@@ -10,14 +10,17 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import signal
 import socket
 import sys
+import warnings
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 import torch
 import torch.multiprocessing as mp
+from torch import Tensor
 
 from pathgrad_ref.training import Experiment, Trainer, build_parser, resolve_device
 from pathgrad_ref.training import checkpoint as ckpt
@@ -177,17 +180,18 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(
 
     original = Trainer._train_step
 
-    def killed(self: Trainer, stop: bool) -> tuple[float, float, bool, bool]:
+    def killed(self: Trainer) -> tuple[Tensor, Tensor, bool]:
         if self.step == 5:
             raise KeyboardInterrupt
-        return original(self, stop)
+        return original(self)
 
     monkeypatch.setattr(Trainer, "_train_step", killed)
     cut = ["--out", str(tmp_path / "cut")]
-    with pytest.raises(KeyboardInterrupt):
-        run(phi4, tiny("phi4", tmp_path, *extra, *cut))
+    assert run(phi4, tiny("phi4", tmp_path, *extra, *cut)) == 128 + signal.SIGINT
     monkeypatch.setattr(Trainer, "_train_step", original)
     assert ckpt.load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["step"] == 4
+    cut_summary = json.loads((tmp_path / "cut" / "summary.json").read_text())
+    assert cut_summary["status"] == "interrupted" and cut_summary["checkpoint_step"] == 4
     assert run(phi4, tiny("phi4", tmp_path, *extra, *cut, "--resume")) == 0
 
     a = ckpt.load_checkpoint(tmp_path / "full" / "checkpoint.pt")
@@ -287,7 +291,9 @@ def test_bad_options_give_one_line_errors(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     gmm = scripts["gmm"]
-    assert "unknown estimator 'nope'" in error_of(gmm, ["--estimator", "nope"], capsys)
+    assert "--estimator: expected one of reverse-standard" in error_of(
+        gmm, ["--estimator", "nope"], capsys
+    )
     assert "unrecognized arguments" in error_of(gmm, ["--bogus"], capsys)
     assert "unknown estimator" in error_of(gmm, ["--compare", "reverse-standard,nope"], capsys)
     assert "--steps" in error_of(gmm, ["--steps", "-3"], capsys)
@@ -309,7 +315,7 @@ def test_run_folder_guards(
     assert run(gmm, tiny("gmm", tmp_path, *out)) == 0
     assert "already holds a run" in error_of(gmm, tiny("gmm", tmp_path, *out), capsys)
     err = error_of(gmm, tiny("gmm", tmp_path, *out, "--resume", "--lr", "0.5"), capsys)
-    assert "other settings (train.lr)" in err
+    assert "other settings (--lr)" in err
     # Raising --steps on resume continues the run.
     assert run(gmm, tiny("gmm", tmp_path, *out, "--resume", "--steps", "6")) == 0
     assert json.loads((tmp_path / "r" / "summary.json").read_text())["steps_done"] == 6
@@ -354,7 +360,7 @@ def test_auto_device(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_presets_are_complete(scripts: dict[str, ModuleType]) -> None:
-    """Both presets exist everywhere and the paper presets hold SPEC §5's settings."""
+    """Both presets exist everywhere and the paper presets hold the paper's settings."""
     for module in scripts.values():
         assert set(module.EXPERIMENT.presets) == {"quick", "paper"}
     phi4 = scripts["phi4"].PRESETS["paper"]
@@ -369,3 +375,24 @@ def test_presets_are_complete(scripts: dict[str, ModuleType]) -> None:
     u1 = scripts["u1"].PRESETS["paper"]
     assert (u1["L"], u1["beta"], u1["n_layers"], u1["n_mixture"]) == (16, 3.0, 24, 6)
     assert (u1["hidden"], u1["kernel_size"], u1["batch_size"], u1["lr"]) == ((8, 8), 3, 1000, 1e-4)
+
+
+def test_progress_bar_shows_the_latest_evaluation(
+    scripts: dict[str, ModuleType], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [a for a in tiny("gmm", tmp_path, "--out", str(tmp_path / "b")) if a != "--no-progress"]
+    capsys.readouterr()
+    assert run(scripts["gmm"], argv) == 0
+    final_bar = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    assert "4/4" in final_bar and "@4: ESS " in final_bar, final_bar
+
+
+def test_zero_steps_writes_everything_without_warnings(
+    scripts: dict[str, ModuleType], tmp_path: Path
+) -> None:
+    out = tmp_path / "zero"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert run(scripts["u1"], tiny("u1", tmp_path, "--steps", "0", "--out", str(out))) == 0
+    assert {"loss.png", "observables.png", "nll.png", "ess.png"} <= {p.name for p in out.iterdir()}
+    assert json.loads((out / "summary.json").read_text())["steps_done"] == 0

@@ -2,13 +2,12 @@
 
 A checkpoint is a ``dict`` of tensors and plain Python values only (no pickled objects), so
 loading it cannot run code. It is written to a temporary file in the destination folder and
-moved into place with ``os.replace``: a run killed while saving leaves the previous checkpoint
-intact.
+moved into place with ``os.replace`` (:func:`~.files.atomic_write`): a run killed, or out of disk
+space, while saving leaves the previous checkpoint intact.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 from pathlib import Path
@@ -17,32 +16,43 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .config import ConfigError
+from .files import atomic_write, unusable
+
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT_VERSION = 1
 
 
 def atomic_save(obj: dict[str, Any], path: str | os.PathLike[str]) -> None:
-    """``torch.save(obj, path)`` through a temporary file in the same folder and
-    ``os.replace``, with the data flushed to disk before the rename."""
-    dest = Path(path)
-    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dest)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+    """``torch.save(obj, path)`` through :func:`~.files.atomic_write` (temporary file,
+    ``fsync``, ``os.replace``): a failed or killed save leaves the previous file intact."""
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+_KEYS = ("step", "world_size", "model", "optimizer", "scheduler", "rng", "loop")
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Load a checkpoint onto the CPU with ``weights_only=True``; ``ValueError`` if it is not
-    one of ours."""
-    obj = torch.load(Path(path), map_location="cpu", weights_only=True)
+    """Load a checkpoint onto the CPU with ``weights_only=True``; :class:`ConfigError` naming
+    the file if it is empty, truncated, foreign or incomplete."""
+    p = Path(path)
+    try:
+        if p.stat().st_size == 0:
+            raise unusable(p, "is empty (a save was cut short)")
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except ConfigError:
+        raise
+    except Exception as e:  # torch raises many types for damaged archives
+        text = str(e).strip()
+        first = text.splitlines()[0].split(". ")[0] if text else type(e).__name__
+        raise unusable(
+            p, f"cannot be loaded, it is truncated or not a checkpoint ({first})"
+        ) from None
     if not isinstance(obj, dict) or obj.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: not a pathgrad_ref training checkpoint")
+        raise unusable(p, "is not a pathgrad_ref training checkpoint")
+    missing = [k for k in _KEYS if k not in obj]
+    if missing:
+        raise unusable(p, f"is incomplete (no {', '.join(missing)})")
     return obj
 
 

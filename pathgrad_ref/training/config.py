@@ -1,16 +1,23 @@
-"""Run settings: the training loop's options, the target-sample settings and their validation.
+"""Run settings, each defined once: a dataclass field whose metadata holds its command-line
+flag, help text, parser and check (:func:`option`).
+
+The parser, the presets' check, ``config.json``, resume compatibility and error messages are
+all generated from these fields (see :func:`options`). Library errors name fields by their
+dotted path in ``config.json`` (``train.lr``, ``data.hmc.n_chains``); the command line turns
+that path into the flag (``--lr``, ``--hmc-chains``). Adding an option is one field.
 
 A run is fully described by a :class:`TrainConfig`, a :class:`DataConfig` and the experiment's
 own physics and architecture parameters (a plain ``dict``); :func:`config_dict` turns the three
-into the JSON written to ``config.json``. Presets are plain mappings from option names to values
-(see :mod:`pathgrad_ref.training.experiment`).
+into the JSON written to ``config.json``. Presets are plain mappings from option names (the
+flag without its dashes, ``batch_size``, ``hmc_chains``) to values.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -21,78 +28,197 @@ Schedule = Literal["constant", "plateau"]
 SCHEDULES: tuple[Schedule, ...] = ("constant", "plateau")
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64}
 
+Check = Callable[[Any], "str | None"]
+"""``value -> None`` if it can work, else what is expected (``"an integer >= 1"``)."""
+
 
 class ConfigError(ValueError):
-    """A setting that cannot work; the message names the option and what it needs."""
+    """A setting that cannot work. ``field`` is its dotted path in ``config.json``
+    (``"train.lr"``), or ``None`` for a combination of settings or the run folder; ``str(e)``
+    is ``"<field>: <message>"``."""
+
+    def __init__(self, field: str | None, message: str) -> None:
+        super().__init__(f"{field}: {message}" if field else message)
+        self.field = field
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Option:
+    """How a field appears on the command line. ``parse``: text → value (``ValueError`` for
+    bad text); ``check``: see :data:`Check`; ``resumable``: may change when a run is resumed
+    (it shapes how long and how visibly the run goes on, not the parameters' trajectory). A
+    ``bool`` field's flag sets the opposite of its default."""
+
+    flag: str
+    help: str
+    parse: Callable[[str], Any] | None = None
+    check: Check | None = None
+    metavar: str | None = None
+    choices: tuple[str, ...] | None = None
+    resumable: bool = False
+
+    @property
+    def name(self) -> str:
+        """The option's name in presets: the flag without dashes (``hmc_chains``)."""
+        return self.flag.removeprefix("--").removeprefix("no-").replace("-", "_")
+
+
+def option(default: Any, flag: str, help: str, **kw: Any) -> Any:
+    """A dataclass field carrying its :class:`Option` (keywords as in :class:`Option`)."""
+    return field(default=default, metadata={"option": Option(flag, help, **kw)})
+
+
+# ---------------------------------------------------------------- checks and parsers
+
+
+def at_least(minimum: int) -> Check:
+    def check(v: Any) -> str | None:
+        ok = isinstance(v, int) and not isinstance(v, bool) and v >= minimum
+        return None if ok else f"an integer >= {minimum}"
+
+    return check
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def positive(v: Any) -> str | None:
+    return None if _finite(v) and v > 0 else "a finite number > 0"
+
+
+def non_negative(v: Any) -> str | None:
+    return None if _finite(v) and v >= 0 else "a finite number >= 0"
+
+
+def open_unit(v: Any) -> str | None:
+    return None if _finite(v) and 0 < v < 1 else "a number in (0, 1)"
+
+
+def one_of(*allowed: str) -> Check:
+    return lambda v: None if v in allowed else "one of " + ", ".join(allowed)
+
+
+def optional(check: Check) -> Check:
+    return lambda v: None if v is None else check(v)
+
+
+def parse_duration(text: str) -> float:
+    """``"3600"``, ``"90s"``, ``"30m"``, ``"48h"``, ``"2d"`` → seconds."""
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+    t = text.strip().lower()
+    scale = units.get(t[-1:])
+    try:
+        return float(t[:-1] if scale is not None else t) * (scale or 1.0)
+    except ValueError:
+        raise ValueError(f"expected a duration like 3600, 90m or 48h, got {text!r}") from None
+
+
+def parse_clip(text: str) -> float | None:
+    """``"1.0"`` → 1.0; ``"0"`` or ``"none"`` → ``None`` (no clipping)."""
+    if text.strip().lower() in ("none", "off"):
+        return None
+    return float(text) or None
+
+
+def _estimator(v: Any) -> str | None:
+    return None if v in ESTIMATORS else "one of " + ", ".join(ESTIMATORS)
+
+
+# ---------------------------------------------------------------- the settings
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Options of the training loop (:class:`~pathgrad_ref.training.trainer.Trainer`).
+    """Options of the training loop (:class:`~pathgrad_ref.training.trainer.Trainer`); each
+    field's help says what it does."""
 
-    - ``estimator``: a name from :data:`pathgrad_ref.estimators.ESTIMATORS`.
-    - ``steps``: optimiser steps in total (a resumed run counts the steps already done).
-    - ``batch_size``: samples per step over all processes; each of ``W`` data-parallel
-      processes draws ``batch_size / W``.
-    - ``lr``, ``lr_schedule`` (``"constant"`` or ``"plateau"``: multiply the learning rate by
-      ``lr_factor`` once the training loss has not improved for ``lr_patience`` steps, down to
-      ``lr_min``, as ``torch.optim.lr_scheduler.ReduceLROnPlateau`` does).
-    - ``clip_norm``: clip the global gradient norm to this value; ``None`` for no clipping.
-    - ``max_nonfinite``: a step whose loss or gradient is not finite is skipped and counted;
-      this many skipped steps in a row stop the run with an error.
-    - ``eval_every``, ``eval_samples``: evaluate every this many steps on this many fresh flow
-      samples (and on the held-out target samples, if any).
-    - ``checkpoint_every``: write the checkpoint every this many steps (and at the end).
-    - ``time_limit``: stop (with a checkpoint) after this many seconds of training, summed over
-      resumed segments; ``None`` for no limit.
-    - ``seed``: seeds the flow's initialisation and the training and evaluation streams.
-    - ``dtype``: ``"float32"`` or ``"float64"``; ``device``: ``"auto"``, ``"cpu"``, ``"cuda"``
-      or ``"cuda:K"``.
-    """
-
-    estimator: str = "reverse-path-fast"
-    steps: int = 1000
-    batch_size: int = 256
-    lr: float = 1e-3
-    lr_schedule: Schedule = "constant"
-    lr_patience: int = 3000
-    lr_factor: float = 0.5
-    lr_min: float = 0.0
-    clip_norm: float | None = None
-    max_nonfinite: int = 100
-    eval_every: int = 100
-    eval_samples: int = 4096
-    checkpoint_every: int = 1000
-    time_limit: float | None = None
-    seed: int = 0
-    dtype: str = "float32"
-    device: str = "auto"
-    progress: bool = True
+    estimator: str = option(
+        "reverse-path-fast",
+        "--estimator",
+        "gradient estimator to train with: " + ", ".join(ESTIMATORS),
+        check=_estimator,
+        metavar="NAME",
+    )
+    steps: int = option(
+        1000, "--steps", "optimiser steps in total", parse=int, check=at_least(0),
+        metavar="N", resumable=True,
+    )  # fmt: skip
+    batch_size: int = option(
+        256, "--batch-size", "samples per step, over all processes", parse=int,
+        check=at_least(1), metavar="N",
+    )  # fmt: skip
+    lr: float = option(1e-3, "--lr", "Adam learning rate", parse=float, check=positive)
+    lr_schedule: Schedule = option(  # noqa: RUF009 (a field, not a shared default)
+        "constant",
+        "--lr-schedule",
+        "constant, or plateau: multiply the rate by --lr-factor when the training loss has "
+        "not reached a new minimum for --lr-patience steps",
+        check=one_of(*SCHEDULES),
+        choices=SCHEDULES,
+    )
+    lr_patience: int = option(
+        3000, "--lr-patience", "plateau patience in steps", parse=int, check=at_least(0),
+        metavar="N",
+    )  # fmt: skip
+    lr_factor: float = option(
+        0.5, "--lr-factor", "plateau decay factor", parse=float, check=open_unit, metavar="F"
+    )
+    lr_min: float = option(
+        0.0, "--lr-min", "lower bound of the decayed rate", parse=float, check=non_negative,
+        metavar="LR",
+    )  # fmt: skip
+    clip_norm: float | None = option(
+        None, "--clip-norm", "clip the global gradient norm to this (0 or none: off)",
+        parse=parse_clip, check=optional(positive), metavar="C",
+    )  # fmt: skip
+    max_nonfinite: int = option(
+        100, "--max-nonfinite",
+        "stop after this many steps in a row with a non-finite loss or gradient (each is "
+        "skipped)",
+        parse=int, check=at_least(1), metavar="N",
+    )  # fmt: skip
+    eval_every: int = option(
+        100, "--eval-every", "evaluate every N steps", parse=int, check=at_least(1),
+        metavar="N", resumable=True,
+    )  # fmt: skip
+    eval_samples: int = option(
+        4096, "--eval-samples", "flow samples per evaluation", parse=int, check=at_least(1),
+        metavar="N", resumable=True,
+    )  # fmt: skip
+    checkpoint_every: int = option(
+        1000, "--checkpoint-every", "checkpoint every N steps", parse=int, check=at_least(1),
+        metavar="N", resumable=True,
+    )  # fmt: skip
+    time_limit: float | None = option(
+        None, "--time-limit",
+        "stop with a checkpoint after this much training time, summed over resumed "
+        "segments (e.g. 48h, 90m, 3600)",
+        parse=parse_duration, check=optional(positive), metavar="T", resumable=True,
+    )  # fmt: skip
+    seed: int = option(
+        0, "--seed", "seed of the initialisation and of the training and evaluation streams",
+        parse=int, check=at_least(0), metavar="SEED",
+    )  # fmt: skip
+    dtype: str = option(
+        "float32", "--dtype", "floating point precision", check=one_of(*DTYPES),
+        choices=tuple(DTYPES),
+    )  # fmt: skip
+    device: str = option(
+        "auto", "--device", "auto (cuda if available), cpu, cuda or cuda:K", metavar="DEV"
+    )
+    threads: int | None = option(
+        None, "--threads",
+        "torch CPU threads (none: torch's default; tiny models run best on one, and idle "
+        "threads spinning on a busy machine slow them down many times over)",
+        parse=int, check=optional(at_least(1)), metavar="N", resumable=True,
+    )  # fmt: skip
+    progress: bool = option(True, "--no-progress", "no progress bar", resumable=True)
 
     def validate(self) -> None:
-        """Raise :class:`ConfigError` naming the first setting that cannot work."""
-        if self.estimator not in ESTIMATORS:
-            raise ConfigError(
-                f"unknown estimator {self.estimator!r}; expected one of: {', '.join(ESTIMATORS)}"
-            )
-        for name in ("batch_size", "eval_every", "eval_samples", "checkpoint_every"):
-            _positive_int(name, getattr(self, name))
-        _positive_int("steps", self.steps, minimum=0)
-        _positive_int("lr_patience", self.lr_patience, minimum=0)
-        _positive_int("max_nonfinite", self.max_nonfinite)
-        _positive_float("lr", self.lr)
-        if self.lr_schedule not in SCHEDULES:
-            raise ConfigError(f"--lr-schedule: expected one of {SCHEDULES}, got {self.lr_schedule}")
-        if not 0.0 < self.lr_factor < 1.0:
-            raise ConfigError(f"--lr-factor: expected a number in (0, 1), got {self.lr_factor}")
-        if not (math.isfinite(self.lr_min) and self.lr_min >= 0):
-            raise ConfigError(f"--lr-min: expected a number >= 0, got {self.lr_min}")
-        if self.clip_norm is not None:
-            _positive_float("clip_norm", self.clip_norm)
-        if self.time_limit is not None:
-            _positive_float("time_limit", self.time_limit)
-        if self.dtype not in DTYPES:
-            raise ConfigError(f"--dtype: expected one of {sorted(DTYPES)}, got {self.dtype!r}")
+        """Raise :class:`ConfigError` naming the first field that cannot work."""
+        validate(self)
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -111,25 +237,46 @@ class HMCConfig:
     run's dtype).
     """
 
-    n_chains: int = 256
-    step_size: float = 0.1
-    n_leapfrog: int = 10
-    n_therm: int = 200
-    thin: int = 5
-    adapt_step_size: bool = True
-    target_acceptance: float = 0.8
-    chunk_size: int = 1_000_000
-    dtype: str = "float64"
+    n_chains: int = option(
+        256, "--hmc-chains", "parallel chains", parse=int, check=at_least(1), metavar="N"
+    )
+    step_size: float = option(
+        0.1, "--hmc-step-size", "initial leapfrog step", parse=float, check=positive,
+        metavar="EPS",
+    )  # fmt: skip
+    n_leapfrog: int = option(
+        10, "--hmc-leapfrog", "leapfrog steps per trajectory", parse=int, check=at_least(1),
+        metavar="N",
+    )  # fmt: skip
+    n_therm: int = option(
+        200, "--hmc-therm", "thermalisation trajectories", parse=int, check=at_least(0),
+        metavar="N",
+    )  # fmt: skip
+    thin: int = option(
+        5, "--hmc-thin", "trajectories between kept samples", parse=int, check=at_least(1),
+        metavar="N",
+    )  # fmt: skip
+    adapt_step_size: bool = option(
+        True, "--hmc-no-adapt", "keep the step size fixed during thermalisation"
+    )
+    target_acceptance: float = option(
+        0.8, "--hmc-acceptance", "acceptance rate the step size is adapted to", parse=float,
+        check=open_unit, metavar="A",
+    )  # fmt: skip
+    chunk_size: int = option(
+        1_000_000, "--hmc-chunk", "samples generated per chunk", parse=int, check=at_least(1),
+        metavar="N", resumable=True,
+    )  # fmt: skip
+    dtype: str = option(
+        "float64", "--hmc-dtype", "HMC precision", check=one_of(*DTYPES), choices=tuple(DTYPES)
+    )
 
     def validate(self) -> None:
-        for name in ("n_chains", "n_leapfrog", "thin", "chunk_size"):
-            _positive_int(f"hmc_{name}", getattr(self, name))
-        _positive_int("hmc_therm", self.n_therm, minimum=0)
-        _positive_float("hmc_step_size", self.step_size)
+        validate(self)
         if self.adapt_step_size and self.n_therm == 0:
-            raise ConfigError("--hmc-therm: step-size adaptation needs at least 1 trajectory")
-        if self.dtype not in DTYPES:
-            raise ConfigError(f"--hmc-dtype: expected one of {sorted(DTYPES)}, got {self.dtype!r}")
+            raise ConfigError(
+                "n_therm", "step-size adaptation needs at least 1 thermalisation trajectory"
+            )
 
 
 @dataclass(frozen=True)
@@ -142,29 +289,63 @@ class DataConfig:
     training and test sets come from independent streams, so each is the same whatever the
     size of the other."""
 
-    n_train: int = 10_000
-    n_test: int = 10_000
-    seed: int = 0
-    cache_dir: str = "data/target_samples"
+    n_train: int = option(
+        10_000, "--n-train-samples", "training samples for forward-KL estimators", parse=int,
+        check=at_least(0), metavar="N",
+    )  # fmt: skip
+    n_test: int = option(
+        10_000, "--n-test-samples",
+        "held-out samples for NLL, forward ESS and reference observables (0: none)",
+        parse=int, check=at_least(0), metavar="N", resumable=True,
+    )  # fmt: skip
+    seed: int = option(
+        0, "--data-seed", "seed of the target samples", parse=int, check=at_least(0),
+        metavar="SEED",
+    )  # fmt: skip
+    cache_dir: str = option(
+        "data/target_samples", "--cache-dir",
+        "folder of cached HMC sample sets (exact samples are drawn afresh)", metavar="DIR",
+        resumable=True,
+    )  # fmt: skip
     hmc: HMCConfig | None = None
 
     def validate(self) -> None:
-        _positive_int("n_train_samples", self.n_train, minimum=0)
-        _positive_int("n_test_samples", self.n_test, minimum=0)
+        validate(self)
         if self.hmc is not None:
-            self.hmc.validate()
+            try:
+                self.hmc.validate()
+            except ConfigError as e:
+                raise ConfigError(f"hmc.{e.field}", e.message) from None
 
 
-def _positive_int(name: str, value: int, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        option = "--" + name.replace("_", "-")
-        raise ConfigError(f"{option}: expected an integer >= {minimum}, got {value!r}")
+def validate(settings: Any, prefix: str = "") -> None:
+    """Run every field's check; :class:`ConfigError` naming the first that fails."""
+    for f in dataclasses.fields(settings):
+        opt: Option | None = f.metadata.get("option")
+        if opt is None or opt.check is None:
+            continue
+        value = getattr(settings, f.name)
+        expected = opt.check(value)
+        if expected is not None:
+            raise ConfigError(prefix + f.name, f"expected {expected}, got {value!r}")
 
 
-def _positive_float(name: str, value: float) -> None:
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-        option = "--" + name.replace("_", "-")
-        raise ConfigError(f"{option}: expected a finite number > 0, got {value!r}")
+def options(cls: type, prefix: str = "") -> Iterator[tuple[str, Option, Any]]:
+    """``(dotted path, option, default)`` of every field of ``cls`` with a flag, nested
+    settings included (``DataConfig`` yields ``hmc.n_chains``, …)."""
+    nested = {"hmc": HMCConfig}
+    for f in dataclasses.fields(cls):
+        opt: Option | None = f.metadata.get("option")
+        if opt is not None:
+            yield prefix + f.name, opt, f.default
+        elif f.name in nested:
+            yield from options(nested[f.name], f"{prefix}{f.name}.")
+
+
+def all_options() -> Iterator[tuple[str, Option, Any]]:
+    """Every option of a run, by its path in ``config.json`` (``train.lr``, ``data.n_test``)."""
+    yield from options(TrainConfig, "train.")
+    yield from options(DataConfig, "data.")
 
 
 def config_dict(
@@ -179,22 +360,11 @@ def config_dict(
     }
 
 
-# Settings that may change when a run is resumed: they shape how long and how visibly the run
-# goes on, not the trajectory of the parameters.
 RESUMABLE_CHANGES = frozenset(
-    {
-        "preset",
-        "train.steps",
-        "train.time_limit",
-        "train.progress",
-        "train.eval_every",
-        "train.eval_samples",
-        "train.checkpoint_every",
-        "data.cache_dir",
-        "data.n_test",
-        "data.hmc.chunk_size",
-    }
+    {"preset", "runtime.training_samples_on_device"}
+    | {p for p, o, _ in all_options() if o.resumable}
 )
+"""Settings (dotted paths) that may change when a run is resumed."""
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -211,7 +381,7 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def resume_mismatches(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """Settings (dotted names) that differ between a saved run config and the current one and
+    """Settings (dotted paths) that differ between a saved run config and the current one and
     would change the parameters' trajectory if the run were resumed with them."""
     a, b = _flatten(saved), _flatten(current)
     keys = sorted(set(a) | set(b))

@@ -15,7 +15,6 @@ into each one's memory.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
@@ -26,15 +25,20 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from ..samplers import hmc_sample
 from ..targets.base import Target
-from .config import DTYPES, HMCConfig
-from .distributed import stream_seed
+from .config import DTYPES, DataConfig, HMCConfig
+from .distributed import DistContext, barrier, stream_seed
+from .files import atomic_write, read_json, unusable, write_json
+from .report import fmt
+
+if TYPE_CHECKING:
+    from .experiment import Experiment
 
 Symmetry = Callable[[Tensor, torch.Generator], Tensor]
 """``(samples, generator) -> samples``: a random exact symmetry of the target applied to each
@@ -111,18 +115,21 @@ class SampleSetWriter:
         self.tmp.mkdir()
         self.n_chunks = 0
         self.n_samples = 0
+        self.sha256: list[str] = []
 
     def add(self, chunk: Tensor) -> None:
-        """Write the next chunk ``(n_i, *event_shape)`` (moved to the CPU)."""
+        """Write the next chunk ``(n_i, *event_shape)`` (moved to the CPU) and record its
+        SHA-256."""
         data = chunk.detach().to("cpu").contiguous().clone()
-        torch.save(data, self.tmp / f"chunk_{self.n_chunks:05d}.pt")
+        path = self.tmp / chunk_name(self.n_chunks)
+        atomic_write(path, lambda f: torch.save(data, f))
+        self.sha256.append(file_sha256(path))
         self.n_chunks += 1
         self.n_samples += data.shape[0]
 
     def finish(self, metadata: dict[str, Any]) -> Path:
-        meta = dict(metadata, n_chunks=self.n_chunks, n_samples=self.n_samples)
-        text = json.dumps(_jsonable(meta), indent=2, sort_keys=True)
-        (self.tmp / "metadata.json").write_text(text)
+        meta = dict(metadata, n_chunks=self.n_chunks, n_samples=self.n_samples, sha256=self.sha256)
+        write_json(self.tmp / "metadata.json", meta)
         try:
             os.replace(self.tmp, self.folder)
         except OSError:
@@ -151,27 +158,48 @@ def save_sample_set(
     return writer.finish(metadata)
 
 
-def load_sample_set(folder: str | os.PathLike[str]) -> tuple[SampleStore, dict[str, Any]]:
-    """Load a set written by :func:`save_sample_set` (``weights_only=True``, memory-mapped)."""
+def chunk_name(i: int) -> str:
+    return f"chunk_{i:05d}.pt"
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_sample_set(
+    folder: str | os.PathLike[str], verify: bool = True
+) -> tuple[SampleStore, dict[str, Any]]:
+    """Load a set written by :func:`save_sample_set` (``weights_only=True``, memory-mapped).
+    With ``verify`` every chunk's SHA-256 is checked against ``metadata.json`` (one read of
+    the set). A damaged, truncated or missing file is a :class:`ConfigError` naming it and
+    saying to delete the folder, which the next run then regenerates."""
     src = Path(folder)
-    metadata: dict[str, Any] = json.loads((src / "metadata.json").read_text())
+    todo = f"delete {src} and it will be generated again"
+    metadata = read_json(src / "metadata.json", todo)
+    n_chunks, sums = metadata.get("n_chunks"), metadata.get("sha256")
+    if not isinstance(n_chunks, int) or not isinstance(sums, list) or len(sums) != n_chunks:
+        raise unusable(src / "metadata.json", "lacks the chunk count or checksums", todo)
     chunks = []
-    for i in range(int(metadata["n_chunks"])):
-        t = torch.load(src / f"chunk_{i:05d}.pt", map_location="cpu", weights_only=True, mmap=True)
-        if not isinstance(t, Tensor):
-            raise ValueError(f"{src}: chunk {i} is not a tensor")
+    for i in range(n_chunks):
+        path = src / chunk_name(i)
+        if not path.exists():
+            raise unusable(path, "is missing", todo)
+        if verify and file_sha256(path) != sums[i]:
+            raise unusable(path, "does not match its checksum (damaged or truncated)", todo)
+        try:
+            t = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as e:  # torch raises many types for damaged archives
+            raise unusable(path, f"cannot be loaded ({type(e).__name__})", todo) from None
+        if not isinstance(t, Tensor) or t.dim() < 1:
+            raise unusable(path, "is not a tensor of samples", todo)
         chunks.append(t)
+    if sum(c.shape[0] for c in chunks) != metadata.get("n_samples"):
+        raise unusable(src / "metadata.json", "disagrees with its chunks on the sample count", todo)
     return SampleStore(chunks), metadata
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
 
 
 def exact_samples(
@@ -329,6 +357,7 @@ def cached_hmc_samples(
     symmetry: Symmetry | None = None,
     progress: bool = False,
     log: Callable[[str], None] = print,
+    verify: bool = True,
 ) -> tuple[SampleStore, dict[str, Any]]:
     """``n`` HMC samples of ``target`` for data split ``split`` (``"train"``/``"test"``,
     independent streams), from the cache if present, else generated
@@ -337,7 +366,7 @@ def cached_hmc_samples(
     settings = hmc_settings(target, hmc, n, seed, split, dtype, str(device))
     folder = Path(cache_dir) / f"{type(target).__name__.lower()}-{split}-{settings_key(settings)}"
     if (folder / "metadata.json").exists():
-        store, meta = load_sample_set(folder)
+        store, meta = load_sample_set(folder, verify)
         log(f"loaded {len(store)} cached {split} samples from {folder}")
         return store, meta
     log(f"generating {n} {split} samples by HMC on {device} ({hmc.n_chains} chains) ...")
@@ -362,68 +391,135 @@ def cached_hmc_samples(
         writer.discard()
         raise
     writer.finish({"settings": settings, "report": report, "torch": torch.__version__})
-    store, meta = load_sample_set(folder)
+    store, meta = load_sample_set(folder, verify=False)
     rep = meta["report"]
     log(
         f"  {n} samples in {rep['generation_time_s']:.1f} s: acceptance "
-        f"{rep['acceptance_rate']:.3f}, tau_int {rep['tau_int']}, step size "
-        f"{rep['step_size']:.4g}; cached in {folder}"
+        f"{fmt(rep['acceptance_rate'])}, tau_int {fmt(rep['tau_int'])}, step size "
+        f"{fmt(rep['step_size'])}; cached in {folder}"
     )
     return store, meta
 
 
-def remove_sample_set(folder: str | os.PathLike[str]) -> None:
-    """Delete a cached set (e.g. to force regeneration)."""
-    with contextlib.suppress(FileNotFoundError):
-        shutil.rmtree(folder)
-
-
 class MinibatchSampler:
-    """Random minibatches (with replacement) of a :class:`SampleStore`: indices from a CPU
-    generator, so the stream is the same on every device.
+    """Random minibatches (with replacement) of a :class:`SampleStore`, with indices drawn from
+    a generator seeded by ``seed``.
 
-    The samples are copied to ``device`` in ``dtype`` once, chunk by chunk, when they fit in
-    ``device_limit_bytes`` (default: 40% of the free memory of a CUDA device, 2 GiB on the
-    CPU, where a single chunk is used in place); otherwise each minibatch is gathered on the
-    CPU from the (memory-mapped) chunks and moved over.
+    ``on_device``: copy the samples to ``device`` in ``dtype`` once and draw the indices there
+    (no host transfer per step); otherwise each minibatch is gathered on the CPU from the
+    (memory-mapped) chunks and moved over. ``None`` decides with :meth:`fits`. (On the CPU a
+    single chunk is used in place.) The choice is :attr:`on_device`; runs that are compared
+    should share it.
     """
 
     def __init__(
         self,
         store: SampleStore,
-        generator: torch.Generator,
+        seed: int,
         device: torch.device,
         dtype: torch.dtype,
-        device_limit_bytes: int | None = None,
+        on_device: bool | None = None,
     ) -> None:
         self.store = store
-        self.generator = generator
         self.device = device
         self.dtype = dtype
+        self.on_device = self.fits(store, device, dtype) if on_device is None else on_device
         self._resident: Tensor | None = None
-        if device_limit_bytes is None:
-            device_limit_bytes = 2 << 30
-            if device.type == "cuda":
-                free, _ = torch.cuda.mem_get_info(device)
-                device_limit_bytes = int(0.4 * free)
-        itemsize = torch.empty((), dtype=dtype).element_size()
-        nbytes = len(store) * math.prod(store.event_shape) * itemsize
         if device.type == "cpu" and len(store.chunks) == 1:
             self._resident = store.chunks[0].to(dtype=dtype)
-        elif nbytes <= device_limit_bytes:
+        elif self.on_device:
             resident = torch.empty((len(store), *store.event_shape), dtype=dtype, device=device)
             start = 0
             for c in store.chunks:
                 resident[start : start + c.shape[0]].copy_(c)
                 start += c.shape[0]
             self._resident = resident
+        where = self._resident.device if self._resident is not None else torch.device("cpu")
+        self.generator = torch.Generator(device=where).manual_seed(seed)
+
+    @staticmethod
+    def fits(
+        store: SampleStore, device: torch.device, dtype: torch.dtype, limit: int | None = None
+    ) -> bool:
+        """Whether ``store`` in ``dtype`` takes at most ``limit`` bytes (default: 40% of the
+        free memory of a CUDA device, 2 GiB on the CPU)."""
+        if limit is None:
+            limit = 2 << 30
+            if device.type == "cuda":
+                free, _ = torch.cuda.mem_get_info(device)
+                limit = int(0.4 * free)
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        return len(store) * math.prod(store.event_shape) * itemsize <= limit
 
     def draw(self, n: int) -> Tensor:
         """``(n, *event_shape)`` samples drawn uniformly with replacement."""
-        index = torch.randint(len(self.store), (n,), generator=self.generator)
         if self._resident is not None:
-            return self._resident[index.to(self._resident.device)]
+            index = torch.randint(
+                len(self.store), (n,), generator=self.generator, device=self._resident.device
+            )
+            return self._resident[index]
+        index = torch.randint(len(self.store), (n,), generator=self.generator)
         batch = self.store.gather(index)
         if self.device.type == "cuda":
             batch = batch.pin_memory()
         return batch.to(device=self.device, dtype=self.dtype, non_blocking=True)
+
+
+def load_target_data(
+    exp: Experiment,
+    target: Target,
+    data: DataConfig,
+    *,
+    need_train: bool,
+    dtype: torch.dtype,
+    device: torch.device,
+    ctx: DistContext,
+    log: Callable[[str], None],
+    progress: bool,
+) -> TargetSamples | None:
+    """Target samples for a run of ``exp``: exact ones drawn now, HMC ones from the cache
+    (rank 0 generates them if missing while the other ranks wait)."""
+    n_train = data.n_train if need_train else 0
+    if exp.sampler is None or (n_train == 0 and data.n_test == 0):
+        return None
+    if exp.sampler == "exact":
+        return exact_samples(target, n_train, data.n_test, data.seed, dtype)
+    assert data.hmc is not None
+    hmc = data.hmc
+    observable = exp.hmc_observable(target) if exp.hmc_observable is not None else None
+
+    def get(n: int, split: str, quiet: bool) -> tuple[SampleStore | None, dict[str, Any] | None]:
+        if n == 0:
+            return None, None
+        return cached_hmc_samples(
+            target,
+            n,
+            hmc,
+            seed=data.seed,
+            split=split,
+            dtype=dtype,
+            device=device,
+            cache_dir=data.cache_dir,
+            periodic=exp.hmc_periodic,
+            observable=observable,
+            symmetry=exp.symmetry,
+            progress=progress and not quiet,
+            log=(lambda _m: None) if quiet else log,
+            verify=not quiet,
+        )
+
+    test: SampleStore | None = None
+    test_meta: dict[str, Any] | None = None
+    if ctx.is_main:
+        test, test_meta = get(data.n_test, "test", False)
+        train, train_meta = get(n_train, "train", False)
+    barrier(ctx)
+    if not ctx.is_main:
+        train, train_meta = get(n_train, "train", True)
+    meta = {
+        "sampler": "hmc",
+        "target": type(target).__name__,
+        "train": train_meta,
+        "test": test_meta,
+    }
+    return TargetSamples(train, test, meta)

@@ -122,6 +122,13 @@ def all_reduce_sum(values: Tensor, ctx: DistContext) -> Tensor:
     return values
 
 
+def all_reduce_max(values: Tensor, ctx: DistContext) -> Tensor:
+    """The element-wise maximum of ``values`` over all ranks (the tensor itself if alone)."""
+    if ctx.enabled:
+        dist.all_reduce(values, op=dist.ReduceOp.MAX)
+    return values
+
+
 def broadcast_parameters(module: nn.Module, ctx: DistContext) -> None:
     """Copy rank 0's parameters and buffers to every rank."""
     if not ctx.enabled:
@@ -143,12 +150,3 @@ def gather_objects(obj: Any, ctx: DistContext) -> list[Any]:
     out: list[Any] = [None] * ctx.world_size
     dist.all_gather_object(out, obj)
     return out
-
-
-def broadcast_object(obj: Any, ctx: DistContext) -> Any:
-    """Rank 0's ``obj`` on every rank."""
-    if not ctx.enabled:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]

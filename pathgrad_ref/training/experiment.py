@@ -52,8 +52,8 @@ class Experiment:
     - ``name``: short name (run folders, cache names); ``description``: the ``--help`` header.
     - ``params``: physics and architecture options; ``presets``: ``{preset: {option: value}}``
       with values for every ``params`` entry and any training option to override
-      (``steps``, ``batch_size``, ``lr``, ``lr_schedule``, ``clip_norm``, ``n_train_samples``,
-      ``hmc_chains``, …; see :func:`pathgrad_ref.training.cli.build_parser`).
+      (option names: the flag without dashes, ``steps``, ``batch_size``, ``n_train_samples``,
+      ``hmc_chains``, …; see :mod:`pathgrad_ref.training.config`).
     - ``make_target(params)``, ``make_flow(params)``: build them (the flow in the default
       dtype on the CPU; the trainer moves it).
     - ``observables(target)``: what to estimate with importance weights.
@@ -64,6 +64,8 @@ class Experiment:
       ``symmetry``: a random exact symmetry applied to HMC samples (see
       :data:`~pathgrad_ref.training.data.Symmetry`).
     - ``log_z(target)``: ``log Z`` where it is known (KL values are then absolute).
+    - ``check(params)``: refuse parameter combinations that cannot work before any work
+      starts, raising :class:`~.config.ConfigError` naming the field (``"params.lattice"``).
     - ``epilog``: extra ``--help`` text (examples).
     """
 
@@ -79,6 +81,7 @@ class Experiment:
     hmc_observable: Callable[[Target], Callable[[Tensor], Tensor]] | None = None
     symmetry: Symmetry | None = None
     log_z: Callable[[Target], float | None] | None = None
+    check: Callable[[Params], None] | None = None
     epilog: str = ""
 
     def __post_init__(self) -> None:

@@ -30,13 +30,15 @@ class Observable:
     """A scalar observable ``fn: (N, *event_shape) -> (N,)``.
 
     ``name`` is the key in ``metrics.jsonl`` (an identifier), ``label`` the printed name and
-    ``exact`` the exactly known expectation under the target, if there is one.
+    ``exact`` the exactly known expectation under the target, if there is one; ``tex`` the
+    plot label in matplotlib mathtext (``r"$\\chi_\\mathrm{top}$"``; default ``label``).
     """
 
     name: str
     label: str
     fn: Callable[[Tensor], Tensor]
     exact: float | None = None
+    tex: str | None = None
 
 
 @dataclass(frozen=True)

@@ -12,41 +12,85 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from .files import atomic_write, jsonable, unusable, write_json
+from .observables import Observable
+
 MetricRecord = dict[str, Any]
 
 
-def jsonable(obj: Any) -> Any:
-    """``obj`` with non-finite floats as ``None`` and tuples as lists (strict JSON)."""
-    if isinstance(obj, Mapping):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
+def fmt(v: Any, digits: int = 3) -> str:
+    """A number as a physicist reads it: ``digits`` significant figures, scientific notation
+    when tiny or huge (never ``0.0000`` for a small non-zero value), ``–`` for a missing or
+    non-finite one; integers and strings as they are."""
+    if v is None or isinstance(v, bool):
+        return "–" if v is None else str(v)
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            return "–"
+        if v != 0 and not 1e-3 <= abs(v) < 1e5:
+            return f"{v:.{digits - 1}e}"
+        return f"{v:.{digits}g}"
+    return str(v)
 
 
-def write_json(path: str | os.PathLike[str], obj: Any) -> None:
-    """Write strict JSON atomically (temporary file and ``os.replace``)."""
-    dest = Path(path)
-    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(jsonable(obj), indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, dest)
+def describe(
+    r: MetricRecord,
+    observables: Sequence[Observable] = (),
+    references: Mapping[str, Mapping[str, Any]] | None = None,
+    short: bool = False,
+) -> str:
+    """One line for an evaluation record: step, training loss (``KL(q‖p) − log Z`` for the
+    reverse estimators, hence "loss" apart from the KL where ``log Z`` is known), KL, ESS,
+    NLL, observables with their references. ``short``: the progress bar's postfix."""
+    if short:
+        parts = [f"ESS {fmt(r.get('ess_reverse'))}"]
+        if "kl_reverse" in r:
+            parts.append(f"KL {fmt(r.get('kl_reverse'))}")
+        return f"@{r.get('step')}: " + ", ".join([*parts, f"loss {fmt(r.get('loss'))}"])
+    parts = [f"step {r['step']:>7d}", f"loss {fmt(r.get('loss'))}"]
+    if "kl_reverse" in r:
+        parts.append(f"KL(q‖p) {fmt(r.get('kl_reverse'))}")
+    parts.append(f"ESS {fmt(r.get('ess_reverse'))}")
+    if "ess_forward" in r:
+        parts += [f"fwd-ESS {fmt(r.get('ess_forward'))}", f"NLL {fmt(r.get('nll'))}"]
+    for o in observables:
+        text = f"{o.label} {fmt(r.get(o.name))} ± {fmt(r.get(o.name + '_err'), 2)}"
+        ref = (references or {}).get(o.name)
+        if ref is not None:
+            err = f" ± {fmt(ref['err'], 2)}" if ref.get("err") else ""
+            text += f" (ref {fmt(ref['value'])}{err})"
+        parts.append(text)
+    if r.get("step_time_s") is not None:
+        parts.append(f"{fmt(1e3 * r['step_time_s'])} ms/step")
+    return "  ".join(parts)
 
 
 def read_jsonl(path: str | os.PathLike[str]) -> list[MetricRecord]:
-    """All records of a JSON-lines file (a torn last line, from a killed run, is dropped)."""
+    """All records of a JSON-lines file. A torn last line (a run killed while appending) is
+    dropped; any other line that is not a JSON object with an integer ``step`` is a
+    :class:`~.config.ConfigError` naming the file."""
     p = Path(path)
     if not p.exists():
         return []
+    try:
+        lines = p.read_bytes().decode().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise unusable(p, f"cannot be read ({e})") from None
     records = []
-    for line in p.read_text().splitlines():
+    for i, line in enumerate(lines):
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
+            rec = json.loads(line)
         except json.JSONDecodeError:
-            break
+            if i == len(lines) - 1:
+                break
+            raise unusable(p, f"line {i + 1} is not JSON") from None
+        if not isinstance(rec, dict) or not isinstance(rec.get("step"), int):
+            raise unusable(p, f"line {i + 1} is not a metrics record")
+        records.append(rec)
     return records
 
 
@@ -59,10 +103,9 @@ class MetricsLog:
     def __init__(self, path: str | os.PathLike[str], keep_until: int | None = None) -> None:
         self.path = Path(path)
         kept = [] if keep_until is None else read_jsonl(self.path)
-        kept = [r for r in kept if keep_until is not None and int(r.get("step", 0)) <= keep_until]
-        with open(self.path, "w") as f:
-            for r in kept:
-                f.write(json.dumps(jsonable(r), allow_nan=False) + "\n")
+        kept = [r for r in kept if keep_until is not None and r["step"] <= keep_until]
+        text = "".join(json.dumps(jsonable(r), allow_nan=False) + "\n" for r in kept)
+        atomic_write(self.path, text.encode())
         self.records: list[MetricRecord] = kept
         self._file: IO[str] | None = open(self.path, "a")  # noqa: SIM115 (closed in close())
 
@@ -100,15 +143,45 @@ def _pyplot() -> Any:
     return plt
 
 
+def _legend(ax: Any) -> None:
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize="small")
+
+
+def _fit_after_start(
+    ax: Any, xs: Sequence[float], ys: Sequence[float], errs: Sequence[float] | None = None
+) -> None:
+    """Scale the y axis to the values (with their error bars) after step 0: the untrained
+    flow's are far off and would flatten the curve; the legend gives the step-0 value."""
+    e = errs if errs is not None else [0.0] * len(ys)
+    later = [(y - d, y + d) for x, y, d in zip(xs, ys, e, strict=True) if x > 0]
+    if len(later) < 2:
+        return
+    lo, hi = min(a for a, _ in later), max(b for _, b in later)
+    pad = 0.08 * (hi - lo) if hi > lo else 0.05 * max(abs(hi), 1e-12)
+    ax.set_ylim(lo - pad, hi + pad)
+
+
+def _log_if_decades(ax: Any, ys: Sequence[float]) -> None:
+    """Log scale when the (positive) values span more than a decade."""
+    if ys and min(ys) > 0 and max(ys) / min(ys) > 10:
+        ax.set_yscale("log")
+
+
 def plot_run(
     records: Sequence[MetricRecord],
     out_dir: str | os.PathLike[str],
-    observables: Sequence[tuple[str, str, float | None]] = (),
+    observables: Sequence[Observable] = (),
+    references: Mapping[str, Mapping[str, Any]] | None = None,
     title: str = "",
+    log_z_known: bool = False,
+    loss_label: str = "",
 ) -> list[Path]:
     """Write ``ess.png``, ``loss.png``, ``nll.png`` (if NLL was measured) and
-    ``observables.png`` (one panel per ``(name, label, reference)``, reference as a line)
-    against the step. Returns the files written."""
+    ``observables.png`` (one panel per observable, its reference as a line with the error
+    band) against the step. Where ``log Z`` is known the KL divergences get their own panel
+    (log scale where they span decades), apart from the training loss (``loss_label`` says
+    what it is). Returns the files."""
     plt = _pyplot()
     out = Path(out_dir)
     written: list[Path] = []
@@ -134,54 +207,67 @@ def plot_run(
     axes[0].set(xlabel="step", ylabel="ESS", ylim=(0, 1.02))
     # Forward ESS of a flow that misses part of the target can be 1e-300: show the useful range.
     axes[1].set(xlabel="step", ylabel="ESS (log scale)", ylim=(1e-4, 1.5))
-    axes[0].legend()
+    _legend(axes[0])
     save(fig, "ess.png")
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for key, label in (
-        ("loss", "training loss"),
-        ("kl_reverse", "KL(q‖p), eval"),
-        ("kl_forward", "KL(p‖q), eval"),
-    ):
-        xs, ys = _series(records, key)
-        if xs:
-            ax.plot(xs, ys, marker=".", label=label)
-    ax.set(xlabel="step", ylabel="loss")
-    ax.legend()
+    kl_keys = [k for k in ("kl_reverse", "kl_forward") if _series(records, k)[0]]
+    n_panels = 2 if log_z_known and kl_keys else 1
+    fig, axes = plt.subplots(1, n_panels, figsize=(5.5 * n_panels, 4), squeeze=False)
+    ax = axes[0][0]
+    xs, ys = _series(records, "loss")
+    if xs:
+        ax.plot(xs, ys, marker=".", label="mean since the last evaluation")
+    ax.set(xlabel="step", ylabel="training loss (estimator's objective)")
+    ax.set_title(f"loss = {loss_label}" if loss_label else "", fontsize="small")
+    _legend(ax)
+    if n_panels == 2:
+        ax = axes[0][1]
+        every: list[float] = []
+        for key, label in (
+            ("kl_reverse", "KL(q‖p) on flow samples"),
+            ("kl_forward", "KL(p‖q) on target samples"),
+        ):
+            xs, ys = _series(records, key)
+            if xs:
+                ax.plot(xs, ys, marker=".", label=label)
+                every += ys
+        ax.set(xlabel="step", ylabel="KL divergence (exact log Z)")
+        _log_if_decades(ax, every)
+        _legend(ax)
     save(fig, "loss.png")
 
     xs, ys = _series(records, "nll")
     if xs:
         fig, ax = plt.subplots(figsize=(6, 4))
-        ax.plot(xs, ys, marker=".")
+        ax.plot(xs, ys, marker=".", label=f"step 0: {fmt(ys[0])}" if xs[0] == 0 else None)
         ax.set(xlabel="step", ylabel="NLL (held-out target samples)")
+        _fit_after_start(ax, xs, ys)
+        _legend(ax)
         save(fig, "nll.png")
 
     if observables:
         n = len(observables)
         fig, axes = plt.subplots(1, n, figsize=(4.5 * n, 4), squeeze=False)
-        for ax, (name, label, ref) in zip(axes[0], observables, strict=True):
-            xs, ys = _series(records, name)
-            err_at = dict(zip(*_series(records, f"{name}_err"), strict=True))
+        for ax, o in zip(axes[0], observables, strict=True):
+            xs, ys = _series(records, o.name)
+            err_at = dict(zip(*_series(records, f"{o.name}_err"), strict=True))
             if xs:
                 errs = [err_at.get(x, 0.0) for x in xs]  # no error where it is not estimable
-                ax.errorbar(xs, ys, yerr=errs, marker=".", capsize=2, label="flow, reweighted")
-            if ref is not None and math.isfinite(ref):
-                ax.axhline(ref, color="k", ls="--", label="reference")
-            ax.set(xlabel="step", ylabel=label)
-            ax.legend()
+                label = "flow, reweighted" + (f" (step 0: {fmt(ys[0])})" if xs[0] == 0 else "")
+                ax.errorbar(xs, ys, yerr=errs, marker=".", capsize=2, label=label)
+                _fit_after_start(ax, xs, ys, errs)
+            ref = (references or {}).get(o.name) or {}
+            value, err = ref.get("value"), float(ref.get("err") or 0.0)
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                ax.axhline(value, color="k", ls="--", label=str(ref.get("source", "reference")))
+                if err > 0:
+                    ax.axhspan(value - err, value + err, color="k", alpha=0.15, lw=0)
+                lo, hi = ax.get_ylim()
+                ax.set_ylim(min(lo, value - 2 * err), max(hi, value + 2 * err))
+            ax.set(xlabel="step", ylabel=o.tex or o.label)
+            _legend(ax)
         save(fig, "observables.png")
     return written
-
-
-def _fmt(v: Any, digits: int = 4) -> str:
-    if isinstance(v, bool) or v is None:
-        return "–" if v is None else str(v)
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, float):
-        return "–" if not math.isfinite(v) else f"{v:.{digits}g}"
-    return str(v)
 
 
 def comparison_rows(summaries: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -221,17 +307,20 @@ def comparison_markdown(
     header = base + obs
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
-        cells = [_fmt(r.get(k)) for k in base]
+        cells = [fmt(r.get(k)) for k in base]
         for k in obs:
             m, e = r.get(k), r.get(f"{k}_err")
-            cells.append(_fmt(m) if e is None else f"{_fmt(m)} ± {_fmt(e, 2)}")
+            cells.append(fmt(m) if e is None else f"{fmt(m)} ± {fmt(e, 2)}")
         lines.append("| " + " | ".join(cells) + " |")
     if references:
         cells = ["reference"] + [""] * (len(base) - 1)
         for k in obs:
             ref = references.get(k) or {}
             m, e = ref.get("value"), ref.get("err")
-            cells.append(_fmt(m) if e is None else f"{_fmt(m)} ± {_fmt(e, 2)}")
+            exact = e == 0 and ref.get("source") == "exact"
+            cells.append(
+                fmt(m) if e is None else f"{fmt(m)} (exact)" if exact else f"{fmt(m)} ± {fmt(e, 2)}"
+            )
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -249,7 +338,7 @@ def write_comparison(
     rows = comparison_rows(summaries)
     md = f"# {title}\n\n" if title else ""
     md += comparison_markdown(rows, references)
-    (out / "comparison.md").write_text(md)
+    atomic_write(out / "comparison.md", md.encode())
     write_json(out / "comparison.json", {"rows": rows, "references": references or {}})
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
@@ -260,7 +349,7 @@ def write_comparison(
         axes[1].plot(ts, ys, marker=".", label=name)
     axes[0].set(xlabel="step", ylabel="reverse ESS", ylim=(0, 1.02))
     axes[1].set(xlabel="wall time [s]", ylabel="reverse ESS", ylim=(0, 1.02))
-    axes[0].legend()
+    _legend(axes[0])
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(out / "comparison.png", dpi=110)

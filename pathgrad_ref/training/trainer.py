@@ -1,5 +1,6 @@
 """The training loop: Adam on one estimator's loss, with learning-rate decay, gradient
-clipping, skipping of non-finite steps, periodic evaluation and resumable checkpoints.
+clipping, skipping of non-finite steps, periodic evaluation, resumable checkpoints and a clean
+stop on SIGINT or SIGTERM.
 
 One step, on every data-parallel rank ``r`` of ``W``:
 
@@ -11,25 +12,32 @@ One step, on every data-parallel rank ``r`` of ``W``:
    and count it; otherwise clip the gradient norm, take the Adam step and feed the loss to the
    plateau schedule.
 
-Every ``eval_every`` steps rank 0 draws ``eval_samples`` fresh flow samples from a stream
-seeded by the step (so evaluation never disturbs training, and a resumed run evaluates on the
-same samples) and records: reverse ESS, ``KL(q‖p)`` where ``log Z`` is known, the observables
-reweighted with the importance weights, and on held-out target samples, if any, forward ESS,
-NLL and ``KL(p‖q)``; with the mean training loss, gradient norm and step time since the last
-evaluation.
+The interval sums (loss, gradient norm) stay on the device and are read at evaluation; the one
+host read of a steady-state step is the flag "loss and gradient finite", because a skipped step
+must leave Adam's moments and step count untouched (the plateau schedule reads the loss too).
 
-On the CPU a resumed run retraces an uninterrupted one exactly: the checkpoint holds the
-parameters, Adam's and the schedule's state, every random stream of every rank and the
-loop's counters.
+Every ``eval_every`` steps rank 0 evaluates (:func:`~.evaluation.evaluate`) on
+``eval_samples`` fresh flow samples from a stream seeded by the step (so evaluation never
+disturbs training, and a resumed run evaluates on the same samples), with the mean training
+loss, gradient norm and step time since the last evaluation.
+
+On SIGINT or SIGTERM the current step is finished, a checkpoint written and the summary says
+``"status": "interrupted"``; a second signal stops at once (the last checkpoint stays
+loadable). Under ``torchrun`` the ranks vote every ``STOP_VOTE_EVERY`` steps, so they all stop
+at the same step. On the CPU a resumed run retraces an uninterrupted one exactly: the
+checkpoint holds the parameters, Adam's and the schedule's state, every random stream of every
+rank and the loop's counters.
 """
 
 from __future__ import annotations
 
-import math
+import signal
+import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import torch
@@ -37,13 +45,13 @@ from torch import Tensor
 
 from ..estimators import direction, get_estimator
 from ..flows.base import Flow
-from ..metrics import forward_ess, reverse_ess
 from ..targets.base import Target
 from . import checkpoint as ckpt
 from .config import ConfigError, TrainConfig
 from .data import MinibatchSampler, TargetSamples
 from .distributed import (
     DistContext,
+    all_reduce_max,
     all_reduce_sum,
     average_gradients,
     broadcast_parameters,
@@ -51,32 +59,91 @@ from .distributed import (
     stream_seed,
     trainable,
 )
-from .observables import Estimate, Observable, reweighted_mean, sample_mean
-from .report import MetricRecord, MetricsLog, plot_run, write_json
+from .evaluation import evaluate, references
+from .files import unusable, write_json
+from .observables import Observable
+from .report import MetricRecord, MetricsLog, describe, plot_run
 
 # Random streams of a rank (the third argument of stream_seed).
 _BATCH_STREAM, _INDEX_STREAM, _EVAL_STREAM = 0, 1, 2
+STOP_VOTE_EVERY = 10
+"""Under ``torchrun``, steps between the ranks' votes on stopping (signal or time limit)."""
 
 
 class TrainingError(RuntimeError):
     """The run cannot go on (e.g. too many non-finite steps in a row); the message says why."""
 
 
-@dataclass
-class _Interval:
-    """Sums over the steps since the last evaluation."""
+class RunInterruptedError(Exception):
+    """A run stopped by a signal after writing its checkpoint (``signum``, ``step``)."""
 
-    loss: float = 0.0
-    grad_norm: float = 0.0
-    step_time: float = 0.0
-    n: int = 0
+    def __init__(self, signum: int, step: int) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}")
+        self.signum = signum
+        self.step = step
+
+
+class HardStop(KeyboardInterrupt):
+    """A second stop signal: leave at once (the last complete checkpoint stays loadable)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class StopSignals:
+    """Records the first SIGINT/SIGTERM (``received``); a second one raises :class:`HardStop`."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+
+    def handle(self, signum: int, _frame: FrameType | None) -> None:
+        if self.received is not None:
+            raise HardStop(signum)
+        self.received = signum
+
+    @contextmanager
+    def installed(self) -> Iterator[StopSignals]:
+        """Handle both signals inside the block (only from the main thread, where Python
+        delivers signals; elsewhere nothing is installed)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        saved = {s: signal.signal(s, self.handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for s, h in saved.items():
+                signal.signal(s, h)
+
+
+class _Interval:
+    """Sums over the finite steps since the last evaluation: loss and gradient norm as float64
+    tensors on the device (no host read per step), step time on the host."""
+
+    def __init__(self, device: torch.device, state: dict[str, Any] | None = None) -> None:
+        s = state or {}
+        self.loss = torch.tensor(float(s.get("loss", 0.0)), dtype=torch.float64, device=device)
+        self.grad_norm = torch.tensor(
+            float(s.get("grad_norm", 0.0)), dtype=torch.float64, device=device
+        )
+        self.step_time = float(s.get("step_time", 0.0))
+        self.n = int(s.get("n", 0))
 
     def state(self) -> dict[str, float | int]:
         return {
-            "loss": self.loss,
-            "grad_norm": self.grad_norm,
+            "loss": float(self.loss),
+            "grad_norm": float(self.grad_norm),
             "step_time": self.step_time,
             "n": self.n,
+        }
+
+    def means(self) -> dict[str, float | None]:
+        n = self.n
+        return {
+            "loss": float(self.loss) / n if n else None,
+            "grad_norm": float(self.grad_norm) / n if n else None,
+            "step_time_s": self.step_time / n if n else None,
         }
 
 
@@ -88,24 +155,17 @@ def resolve_device(name: str) -> torch.device:
     try:
         dev = torch.device(name)
     except RuntimeError:
-        raise ConfigError(f"--device: expected auto, cpu or cuda[:K], got {name!r}") from None
+        raise ConfigError("train.device", f"expected auto, cpu or cuda[:K], got {name!r}") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError("--device cuda: CUDA is not available on this machine")
+            raise ConfigError("train.device", f"{name}: CUDA is not available on this machine")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ConfigError(
-                f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) available"
+                "train.device", f"{name}: only {torch.cuda.device_count()} CUDA device(s) here"
             )
     elif dev.type != "cpu":
-        raise ConfigError(f"--device: expected auto, cpu or cuda[:K], got {name!r}")
+        raise ConfigError("train.device", f"expected auto, cpu or cuda[:K], got {name!r}")
     return dev
-
-
-def _ess(fn: Callable[[Tensor], float], log_w: Tensor) -> float:
-    """``fn(log_w)``, or 0 when a weight is NaN or infinite (a broken flow has no sample size)."""
-    if not bool(torch.isfinite(log_w).all()):
-        return 0.0
-    return fn(log_w)
 
 
 def _sync(device: torch.device) -> None:
@@ -131,6 +191,8 @@ class Trainer:
         run_config: JSON-ready description of the run, stored in checkpoints and the summary.
         log: where progress lines go (rank 0 only).
         title: a name for plots and the progress bar.
+        data_on_device: hold the training samples on ``device`` (``None``: decide from the
+            free memory, :meth:`MinibatchSampler.fits`).
     """
 
     def __init__(
@@ -148,8 +210,12 @@ class Trainer:
         run_config: dict[str, Any] | None = None,
         log: Callable[[str], None] = print,
         title: str = "",
+        data_on_device: bool | None = None,
     ) -> None:
-        config.validate()
+        try:
+            config.validate()
+        except ConfigError as e:
+            raise ConfigError(f"train.{e.field}", e.message) from None
         self.config = config
         self.ctx = ctx if ctx is not None else DistContext()
         self.device = device
@@ -169,7 +235,8 @@ class Trainer:
         world = self.ctx.world_size
         if config.batch_size % world:
             raise ConfigError(
-                f"--batch-size {config.batch_size} is not divisible by the {world} processes"
+                "train.batch_size",
+                f"{config.batch_size} is not divisible by the {world} processes",
             )
         self.local_batch = config.batch_size // world
         self.params = trainable(self.flow)
@@ -192,57 +259,51 @@ class Trainer:
         self.generators = {
             "batch": torch.Generator(device=device).manual_seed(
                 stream_seed(config.seed, rank, _BATCH_STREAM)
-            ),
-            "index": torch.Generator().manual_seed(stream_seed(config.seed, rank, _INDEX_STREAM)),
+            )
         }
         self.sampler: MinibatchSampler | None = None
         if self.direction == "forward":
             if data is None or data.train is None:
                 raise ConfigError(
-                    f"estimator {config.estimator} minimises the forward KL and needs training "
-                    "samples of the target, but this run has none"
+                    "train.estimator",
+                    f"{config.estimator} minimises the forward KL and needs training samples "
+                    "of the target, but this run has none",
                 )
             self.sampler = MinibatchSampler(
-                data.train, self.generators["index"], device, self.dtype
+                data.train,
+                stream_seed(config.seed, rank, _INDEX_STREAM),
+                device,
+                self.dtype,
+                on_device=data_on_device,
             )
+            self.generators["index"] = self.sampler.generator
         broadcast_parameters(self.flow, self.ctx)
 
         self.step = 0
+        self.checkpoint_step: int | None = None
         self.consecutive_nonfinite = 0
         self.n_skipped = 0
         self.elapsed = 0.0  # seconds in the training loop, over all resumed segments
-        self.interval = _Interval()
+        self.interval = _Interval(device)
         self.last_eval: MetricRecord = {}
         self.history: list[MetricRecord] = []  # every evaluation record of the run
-        self.references = self._references()
+        tau = float("nan")
+        if data is not None:
+            report = (data.metadata.get("test") or {}).get("report") or {}
+            tau = float(report.get("tau_int") or tau)
+        self.references = references(self.observables, data.test if data is not None else None, tau)
         self.metrics: MetricsLog | None = None
-
-    # ------------------------------------------------------------------ references
-
-    def _references(self) -> dict[str, dict[str, Any]]:
-        """Per observable: the exact value if known, and the mean over held-out target
-        samples if there are any (error with the sampler's ``τ_int``)."""
-        test = self.data.test if self.data is not None else None
-        refs: dict[str, dict[str, Any]] = {}
-        tau = math.nan
-        if self.data is not None:
-            report = (self.data.metadata.get("test") or {}).get("report") or {}
-            tau = float(report.get("tau_int") or math.nan)
-        for o in self.observables:
-            ref: dict[str, Any] = {}
-            if test is not None:
-                values = torch.cat([o.fn(c.to(torch.float64)) for c in test.chunks])
-                est = sample_mean(values, tau)
-                ref.update(sample_value=est.mean, sample_err=est.err)
-            if o.exact is not None:
-                ref.update(value=o.exact, err=0.0, source="exact")
-            elif ref:
-                ref.update(
-                    value=ref["sample_value"], err=ref["sample_err"], source="target samples"
-                )
-            if ref:
-                refs[o.name] = ref
-        return refs
+        self.signals = StopSignals()
+        self.stop_signal = 0  # the signal that stopped the last train() call, if any
+        # What the estimators' loss value is (their KL estimate, log Z dropped where the target
+        # object does not carry it), for printouts and plots.
+        kl = "KL(q‖p)" if self.direction == "reverse" else "KL(p‖q)"
+        shift = (
+            ""
+            if target.log_z is not None
+            else (" − log Z" if self.direction == "reverse" else " + log Z")
+        )
+        self.loss_label = f"{kl}{shift} on the training batch"
 
     # ------------------------------------------------------------------ one step
 
@@ -251,10 +312,10 @@ class Trainer:
             return self.sampler.draw(self.local_batch)
         return self.flow.base.sample(self.local_batch, self.generators["batch"])
 
-    def _train_step(self, stop_requested: bool) -> tuple[float, float, bool, bool]:
-        """One step; returns ``(loss, grad_norm, finite, stop)`` with the loss averaged over
-        ranks, the global gradient norm before clipping, whether the update was applied, and
-        whether any rank asked to stop."""
+    def _train_step(self) -> tuple[Tensor, Tensor, bool]:
+        """One step; returns ``(loss, grad_norm, finite)``: the loss averaged over ranks and
+        the global gradient norm before clipping (0-d float64 device tensors) and whether the
+        update was applied."""
         batch = self._draw_batch()
         self.optimizer.zero_grad(set_to_none=True)
         loss, _ = self.estimator(self.flow, self.target, batch)
@@ -264,108 +325,67 @@ class Trainer:
         if grads:
             norm = torch.linalg.vector_norm(
                 torch.stack([torch.linalg.vector_norm(g) for g in grads])
-            )
+            ).to(torch.float64)
         else:
-            norm = loss.new_zeros(())
-        shared = torch.stack(
-            [loss.detach().to(norm.dtype), loss.new_tensor(float(stop_requested), dtype=norm.dtype)]
-        )
-        shared = all_reduce_sum(shared, self.ctx)
-        loss_mean, norm_value, n_stop = torch.stack(
-            [shared[0] / self.ctx.world_size, norm, shared[1]]
-        ).tolist()
-        finite = math.isfinite(loss_mean) and math.isfinite(norm_value)
+            norm = torch.zeros((), dtype=torch.float64, device=self.device)
+        loss_mean = all_reduce_sum(loss.detach().to(torch.float64).reshape(1), self.ctx)[0]
+        loss_mean = loss_mean / self.ctx.world_size
+        # The one host read of the step: a skipped step must not touch Adam's state.
+        finite = bool(torch.isfinite(loss_mean) & torch.isfinite(norm))
         if finite:
             clip = self.config.clip_norm
-            if clip is not None and norm_value > clip:
+            if clip is not None:
+                # Scale by 1 (exactly) below the threshold: no host read of the norm.
+                scale = torch.where(norm > clip, clip / (norm + 1e-6), torch.ones_like(norm))
                 for g in grads:
-                    g.mul_(clip / (norm_value + 1e-6))
+                    g.mul_(scale.to(g.dtype))
             self.optimizer.step()
             if self.scheduler is not None:
-                self.scheduler.step(loss_mean)
+                self.scheduler.step(float(loss_mean))
         self.optimizer.zero_grad(set_to_none=True)
-        return loss_mean, norm_value, finite, n_stop > 0
+        return loss_mean, norm, finite
+
+    def _stop_vote(self, over_time: bool, boundary: bool) -> tuple[int, bool]:
+        """``(signal number or 0, over time)`` agreed by all ranks. Alone: every step, no
+        communication. Under ``torchrun``: every ``STOP_VOTE_EVERY`` steps and at
+        ``boundary`` steps (evaluation, checkpoint, last), so that all stop at one step."""
+        signum = self.signals.received or 0
+        if not self.ctx.enabled:
+            return signum, over_time
+        if self.step % STOP_VOTE_EVERY and not boundary:
+            return 0, False
+        votes = torch.tensor([float(signum), float(over_time)], device=self.device)
+        s, t = all_reduce_max(votes, self.ctx).tolist()
+        return int(s), t > 0
 
     # ------------------------------------------------------------------ evaluation
 
-    @torch.no_grad()
     def evaluate(self) -> MetricRecord:
         """Metrics at the current parameters (see the module docstring), as a flat record."""
         cfg = self.config
         gen = torch.Generator(device=self.device).manual_seed(
             stream_seed(cfg.seed, 0, _EVAL_STREAM, self.step)
         )
-        chunk = max(self.local_batch, 4096)
-        log_ws: list[Tensor] = []
-        values: dict[str, list[Tensor]] = {o.name: [] for o in self.observables}
-        left = cfg.eval_samples
-        while left > 0:
-            m = min(left, chunk)
-            x, log_q = self.flow.sample(m, gen)
-            log_ws.append((-self.target.action(x) - log_q).to(torch.float64))
-            for o in self.observables:
-                values[o.name].append(o.fn(x).to(torch.float64))
-            left -= m
-        log_w = torch.cat(log_ws)
-        it = self.interval
         record: MetricRecord = {
             "step": self.step,
             "elapsed_s": self.elapsed,
             "lr": self.optimizer.param_groups[0]["lr"],
-            "loss": it.loss / it.n if it.n else None,
-            "grad_norm": it.grad_norm / it.n if it.n else None,
-            "step_time_s": it.step_time / it.n if it.n else None,
+            **self.interval.means(),
             "n_skipped": self.n_skipped,
         }
-        record["ess_reverse"] = _ess(reverse_ess, log_w)
-        record["finite_fraction"] = float(torch.isfinite(log_w).double().mean())
-        if self.log_z is not None:
-            record["kl_reverse"] = float(-log_w.mean()) + self.log_z
-        for o in self.observables:
-            est: Estimate = reweighted_mean(torch.cat(values[o.name]), log_w)
-            record[o.name] = est.mean
-            record[f"{o.name}_err"] = est.err
-        test = self.data.test if self.data is not None else None
-        if test is not None:
-            record.update(self._evaluate_test(test.chunks, chunk))
+        record.update(
+            evaluate(
+                self.flow,
+                self.target,
+                n_samples=cfg.eval_samples,
+                generator=gen,
+                observables=self.observables,
+                log_z=self.log_z,
+                test=self.data.test if self.data is not None else None,
+                chunk=max(self.local_batch, 4096),
+            )
+        )
         return record
-
-    def _evaluate_test(self, chunks: Sequence[Tensor], size: int) -> MetricRecord:
-        log_qs, log_ws = [], []
-        for c in chunks:
-            for part in torch.split(c, size):
-                x = part.to(device=self.device, dtype=self.dtype)
-                log_q = self.flow.log_prob(x)
-                log_qs.append(log_q.to(torch.float64))
-                log_ws.append((-self.target.action(x) - log_q).to(torch.float64))
-        log_q_all, log_w = torch.cat(log_qs), torch.cat(log_ws)
-        out: MetricRecord = {"nll": float(-log_q_all.mean())}
-        out["ess_forward"] = _ess(forward_ess, log_w)
-        if self.log_z is not None:
-            out["kl_forward"] = float(log_w.mean()) - self.log_z
-        return out
-
-    def _describe(self, r: MetricRecord) -> str:
-        def f(key: str, fmt: str = ".4g") -> str:
-            v = r.get(key)
-            return "–" if v is None or not math.isfinite(v) else format(v, fmt)
-
-        parts = [f"step {r['step']:>7d}", f"loss {f('loss')}"]
-        if "kl_reverse" in r:
-            parts.append(f"KL(q‖p) {f('kl_reverse')}")
-        parts.append(f"ESS {f('ess_reverse', '.4f')}")
-        if "ess_forward" in r:
-            parts += [f"fwd-ESS {f('ess_forward', '.4f')}", f"NLL {f('nll')}"]
-        for o in self.observables:
-            text = f"{o.label} {f(o.name)} ± {f(o.name + '_err', '.2g')}"
-            ref = self.references.get(o.name)
-            if ref is not None:
-                text += f" (ref {ref['value']:.4g}"
-                text += f" ± {ref['err']:.2g})" if ref["err"] else ")"
-            parts.append(text)
-        if r.get("step_time_s") is not None:
-            parts.append(f"{1e3 * r['step_time_s']:.1f} ms/step")
-        return "  ".join(parts)
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -379,6 +399,7 @@ class Trainer:
         glob = gather_objects(ckpt.global_rng_state(), self.ctx)
         path = self.checkpoint_path
         if not self.ctx.is_main or path is None:
+            self.checkpoint_step = self.step
             return
         state = {
             "format_version": ckpt.FORMAT_VERSION,
@@ -397,32 +418,35 @@ class Trainer:
             "config": self.run_config,
         }
         ckpt.atomic_save(state, path)
+        self.checkpoint_step = self.step
 
     def load_checkpoint(self, path: str | Path) -> None:
         """Continue from a checkpoint written by :meth:`save_checkpoint` (same number of
-        ranks)."""
+        ranks); :class:`ConfigError` naming the file if it cannot be used."""
         state = ckpt.load_checkpoint(path)
         if int(state["world_size"]) != self.ctx.world_size:
             raise ConfigError(
-                f"the checkpoint was written by {state['world_size']} processes; resume it with "
-                f"the same number (got {self.ctx.world_size})"
+                None,
+                f"{path} was written by {state['world_size']} processes; resume it with the "
+                f"same number (got {self.ctx.world_size})",
             )
-        self.flow.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.scheduler is not None:
-            self.scheduler.load_state_dict(state["scheduler"])
-        rank = self.ctx.rank
-        ckpt.set_generator_states(self.generators, state["rng"]["generators"][rank])
-        ckpt.set_global_rng_state(state["rng"]["global"][rank])
+        try:
+            self.flow.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            if self.scheduler is not None:
+                self.scheduler.load_state_dict(state["scheduler"])
+            rank = self.ctx.rank
+            ckpt.set_generator_states(self.generators, state["rng"]["generators"][rank])
+            ckpt.set_global_rng_state(state["rng"]["global"][rank])
+        except (KeyError, RuntimeError, ValueError, IndexError) as e:
+            raise unusable(path, f"it does not fit this run ({e})") from None
         loop = state["loop"]
         self.step = int(state["step"])
+        self.checkpoint_step = self.step
         self.consecutive_nonfinite = int(loop["consecutive_nonfinite"])
         self.n_skipped = int(loop["n_skipped"])
         self.elapsed = float(loop["elapsed"])
-        iv = loop["interval"]
-        self.interval = _Interval(
-            float(iv["loss"]), float(iv["grad_norm"]), float(iv["step_time"]), int(iv["n"])
-        )
+        self.interval = _Interval(self.device, loop["interval"])
 
     # ------------------------------------------------------------------ the loop
 
@@ -431,16 +455,26 @@ class Trainer:
         self.history.append(record)
         if self.metrics is not None:
             self.metrics.write(record)
-        line = self._describe(record)
+        line = describe(record, self.observables, self.references)
         if bar is not None:
             bar.write(line)
+            bar.set_postfix_str(
+                describe(record, self.observables, self.references, short=True), refresh=False
+            )
         else:
             self._log(line)
 
     def train(self, resume: bool = False) -> dict[str, Any]:
-        """Run until ``config.steps`` (or the time limit); returns the summary (also written to
-        ``summary.json`` by rank 0). ``resume`` continues from ``run_dir/checkpoint.pt`` if it
-        exists. Raises :class:`TrainingError` after ``max_nonfinite`` skipped steps in a row."""
+        """Run until ``config.steps``, the time limit or a stop signal; returns the summary
+        (also written to ``summary.json`` by rank 0), whose ``status`` is ``completed``,
+        ``stopped`` (time limit), ``interrupted`` (signal; ``signal`` names it) or ``failed``.
+        ``resume`` continues from ``run_dir/checkpoint.pt`` if it exists. Raises
+        :class:`TrainingError` after ``max_nonfinite`` skipped steps in a row, :class:`HardStop`
+        on a second stop signal."""
+        with self.signals.installed():
+            return self._train(resume)
+
+    def _train(self, resume: bool) -> dict[str, Any]:
         cfg = self.config
         main = self.ctx.is_main
         path = self.checkpoint_path
@@ -461,20 +495,19 @@ class Trainer:
             from tqdm.auto import tqdm  # optional dependency, only for the bar
 
             bar = tqdm(total=cfg.steps, initial=min(self.step, cfg.steps), desc=self.title)
-        status, reason = "completed", "steps"
+        status, reason = "failed", "error"
+        signum = 0
         segment_start = time.perf_counter()
         elapsed_at_start = self.elapsed
         try:
             if self.step == 0 and main:
                 self._emit(self.evaluate(), bar)
-            last_saved = self.step
-            if cfg.time_limit is not None and self.elapsed >= cfg.time_limit:
-                # Resumed after its time was used up: nothing to do until the limit is raised.
-                status, reason = "stopped", "time_limit"
-            while self.step < cfg.steps and reason != "time_limit":
-                over_time = cfg.time_limit is not None and self.elapsed >= cfg.time_limit
+            over_time = cfg.time_limit is not None and self.elapsed >= cfg.time_limit
+            # Resumed after its time was used up: nothing to do until the limit is raised.
+            stop = over_time
+            while self.step < cfg.steps and not stop:
                 t0 = time.perf_counter()
-                loss, norm, finite, stop = self._train_step(over_time)
+                loss, norm, finite = self._train_step()
                 self.step += 1
                 dt = time.perf_counter() - t0
                 if finite:
@@ -490,57 +523,65 @@ class Trainer:
                         status, reason = "failed", "nonfinite"
                         raise TrainingError(
                             f"{self.consecutive_nonfinite} steps in a row with a non-finite loss "
-                            f"or gradient (last loss {loss}, gradient norm {norm}) at step "
-                            f"{self.step}; the parameters are those of the last good step. Try a "
-                            "lower --lr, gradient clipping (--clip-norm) or float64, or raise "
-                            "--max-nonfinite"
+                            f"or gradient (last loss {float(loss)}, gradient norm {float(norm)}) "
+                            f"at step {self.step}; the parameters are those of the last good "
+                            "step. Try a lower train.lr, gradient clipping (train.clip_norm) or "
+                            "train.dtype float64, or raise train.max_nonfinite"
                         )
                 self.elapsed = elapsed_at_start + (time.perf_counter() - segment_start)
                 if bar is not None:
                     bar.update(1)
-                    if self.step % 10 == 0 or not finite:
-                        ess = self.last_eval.get("ess_reverse")
-                        bar.set_postfix(
-                            loss=f"{loss:.4g}",
-                            ess="–" if ess is None else f"{ess:.3f}",
-                            skipped=self.n_skipped,
-                            refresh=False,
-                        )
-                last = self.step >= cfg.steps or stop
-                if self.step % cfg.eval_every == 0 or last:
+                over_time = cfg.time_limit is not None and self.elapsed >= cfg.time_limit
+                at_eval = self.step % cfg.eval_every == 0
+                at_ckpt = self.step % cfg.checkpoint_every == 0
+                boundary = at_eval or at_ckpt or self.step >= cfg.steps
+                signum, over_time = self._stop_vote(over_time, boundary)
+                stop = bool(signum) or over_time
+                if at_eval or stop or self.step >= cfg.steps:
                     _sync(self.device)
                     if main:
                         self._emit(self.evaluate(), bar)
-                    self.interval = _Interval()
-                if self.step % cfg.checkpoint_every == 0 or last:
+                    self.interval = _Interval(self.device)
+                if at_ckpt or stop or self.step >= cfg.steps:
                     self.save_checkpoint()
-                    last_saved = self.step
-                if stop:
-                    status, reason = "stopped", "time_limit"
-                    break
-            if last_saved != self.step:
+            if self.checkpoint_step != self.step:
                 self.save_checkpoint()
+            self.stop_signal = signum
+            if signum:
+                status, reason = "interrupted", signal.Signals(signum).name
+            elif over_time:
+                status, reason = "stopped", "time_limit"
+            else:
+                status, reason = "completed", "steps"
+        except KeyboardInterrupt as e:
+            # A second signal (or a plain KeyboardInterrupt): the last checkpoint stands.
+            status = "interrupted"
+            reason = signal.Signals(getattr(e, "signum", signal.SIGINT)).name + " (immediate)"
+            raise
         finally:
             if bar is not None:
                 bar.close()
             self.elapsed = elapsed_at_start + (time.perf_counter() - segment_start)
-            if main:
-                summary = self.summary(status, reason)
-                if self.run_dir is not None:
-                    write_json(self.run_dir / "summary.json", summary)
-                    if self.metrics is not None:
-                        self.metrics.close()
-                        self._plots()
-        return summary if main else self.summary(status, reason)
+            summary = self.summary(status, reason)
+            if main and self.run_dir is not None:
+                write_json(self.run_dir / "summary.json", summary)
+                if self.metrics is not None:
+                    self.metrics.close()
+                    self._plots()
+        return summary
 
     def _plots(self) -> None:
         if self.run_dir is None:
             return
-        obs = [
-            (o.name, o.label, self.references.get(o.name, {}).get("value"))
-            for o in self.observables
-        ]
-        plot_run(self.history, self.run_dir, obs, title=self.title)
+        plot_run(
+            self.history,
+            self.run_dir,
+            self.observables,
+            self.references,
+            title=self.title,
+            log_z_known=self.log_z is not None,
+            loss_label=self.loss_label,
+        )
 
     def summary(self, status: str = "completed", reason: str = "steps") -> dict[str, Any]:
         """What the run reached: final evaluation, best reverse ESS, times, references."""
@@ -554,6 +595,7 @@ class Trainer:
             "status": status,
             "stop_reason": reason,
             "steps_done": self.step,
+            "checkpoint_step": self.checkpoint_step,
             "steps_requested": self.config.steps,
             "train_time_s": self.elapsed,
             "mean_step_time_s": sum(times) / len(times) if times else None,

@@ -1,0 +1,118 @@
+"""Evaluation of a flow against its target, as plain functions.
+
+With flow samples ``x_i ~ q_θ`` and log importance weights ``log w_i = −S(x_i) − log q_θ(x_i)``
+(``S`` the action, ``p ∝ e^{−S}``):
+
+- reverse ESS ``(Σ w)² / (N Σ w²)``; ``KL(q‖p) = −mean(log w) + log Z`` where ``log Z`` is known;
+- the observables reweighted, ``Σ w O / Σ w`` (:func:`~.observables.reweighted_mean`);
+
+and on held-out target samples ``x_j ~ p``: NLL ``−mean(log q_θ)``, forward ESS
+``N² / (Σ w · Σ 1/w)`` and ``KL(p‖q) = mean(log w) − log Z``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..flows.base import Flow
+from ..metrics import forward_ess, reverse_ess
+from ..targets.base import Target
+from .data import SampleStore
+from .observables import Observable, reweighted_mean, sample_mean
+
+
+def _ess(fn: Callable[[Tensor], float], log_w: Tensor) -> float:
+    """``fn(log_w)``, or 0 when a weight is NaN or infinite (a broken flow has no sample size)."""
+    if not bool(torch.isfinite(log_w).all()):
+        return 0.0
+    return fn(log_w)
+
+
+@torch.no_grad()
+def evaluate(
+    flow: Flow,
+    target: Target,
+    *,
+    n_samples: int,
+    generator: torch.Generator,
+    observables: Sequence[Observable] = (),
+    log_z: float | None = None,
+    test: SampleStore | None = None,
+    chunk: int = 4096,
+) -> dict[str, Any]:
+    """Metrics of ``flow`` (see the module docstring) on ``n_samples`` flow samples drawn with
+    ``generator`` (in chunks of ``chunk``) and, if given, on the held-out samples ``test``.
+
+    Returns a flat ``dict``: ``ess_reverse``, ``finite_fraction`` (of the weights),
+    ``kl_reverse`` (with ``log_z``), ``<observable>`` and ``<observable>_err``; with ``test``
+    also ``nll``, ``ess_forward`` and ``kl_forward`` (with ``log_z``)."""
+    log_ws: list[Tensor] = []
+    values: dict[str, list[Tensor]] = {o.name: [] for o in observables}
+    left = n_samples
+    while left > 0:
+        m = min(left, chunk)
+        x, log_q = flow.sample(m, generator)
+        log_ws.append((-target.action(x) - log_q).to(torch.float64))
+        for o in observables:
+            values[o.name].append(o.fn(x).to(torch.float64))
+        left -= m
+    log_w = torch.cat(log_ws)
+    out: dict[str, Any] = {
+        "ess_reverse": _ess(reverse_ess, log_w),
+        "finite_fraction": float(torch.isfinite(log_w).double().mean()),
+    }
+    if log_z is not None:
+        out["kl_reverse"] = float(-log_w.mean()) + log_z
+    for o in observables:
+        est = reweighted_mean(torch.cat(values[o.name]), log_w)
+        out[o.name], out[f"{o.name}_err"] = est.mean, est.err
+    if test is not None:
+        out.update(evaluate_on_samples(flow, target, test, log_z=log_z, chunk=chunk))
+    return out
+
+
+@torch.no_grad()
+def evaluate_on_samples(
+    flow: Flow, target: Target, samples: SampleStore, *, log_z: float | None, chunk: int
+) -> dict[str, float]:
+    """NLL, forward ESS and (with ``log_z``) ``KL(p‖q)`` on target samples, moved to the
+    flow's device and dtype ``chunk`` at a time."""
+    log_qs, log_ws = [], []
+    for c in samples.chunks:
+        for part in torch.split(c, chunk):
+            x = part.to(device=flow.device, dtype=flow.dtype)
+            log_q = flow.log_prob(x)
+            log_qs.append(log_q.to(torch.float64))
+            log_ws.append((-target.action(x) - log_q).to(torch.float64))
+    log_q_all, log_w = torch.cat(log_qs), torch.cat(log_ws)
+    out = {"nll": float(-log_q_all.mean()), "ess_forward": _ess(forward_ess, log_w)}
+    if log_z is not None:
+        out["kl_forward"] = float(log_w.mean()) - log_z
+    return out
+
+
+def references(
+    observables: Sequence[Observable], test: SampleStore | None, tau_int: float = math.nan
+) -> dict[str, dict[str, Any]]:
+    """Per observable: the exact value where known, and the mean over held-out target samples
+    if there are any, with the error ``std · sqrt(2 τ_int / N)``. ``value``/``err``/``source``
+    is the one to compare with (exact first)."""
+    refs: dict[str, dict[str, Any]] = {}
+    for o in observables:
+        ref: dict[str, Any] = {}
+        if test is not None:
+            values = torch.cat([o.fn(c.to(torch.float64)) for c in test.chunks])
+            est = sample_mean(values, tau_int)
+            ref.update(sample_value=est.mean, sample_err=est.err)
+        if o.exact is not None:
+            ref.update(value=o.exact, err=0.0, source="exact")
+        elif ref:
+            ref.update(value=ref["sample_value"], err=ref["sample_err"], source="target samples")
+        if ref:
+            refs[o.name] = ref
+    return refs
