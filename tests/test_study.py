@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -160,3 +161,81 @@ def test_markdown_and_plots_without_warnings(tmp_path: Path) -> None:
     text = markdown(study)
     assert "**holds**" in text and "reverse-path-fast" in text
     json.dumps(study)  # the record is JSON-ready
+
+
+TINY_ARGS = (
+    "--dim", "2", "--n-couplings", "2", "--hidden", "8", "--batch-size", "16",
+    "--steps", "6", "--eval-every", "3", "--eval-samples", "64", "--n-test-samples", "64",
+    "--checkpoint-every", "3", "--grad-var-batches", "2", "--dtype", "float64",
+)  # fmt: skip
+
+
+def _tiny_spec() -> Any:
+    from pathgrad_ref.training.study import StudySpec
+
+    return StudySpec(
+        name="tiny",
+        experiment="gmm",
+        preset="quick",
+        estimators=("reverse-standard", "reverse-path-fast"),
+        seeds=(0, 1),
+        claim="a test of the machinery",
+        extra_args=TINY_ARGS,
+    )
+
+
+def _run_in_subprocess(root: Path) -> Any:
+    import subprocess
+
+    code = (
+        "import sys; sys.path.insert(0, 'tests'); from pathlib import Path; "
+        "from test_study import _tiny_spec; from pathgrad_ref.training.study import run_study; "
+        f"run_study(_tiny_spec(), Path('paper_runs/gmm.py'), Path({str(root)!r}), workers=1, "
+        "progress=False)"
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", code], cwd=ROOT, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def test_tiny_study_end_to_end_killed_and_resumed(tmp_path: Path) -> None:
+    import os
+    import signal
+    import time
+
+    from pathgrad_ref.training.study import collect, run_state, run_study, summarise
+
+    spec = _tiny_spec()
+    dirs = [spec.run_dir(tmp_path, e, s) for e in spec.estimators for s in spec.seeds]
+    # Kill the study (its whole process group, as Ctrl-C does) once the first run is done.
+    proc = _run_in_subprocess(tmp_path)
+    deadline = time.monotonic() + 120
+    while run_state(dirs[0]) != "completed" and proc.poll() is None:
+        assert time.monotonic() < deadline, "the first run did not finish"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    proc.wait(timeout=60)
+    states = [run_state(d) for d in dirs]
+    assert states[0] == "completed"
+    assert "completed" not in states[1:], states  # the kill came before the later runs ended
+    first = (dirs[0] / "summary.json").stat().st_mtime_ns
+
+    run_study(spec, ROOT / "paper_runs" / "gmm.py", tmp_path, workers=2, progress=False)
+    assert [run_state(d) for d in dirs] == ["completed"] * 4
+    assert (dirs[0] / "summary.json").stat().st_mtime_ns == first  # reused, not retrained
+
+    study = summarise(spec, collect(spec, tmp_path), {"cpu": "test", "cores": 1})
+    for name in spec.estimators:
+        agg = study["estimators"][name]["final_ess_reverse"]
+        finals = [r["final"]["ess_reverse"] for r in study["runs"] if r["estimator"] == name]
+        assert agg["n"] == 2 and agg["mean"] == pytest.approx(sum(finals) / 2, rel=1e-15)
+    assert all(r["steps_done"] == 6 for r in study["runs"])
+    curve = study["runs"][0]["curve"]
+    assert [c["step"] for c in curve] == [0, 3, 6]
+    assert all(c["grad_var_standard"] > 0 and c["grad_var_path"] > 0 for c in curve)
+    assert {v["estimator"] for v in verdicts(study)} == {"reverse-path-fast"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        files = plot(study, tmp_path)
+    assert {f.name for f in files} == {"ess.png", "gradvar.png"}

@@ -7,7 +7,14 @@ With flow samples ``x_i ~ q_θ`` and log importance weights ``log w_i = −S(x_i
 - the observables reweighted, ``Σ w O / Σ w`` (:func:`~.observables.reweighted_mean`);
 
 and on held-out target samples ``x_j ~ p``: NLL ``−mean(log q_θ)``, forward ESS
-``N² / (Σ w · Σ 1/w)`` and ``KL(p‖q) = mean(log w) − log Z``.
+``N² / (Σ w · Σ 1/w)`` and ``KL(p‖q) = mean(log w) − log Z``; on (part of) the training samples
+the training NLL, whose gap to the held-out one shows overfitting. Both ESS come with their
+delta-method standard errors (:func:`~pathgrad_ref.metrics.reverse_ess_error`), the
+reweighted observables with their effective sample count ``N_eff = ESS · N`` and a flag saying
+whether they can be trusted (:func:`~.observables.reliable`).
+
+:func:`gradient_noise` measures the variance of the standard and the path gradient at the
+current parameters, over independent batches: the path gradient's vanishes as ``q_θ → p``.
 """
 
 from __future__ import annotations
@@ -19,11 +26,18 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..estimators import Direction
 from ..flows.base import Flow
-from ..metrics import forward_ess, reverse_ess
+from ..metrics import (
+    forward_ess,
+    forward_ess_error,
+    gradient_variance,
+    reverse_ess,
+    reverse_ess_error,
+)
 from ..targets.base import Target
 from .data import SampleStore
-from .observables import Observable, reweighted_mean, sample_mean
+from .observables import Observable, reliable, reweighted_mean, sample_mean
 
 
 def _ess(fn: Callable[[Tensor], float], log_w: Tensor) -> float:
@@ -43,14 +57,18 @@ def evaluate(
     observables: Sequence[Observable] = (),
     log_z: float | None = None,
     test: SampleStore | None = None,
+    train: SampleStore | None = None,
     chunk: int = 4096,
 ) -> dict[str, Any]:
     """Metrics of ``flow`` (see the module docstring) on ``n_samples`` flow samples drawn with
     ``generator`` (in chunks of ``chunk``) and, if given, on the held-out samples ``test``.
 
-    Returns a flat ``dict``: ``ess_reverse``, ``finite_fraction`` (of the weights),
-    ``kl_reverse`` (with ``log_z``), ``<observable>`` and ``<observable>_err``; with ``test``
-    also ``nll``, ``ess_forward`` and ``kl_forward`` (with ``log_z``)."""
+    Returns a flat ``dict``: ``ess_reverse`` and ``ess_reverse_err``, ``n_eff``
+    (``ESS · n_samples``), ``finite_fraction`` (of the weights), ``kl_reverse`` (with
+    ``log_z``), ``<observable>`` and ``<observable>_err``, ``reliable`` (whether the reweighted
+    observables can be trusted); with ``test`` also ``nll``, ``ess_forward``,
+    ``ess_forward_err`` and ``kl_forward`` (with ``log_z``); with ``train`` (give a fixed
+    subset: its size sets the cost) ``nll_train``."""
     log_ws: list[Tensor] = []
     values: dict[str, list[Tensor]] = {o.name: [] for o in observables}
     left = n_samples
@@ -62,8 +80,11 @@ def evaluate(
             values[o.name].append(o.fn(x).to(torch.float64))
         left -= m
     log_w = torch.cat(log_ws)
+    ess = _ess(reverse_ess, log_w)
     out: dict[str, Any] = {
-        "ess_reverse": _ess(reverse_ess, log_w),
+        "ess_reverse": ess,
+        "ess_reverse_err": _ess(reverse_ess_error, log_w),
+        "n_eff": ess * log_w.numel(),
         "finite_fraction": float(torch.isfinite(log_w).double().mean()),
     }
     if log_z is not None:
@@ -73,6 +94,9 @@ def evaluate(
         out[o.name], out[f"{o.name}_err"] = est.mean, est.err
     if test is not None:
         out.update(evaluate_on_samples(flow, target, test, log_z=log_z, chunk=chunk))
+    if train is not None:
+        out["nll_train"] = evaluate_on_samples(flow, target, train, log_z=None, chunk=chunk)["nll"]
+    out["reliable"] = reliable(out["n_eff"], out.get("ess_forward"))
     return out
 
 
@@ -90,7 +114,11 @@ def evaluate_on_samples(
             log_qs.append(log_q.to(torch.float64))
             log_ws.append((-target.action(x) - log_q).to(torch.float64))
     log_q_all, log_w = torch.cat(log_qs), torch.cat(log_ws)
-    out = {"nll": float(-log_q_all.mean()), "ess_forward": _ess(forward_ess, log_w)}
+    out = {
+        "nll": float(-log_q_all.mean()),
+        "ess_forward": _ess(forward_ess, log_w),
+        "ess_forward_err": _ess(forward_ess_error, log_w),
+    }
     if log_z is not None:
         out["kl_forward"] = float(log_w.mean()) - log_z
     return out
@@ -116,3 +144,25 @@ def references(
         if ref:
             refs[o.name] = ref
     return refs
+
+
+GRADIENT_PAIRS: dict[Direction, tuple[str, str]] = {
+    "reverse": ("reverse-standard", "reverse-path-fast"),
+    "forward": ("forward-standard", "forward-path-fast"),
+}
+"""The standard and the path estimator compared by :func:`gradient_noise`, per direction."""
+
+
+def gradient_noise(
+    flow: Flow, target: Target, direction: Direction, batches: Sequence[Tensor]
+) -> dict[str, float]:
+    """``Σ_k Var[g_k]`` (the trace of the gradient covariance) of the standard and of the path
+    gradient of ``direction`` at the flow's current parameters, over the same independent
+    ``batches`` (at least two; base samples for the reverse KL, target samples for the
+    forward KL). Returns ``grad_var_standard`` and ``grad_var_path``; ``.grad`` fields are left
+    untouched."""
+    standard, path = GRADIENT_PAIRS[direction]
+    return {
+        "grad_var_standard": gradient_variance(standard, flow, target, batches).total_variance(),
+        "grad_var_path": gradient_variance(path, flow, target, batches).total_variance(),
+    }

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from .files import atomic_write, jsonable, unusable, write_json
-from .observables import Observable
+from .observables import RELIABLE_EFFECTIVE_SAMPLES, RELIABLE_FORWARD_ESS, Observable
 
 MetricRecord = dict[str, Any]
 
@@ -52,9 +52,11 @@ def describe(
     parts = [f"step {r['step']:>7d}", f"loss {fmt(r.get('loss'))}"]
     if "kl_reverse" in r:
         parts.append(f"KL(q‖p) {fmt(r.get('kl_reverse'))}")
-    parts.append(f"ESS {fmt(r.get('ess_reverse'))}")
+    parts.append(f"ESS {_pm(r, 'ess_reverse')}")
     if "ess_forward" in r:
-        parts += [f"fwd-ESS {fmt(r.get('ess_forward'))}", f"NLL {fmt(r.get('nll'))}"]
+        parts += [f"fwd-ESS {_pm(r, 'ess_forward')}", f"NLL {fmt(r.get('nll'))}"]
+    if "nll_train" in r:
+        parts.append(f"train NLL {fmt(r.get('nll_train'))}")
     for o in observables:
         text = f"{o.label} {fmt(r.get(o.name))} ± {fmt(r.get(o.name + '_err'), 2)}"
         ref = (references or {}).get(o.name)
@@ -62,9 +64,29 @@ def describe(
             err = f" ± {fmt(ref['err'], 2)}" if ref.get("err") else ""
             text += f" (ref {fmt(ref['value'])}{err})"
         parts.append(text)
+    if observables and r.get("reliable") is False:
+        parts.append(f"UNRELIABLE reweighting ({unreliable_reason(r)})")
     if r.get("step_time_s") is not None:
         parts.append(f"{fmt(1e3 * r['step_time_s'])} ms/step")
     return "  ".join(parts)
+
+
+def _pm(r: MetricRecord, key: str) -> str:
+    """``value ± error`` of ``key`` (error from ``key + "_err"``, one significant figure)."""
+    err = r.get(f"{key}_err")
+    return fmt(r.get(key)) + (f" ± {fmt(err, 1)}" if isinstance(err, float) and err > 0 else "")
+
+
+def unreliable_reason(r: Mapping[str, Any]) -> str:
+    """Why :func:`~.observables.reliable` said no, for an evaluation record."""
+    why = []
+    n_eff = r.get("n_eff")
+    if not (isinstance(n_eff, (int, float)) and n_eff >= RELIABLE_EFFECTIVE_SAMPLES):
+        why.append(f"N_eff = ESS·N = {fmt(n_eff)} < {RELIABLE_EFFECTIVE_SAMPLES:.0f}")
+    fwd = r.get("ess_forward")
+    if isinstance(fwd, (int, float)) and fwd < RELIABLE_FORWARD_ESS:
+        why.append(f"forward ESS {fmt(fwd)} < {RELIABLE_FORWARD_ESS}: the flow misses part of p")
+    return "; ".join(why)
 
 
 def read_jsonl(path: str | os.PathLike[str]) -> list[MetricRecord]:
@@ -255,6 +277,13 @@ def plot_run(
                 errs = [err_at.get(x, 0.0) for x in xs]  # no error where it is not estimable
                 label = "flow, reweighted" + (f" (step 0: {fmt(ys[0])})" if xs[0] == 0 else "")
                 ax.errorbar(xs, ys, yerr=errs, marker=".", capsize=2, label=label)
+                bad = {rec["step"] for rec in records if rec.get("reliable") is False}
+                if bad & set(xs):
+                    pts = [(x, y) for x, y in zip(xs, ys, strict=True) if x in bad]
+                    ax.plot(
+                        *zip(*pts, strict=True), "o", mfc="none", mec="r", ms=8,
+                        label="unreliable (N_eff < 1000 or fwd-ESS < 0.01)",
+                    )  # fmt: skip
                 _fit_after_start(ax, xs, ys, errs)
             ref = (references or {}).get(o.name) or {}
             value, err = ref.get("value"), float(ref.get("err") or 0.0)
@@ -282,10 +311,13 @@ def comparison_rows(summaries: Iterable[Mapping[str, Any]]) -> list[dict[str, An
             "train_time_s": s.get("train_time_s"),
             "step_time_ms": 1e3 * float(s.get("mean_step_time_s") or math.nan),
             "ess_reverse": final.get("ess_reverse"),
+            "ess_reverse_err": final.get("ess_reverse_err"),
             "best_ess_reverse": s.get("best_ess_reverse"),
             "ess_forward": final.get("ess_forward"),
             "nll": final.get("nll"),
             "skipped_steps": s.get("n_skipped"),
+            "n_eff": final.get("n_eff"),
+            "reliable": final.get("reliable"),
         }
         for name in s.get("observables", {}):
             row[name] = final.get(name)
@@ -302,16 +334,25 @@ def comparison_markdown(
     if not rows:
         return ""
     base = ["estimator", "status", "steps", "train_time_s", "step_time_ms"]
-    base += ["ess_reverse", "best_ess_reverse", "ess_forward", "nll", "skipped_steps"]
-    obs = [k for k in rows[0] if k not in base and not k.endswith("_err")]
+    base += ["ess_reverse", "best_ess_reverse", "ess_forward", "nll", "skipped_steps", "n_eff"]
+    obs = [k for k in rows[0] if k not in base and k != "reliable" and not k.endswith("_err")]
     header = base + obs
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
-        cells = [fmt(r.get(k)) for k in base]
+        cells = [_pm(dict(r), k) for k in base]
         for k in obs:
             m, e = r.get(k), r.get(f"{k}_err")
-            cells.append(fmt(m) if e is None else f"{fmt(m)} ± {fmt(e, 2)}")
+            cell = fmt(m) if e is None else f"{fmt(m)} ± {fmt(e, 2)}"
+            cells.append(cell + (" (unreliable)" if r.get("reliable") is False else ""))
         lines.append("| " + " | ".join(cells) + " |")
+    if any(r.get("reliable") is False for r in rows):
+        note = (
+            f"\n(unreliable: reweighted from fewer than {RELIABLE_EFFECTIVE_SAMPLES:.0f} effective "
+            f"samples, or with a forward ESS below {RELIABLE_FORWARD_ESS}; see "
+            "pathgrad_ref/training/observables.py)\n"
+        )
+    else:
+        note = ""
     if references:
         cells = ["reference"] + [""] * (len(base) - 1)
         for k in obs:
@@ -322,7 +363,7 @@ def comparison_markdown(
                 fmt(m) if e is None else f"{fmt(m)} (exact)" if exact else f"{fmt(m)} ± {fmt(e, 2)}"
             )
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + note
 
 
 def write_comparison(

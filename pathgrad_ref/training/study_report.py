@@ -27,14 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-
-def fmt(value: Any, digits: int = 3) -> str:  # TODO(merge): use the shared formatter
-    if not isinstance(value, (int, float)) or not math.isfinite(value):
-        return "–"
-    if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e5):
-        return f"{value:.{max(digits - 1, 0)}e}"
-    return f"{value:.{digits}g}"
-
+from .report import fmt
 
 Z = 2.0  # how many combined standard errors a difference must exceed
 
@@ -422,10 +415,11 @@ def plot(study: dict[str, Any], out_dir: Path) -> list[Path]:
             )
             for ax, e in zip(axes[0], trained, strict=True):
                 runs = [r for r in gv_runs if r["estimator"] == e]
-                sub = {"estimators": {"standard": 0, "path": 0}, "runs": []}
+                sub_runs: list[dict[str, Any]] = []
+                sub = {"estimators": {"standard": 0, "path": 0}, "runs": sub_runs}
                 for kind in ("standard", "path"):
                     for r in runs:
-                        sub["runs"].append(
+                        sub_runs.append(
                             {
                                 "estimator": kind,
                                 "curve": [

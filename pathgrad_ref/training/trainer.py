@@ -48,7 +48,7 @@ from ..flows.base import Flow
 from ..targets.base import Target
 from . import checkpoint as ckpt
 from .config import ConfigError, TrainConfig
-from .data import MinibatchSampler, TargetSamples
+from .data import MinibatchSampler, SampleStore, TargetSamples
 from .distributed import (
     DistContext,
     all_reduce_max,
@@ -59,13 +59,13 @@ from .distributed import (
     stream_seed,
     trainable,
 )
-from .evaluation import evaluate, references
+from .evaluation import evaluate, gradient_noise, references
 from .files import unusable, write_json
 from .observables import Observable
 from .report import MetricRecord, MetricsLog, describe, plot_run
 
 # Random streams of a rank (the third argument of stream_seed).
-_BATCH_STREAM, _INDEX_STREAM, _EVAL_STREAM = 0, 1, 2
+_BATCH_STREAM, _INDEX_STREAM, _EVAL_STREAM, _NOISE_STREAM = 0, 1, 2, 3
 STOP_VOTE_EVERY = 10
 """Under ``torchrun``, steps between the ranks' votes on stopping (signal or time limit)."""
 
@@ -277,6 +277,12 @@ class Trainer:
                 on_device=data_on_device,
             )
             self.generators["index"] = self.sampler.generator
+        # A fixed part of the training set, as large as the held-out set, for the training NLL
+        # (its gap to the held-out NLL shows overfitting).
+        self.train_subset: SampleStore | None = None
+        if self.sampler is not None and data is not None and data.train is not None:
+            k = min(len(data.train), len(data.test) if data.test is not None else 10_000)
+            self.train_subset = SampleStore([data.train.gather(torch.arange(k))])
         broadcast_parameters(self.flow, self.ctx)
 
         self.step = 0
@@ -382,10 +388,33 @@ class Trainer:
                 observables=self.observables,
                 log_z=self.log_z,
                 test=self.data.test if self.data is not None else None,
+                train=self.train_subset,
                 chunk=max(self.local_batch, 4096),
             )
         )
+        if cfg.grad_var_batches > 0:
+            record.update(self._gradient_noise())
         return record
+
+    def _gradient_noise(self) -> dict[str, float]:
+        """Variance of the standard and path gradients at the current parameters over
+        ``grad_var_batches`` fresh batches of the training batch size, from a stream seeded by
+        the step (training streams untouched)."""
+        cfg = self.config
+        seed = stream_seed(cfg.seed, 0, _NOISE_STREAM, self.step)
+        batches: list[Tensor] = []
+        if self.sampler is not None:
+            gen = torch.Generator().manual_seed(seed)
+            store = self.sampler.store
+            for _ in range(cfg.grad_var_batches):
+                index = torch.randint(len(store), (self.local_batch,), generator=gen)
+                batches.append(store.gather(index).to(device=self.device, dtype=self.dtype))
+        else:
+            gen = torch.Generator(device=self.device).manual_seed(seed)
+            batches = [
+                self.flow.base.sample(self.local_batch, gen) for _ in range(cfg.grad_var_batches)
+            ]
+        return gradient_noise(self.flow, self.target, self.direction, batches)
 
     # ------------------------------------------------------------------ checkpoints
 
