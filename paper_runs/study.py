@@ -162,7 +162,7 @@ def render_results() -> Path:
     return out
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="paper_runs/study.py",
         description=__doc__,
@@ -179,6 +179,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--commit", action="store_true", help="copy results to paper_runs/results/")
     p.add_argument("--render", action="store_true", help="re-render paper_runs/RESULTS.md")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = build_parser()
     args = p.parse_args(argv)
     names = list(STUDIES) if args.studies == ["all"] else args.studies
     unknown = [n for n in names if n not in STUDIES]

@@ -109,7 +109,7 @@ def test_cached_hmc_samples_round_trip(tmp_path: Path) -> None:
 def test_chunked_hmc_continues_the_chains() -> None:
     """Chunks that continue from ``final_state`` give exactly the samples of one long run."""
     target = Phi4((4, 4), kappa=0.2, lam=0.02)
-    hmc = HMCConfig(n_chains=8, n_leapfrog=3, n_therm=5, thin=2, chunk_size=16)
+    hmc = HMCConfig(n_chains=8, n_leapfrog=3, n_therm=5, thin=2, chunk_size=16, dtype="float64")
     chunks, report = generate_hmc(target, 48, hmc, seed=1, split=0, dtype=F64, device="cpu")
     assert [c.shape[0] for c in chunks] == [16, 16, 16]
     gen = torch.Generator().manual_seed(stream_seed(1, 0, 200))
