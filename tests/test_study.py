@@ -239,3 +239,24 @@ def test_tiny_study_end_to_end_killed_and_resumed(tmp_path: Path) -> None:
         warnings.simplefilter("error")
         files = plot(study, tmp_path)
     assert {f.name for f in files} == {"ess.png", "gradvar.png"}
+
+
+def test_quick_verdict_checks_ess_observables_and_time() -> None:
+    from pathgrad_ref.training.study_report import quick_verdicts
+
+    def study(ess: float, value: float, wall: float, reliable: bool = True) -> dict[str, Any]:
+        final = {"ess_reverse": ess, "ess_reverse_err": 0.01, "m": value, "m_err": 0.03}
+        final["reliable"] = reliable
+        return {
+            "spec": {"preset": "quick"},
+            "observables": {"m": "M"},
+            "references": {"m": {"value": 1.0, "err": 0.04}},  # combined σ = 0.05
+            "runs": [{"estimator": "e", "final": final, "wall_s": wall}],
+        }
+
+    assert quick_verdicts(study(0.5, 1.14, 100.0))[0]["verdict"] == "holds"  # 2.8σ
+    assert quick_verdicts(study(0.5, 1.16, 100.0))[0]["verdict"] == "does not hold"  # 3.2σ
+    assert quick_verdicts(study(0.19, 1.0, 100.0))[0]["verdict"] == "does not hold"
+    assert quick_verdicts(study(0.5, 1.0, 200.0))[0]["verdict"] == "does not hold"
+    assert quick_verdicts(study(0.5, 1.0, 100.0, False))[0]["verdict"] == "does not hold"
+    assert "+2.8σ" in quick_verdicts(study(0.5, 1.14, 100.0))[0]["figures"]

@@ -28,6 +28,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .files import RunFileError, read_json, write_json
+from .report import read_jsonl
+
 # Keys of an evaluation record kept in ``study.json`` (the curves the plots need).
 CURVE_KEYS = (
     "step",
@@ -156,10 +159,12 @@ def run_study(
         with open(run_dir / "train.log", "ab") as out:
             # One thread per run: ``workers`` runs share the cores without oversubscription.
             env = {**os.environ, "OMP_NUM_THREADS": "1"}
+            start = time.perf_counter()
             child = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
             children.add(child)
             code = child.wait()
             children.discard(child)
+        _record_wall_time(run_dir, cmd, time.perf_counter() - start, code)
         if code != 0:
             failures.append(f"{estimator} seed {seed} (exit {code}, see {run_dir / 'train.log'})")
         if bar is not None:
@@ -183,37 +188,22 @@ def run_study(
         raise StudyError("runs failed: " + "; ".join(failures))
 
 
+def _record_wall_time(run_dir: Path, cmd: Sequence[str], seconds: float, code: int) -> None:
+    """Append this invocation (command, wall time including start-up and target samples, exit
+    code) to ``run_dir/invocations.json``."""
+    path = run_dir / "invocations.json"
+    try:
+        previous = json.loads(path.read_text()) if path.exists() else []
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        previous = []
+    entry = {"command": [Path(cmd[0]).name, *cmd[1:]], "wall_s": seconds, "exit_code": code}
+    write_json(path, [*(previous if isinstance(previous, list) else []), entry])
+
+
 # ---------------------------------------------------------------------------------- collecting
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise StudyError(
-            f"{path}: cannot read it ({e}); re-run the study to redo this run"
-        ) from None
-    if not isinstance(data, dict):
-        raise StudyError(f"{path}: expected a JSON object; re-run the study to redo this run")
-    return data
-
-
-def _read_records(path: Path) -> list[dict[str, Any]]:
-    records: list[dict[str, Any]] = []
-    if not path.exists():
-        return records
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            raise StudyError(
-                f"{path}:{n}: not a JSON line; re-run the study to redo this run"
-            ) from None
-        if isinstance(rec, dict):
-            records.append(rec)
-    return records
+_REDO = "re-run the study to redo this run"
 
 
 def collect(spec: StudySpec, root: Path) -> list[dict[str, Any]]:
@@ -225,15 +215,22 @@ def collect(spec: StudySpec, root: Path) -> list[dict[str, Any]]:
             run_dir = spec.run_dir(root, e, s)
             if run_state(run_dir) != "completed":
                 raise StudyError(f"{run_dir}: the run has not completed; run the study first")
-            summary = _read_json(run_dir / "summary.json")
+            try:
+                summary = read_json(run_dir / "summary.json", _REDO)
+                records = read_jsonl(run_dir / "metrics.jsonl")
+            except RunFileError as err:
+                raise StudyError(str(err)) from None
             observables = list((summary.get("observables") or {}).keys())
             keep = set(CURVE_KEYS) | set(observables) | {f"{o}_err" for o in observables}
             keep |= {f"{o}_n_eff" for o in observables}
-            curve = [
-                {k: v for k, v in rec.items() if k in keep}
-                for rec in _read_records(run_dir / "metrics.jsonl")
-            ]
-            runs.append({"estimator": e, "seed": s, "summary": summary, "curve": curve})
+            curve = [{k: v for k, v in rec.items() if k in keep} for rec in records]
+            wall = None
+            if (run_dir / "invocations.json").exists():
+                calls = json.loads((run_dir / "invocations.json").read_text())
+                wall = sum(c["wall_s"] for c in calls) if isinstance(calls, list) else None
+            runs.append(
+                {"estimator": e, "seed": s, "summary": summary, "curve": curve, "wall_s": wall}
+            )
     return runs
 
 
@@ -338,6 +335,7 @@ def summarise(
             "final_kl_forward": aggregate([_final(r, "kl_forward") for r in rs]),
             "step_time_s": aggregate([r["summary"].get("mean_step_time_s") for r in rs]),
             "train_time_s": aggregate([r["summary"].get("train_time_s") for r in rs]),
+            "wall_s": aggregate([r.get("wall_s") for r in rs]),
             "steps": aggregate([r["summary"].get("steps_done") for r in rs]),
         }
         gap = [
@@ -372,6 +370,7 @@ def summarise(
                 "status": r["summary"].get("status"),
                 "steps_done": r["summary"].get("steps_done"),
                 "train_time_s": r["summary"].get("train_time_s"),
+                "wall_s": r.get("wall_s"),
                 "mean_step_time_s": r["summary"].get("mean_step_time_s"),
                 "final": {
                     k: v

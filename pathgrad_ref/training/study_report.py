@@ -17,6 +17,9 @@ without re-running anything. The verdict rules are fixed in code, before any stu
   forward path estimator; *holds* if both the generalisation gap (held-out minus training NLL)
   and the held-out NLL of maximum likelihood exceed the path estimator's by more than
   ``2 se``, *does not hold* if either is lower by more than ``2 se``, *inconclusive* otherwise.
+- **quick presets** (:func:`quick_verdicts`): the default command learns: final reverse ESS at
+  least 0.2, every reweighted observable within 3 combined standard errors of its reference and
+  marked reliable, all within 3 minutes of wall time.
 """
 
 from __future__ import annotations
@@ -103,8 +106,49 @@ def _median(xs: Sequence[float]) -> float:
     return s[m] if len(s) % 2 else 0.5 * (s[m - 1] + s[m])
 
 
+QUICK_MIN_ESS = 0.2
+QUICK_MAX_WALL_S = 180.0
+
+
+def quick_verdicts(study: dict[str, Any]) -> list[dict[str, str]]:
+    """A quick preset's targets, per run: final reverse ESS ``≥ QUICK_MIN_ESS``, every
+    reweighted observable within 3 combined standard errors of its reference and marked
+    reliable, and the whole command (target samples included) within ``QUICK_MAX_WALL_S``."""
+    out = []
+    refs = study.get("references") or {}
+    for run in study["runs"]:
+        f = run.get("final") or {}
+        ess = f.get("ess_reverse")
+        ok = isinstance(ess, float) and ess >= QUICK_MIN_ESS and f.get("reliable") is True
+        figures = [f"reverse ESS {fmt(ess)} ± {fmt(f.get('ess_reverse_err'), 1)}"]
+        for o, label_ in (study.get("observables") or {}).items():
+            ref, value, err = refs.get(o) or {}, f.get(o), f.get(f"{o}_err")
+            if not isinstance(value, float) or not isinstance(ref.get("value"), (int, float)):
+                ok = False
+                continue
+            sigma = math.hypot(err if isinstance(err, float) else math.nan, ref.get("err") or 0.0)
+            pull = (value - ref["value"]) / sigma if sigma > 0 else math.inf
+            ok = ok and abs(pull) <= 3.0
+            figures.append(f"{label_} {fmt(value)} vs {fmt(ref['value'])} ({pull:+.1f}σ)")
+        wall = run.get("wall_s")
+        figures.append(f"wall time {fmt(wall)} s" if isinstance(wall, float) else "wall time –")
+        fast = isinstance(wall, float) and wall <= QUICK_MAX_WALL_S
+        out.append(
+            {
+                "claim": f"quick preset: ESS ≥ {QUICK_MIN_ESS}, observables within 3σ and "
+                f"reliable, within {QUICK_MAX_WALL_S:.0f} s",
+                "estimator": run["estimator"],
+                "verdict": "holds" if ok and fast else "does not hold",
+                "figures": "; ".join(figures) + ("" if f.get("reliable") else "; UNRELIABLE"),
+            }
+        )
+    return out
+
+
 def verdicts(study: dict[str, Any]) -> list[dict[str, str]]:
     """Every claim the study tests, with its verdict (see the module docstring) and figures."""
+    if study["spec"].get("preset") == "quick":
+        return quick_verdicts(study)
     est = study["estimators"]
     out: list[dict[str, str]] = []
     for std, paths, fast in (
