@@ -82,10 +82,10 @@ def unreliable_reason(r: Mapping[str, Any]) -> str:
     why = []
     n_eff = r.get("n_eff")
     if not (isinstance(n_eff, (int, float)) and n_eff >= RELIABLE_EFFECTIVE_SAMPLES):
-        why.append(f"N_eff = ESS·N = {fmt(n_eff)} < {RELIABLE_EFFECTIVE_SAMPLES:.0f}")
+        why.append(f"N_eff {fmt(n_eff)} < {RELIABLE_EFFECTIVE_SAMPLES:.0f}")
     fwd = r.get("ess_forward")
     if isinstance(fwd, (int, float)) and fwd < RELIABLE_FORWARD_ESS:
-        why.append(f"forward ESS {fmt(fwd)} < {RELIABLE_FORWARD_ESS}: the flow misses part of p")
+        why.append(f"fwd-ESS {fmt(fwd)} < {RELIABLE_FORWARD_ESS}: q misses part of p")
     return "; ".join(why)
 
 

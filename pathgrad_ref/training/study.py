@@ -404,4 +404,7 @@ def hardware_info() -> dict[str, Any]:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        # Other work on the machine slows runs unevenly: step and wall times compare fairly
+        # only when this is low (below the core count).
+        "load_average_1_5_15m": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }

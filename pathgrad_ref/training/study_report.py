@@ -247,7 +247,12 @@ def markdown(study: dict[str, Any], *, heading: str = "#", image_dir: str = "") 
         f"- command: `python paper_runs/study.py {spec['name']}`",
         f"- seeds: {seeds} (every seed is reported); hardware: {hw.get('cpu')}, "
         f"{hw.get('cores')} cores, torch {hw.get('torch')}"
-        + (f", GPU {hw['gpu']}" if hw.get("gpu") else ", no GPU"),
+        + (f", GPU {hw['gpu']}" if hw.get("gpu") else ", no GPU")
+        + (
+            f"; load average when aggregated {', '.join(fmt(x, 2) for x in hw['load_average_1_5_15m'])}"
+            if hw.get("load_average_1_5_15m")
+            else ""
+        ),
     ]
     if spec.get("gpu_command"):
         lines.append(f"- paper size on a GPU: `{spec['gpu_command']}`")
