@@ -238,6 +238,7 @@ def markdown(study: dict[str, Any], *, heading: str = "#", image_dir: str = "") 
     """``study.md``: the claim, settings, verdicts, the table across seeds, every seed's
     final values and the plots (``image_dir`` is prefixed to the image paths)."""
     spec, hw, est = study["spec"], study["hardware"], study["estimators"]
+    load = ", ".join(fmt(x, 2) for x in hw.get("load_average_1_5_15m") or [])
     seeds = ", ".join(str(s) for s in spec["seeds"])
     lines = [
         f"{heading} Study `{spec['name']}`: {spec['experiment']}, preset `{spec['preset']}`",
@@ -248,11 +249,7 @@ def markdown(study: dict[str, Any], *, heading: str = "#", image_dir: str = "") 
         f"- seeds: {seeds} (every seed is reported); hardware: {hw.get('cpu')}, "
         f"{hw.get('cores')} cores, torch {hw.get('torch')}"
         + (f", GPU {hw['gpu']}" if hw.get("gpu") else ", no GPU")
-        + (
-            f"; load average when aggregated {', '.join(fmt(x, 2) for x in hw['load_average_1_5_15m'])}"
-            if hw.get("load_average_1_5_15m")
-            else ""
-        ),
+        + (f"; load average (1, 5, 15 min) when aggregated: {load}" if load else ""),
     ]
     if spec.get("gpu_command"):
         lines.append(f"- paper size on a GPU: `{spec['gpu_command']}`")
