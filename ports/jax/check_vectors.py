@@ -46,7 +46,7 @@ def port_arrays(meta: dict[str, Any], vec: dict[str, np.ndarray]) -> dict[str, n
         put(f"forward/log_det/{i}", lds[i])
         put(f"forward/score/{i}", ss[i])
     x_fwd = xs[-1]
-    log_q_fwd = jax.vmap(pj.log_q0)(z) - sum(lds)
+    log_q_fwd = jax.vmap(lambda u: pj.log_q0(model, u))(z) - sum(lds)
     s_fwd = jax.vmap(lambda v: pj.action(model, v))(x_fwd)
     put("forward/log_q", log_q_fwd)
     put("forward/action", s_fwd)

@@ -1,7 +1,9 @@
 """A minimal JAX port of the path gradient estimators, written from ``docs/theory.md``.
 
 Covers: affine (RealNVP) and additive (NICE) couplings with MLP conditioners, the global
-scaling layer, the standard normal base, the Gaussian-mixture and φ⁴ actions, the standard and
+scaling layer, the gauge-equivariant U(1) coupling (tan mixtures, conv conditioner, bisection
+inverse with implicit-function-theorem derivatives), the standard normal and uniform bases,
+the Gaussian-mixture, φ⁴ and U(1) Wilson actions, the standard and
 fast-path (Algorithm 1) estimators of both KL directions, the drop-in estimators (Algorithms 2
 and 3) and a naive ``jax.grad`` / dense-Jacobian oracle of each direction. The architecture is
 read from a conformance manifest (``conformance/<case>/manifest.json``); parameters are a flat
@@ -16,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import jax
@@ -55,7 +58,22 @@ class Scaling:
     dim: int
 
 
-Layer = Coupling | Scaling
+@dataclass(frozen=True)
+class U1Coupling:
+    """Gauge-equivariant coupling in link space (4.7, 4.8): ``a' = a + h(P) − P mod 2π``."""
+
+    L: int
+    active: np.ndarray
+    passive: np.ndarray
+    active_plaquette: np.ndarray
+    frozen: np.ndarray  # (L, L) float mask of the frozen plaquettes
+    n_mixture: int
+    alpha_min: float
+    weights: tuple[str, ...]
+    biases: tuple[str | None, ...]
+
+
+Layer = Coupling | Scaling | U1Coupling
 
 
 @dataclass(frozen=True)
@@ -63,6 +81,7 @@ class Model:
     event_shape: tuple[int, ...]
     layers: tuple[Layer, ...]
     target: dict[str, Any]
+    base: str
 
     @property
     def dim(self) -> int:
@@ -74,7 +93,7 @@ class UnsupportedError(ValueError):
 
 
 def model_from_manifest(meta: dict[str, Any]) -> Model:
-    if meta["base"]["kind"] != "standard_normal":
+    if meta["base"]["kind"] not in ("standard_normal", "uniform"):
         raise UnsupportedError(f"base {meta['base']['kind']!r} is not implemented in the JAX port")
     shape = tuple(int(s) for s in meta["event_shape"])
     layers: list[Layer] = []
@@ -95,28 +114,59 @@ def model_from_manifest(meta: dict[str, Any]) -> Model:
             )
         elif kind == "global_scaling":
             layers.append(Scaling(entry["parameter"], math.prod(shape)))
+        elif kind == "u1_coupling":
+            cond = entry["conditioner"]
+            if cond["kind"] != "conv2d" or cond["activation"] != "tanh":
+                raise UnsupportedError(f"conditioner {cond['kind']}/{cond['activation']}")
+            L = int(shape[-1])
+            frozen = np.zeros(L * L)
+            frozen[np.asarray(entry["frozen_plaquettes"], dtype=np.int64)] = 1.0
+            layers.append(
+                U1Coupling(
+                    L=L,
+                    active=np.asarray(entry["active"], dtype=np.int64),
+                    passive=np.asarray(entry["passive"], dtype=np.int64),
+                    active_plaquette=np.asarray(entry["active_plaquette"], dtype=np.int64),
+                    frozen=frozen.reshape(L, L),
+                    n_mixture=int(entry["n_mixture"]),
+                    alpha_min=float(entry["alpha_min"]),
+                    weights=tuple(c["weight"] for c in cond["layers"]),
+                    biases=tuple(c["bias"] for c in cond["layers"]),
+                )
+            )
         else:
             raise UnsupportedError(f"layer {kind!r} is not implemented in the JAX port")
-    if meta["target"]["kind"] not in ("gmm", "phi4"):
+    if meta["target"]["kind"] not in ("gmm", "phi4", "u1_wilson"):
         raise UnsupportedError(f"target {meta['target']['kind']!r} is not implemented")
-    return Model(shape, tuple(layers), meta["target"])
+    return Model(shape, tuple(layers), meta["target"], meta["base"]["kind"])
 
 
 # --- base, targets -----------------------------------------------------------------------------
 
 
-def log_q0(z: Array) -> Array:
-    """Standard normal: ``−|z|²/2 − (d/2) log 2π``."""
+def log_q0(model: Model, z: Array) -> Array:
+    """Standard normal ``−|z|²/2 − (d/2) log 2π``, or uniform on ``[0, 2π)^d``: ``−d log 2π``
+    (written with ``z`` so that it stays a function of ``z``)."""
+    if model.base == "uniform":
+        return 0.0 * jnp.sum(z) - z.shape[0] * math.log(2 * math.pi)
     return -0.5 * jnp.sum(z * z) - 0.5 * z.shape[0] * math.log(2 * math.pi)
 
 
-def score_q0(z: Array) -> Array:
-    return -z
+def score_q0(model: Model, z: Array) -> Array:
+    return jnp.zeros_like(z) if model.base == "uniform" else -z
+
+
+def plaquette(links: Array) -> Array:
+    """(4.6) on ``(2, L, L)`` links: ``θ_0(x) + θ_1(x+0̂) − θ_0(x+1̂) − θ_1(x)``, unwrapped."""
+    t0, t1 = links[0], links[1]
+    return t0 + jnp.roll(t1, -1, axis=0) - jnp.roll(t0, -1, axis=1) - t1
 
 
 def action(model: Model, x: Array) -> Array:
     """``S(x)`` for one flat sample: (7.1) or (7.2)."""
     t = model.target
+    if t["kind"] == "u1_wilson":
+        return -t["beta"] * jnp.sum(jnp.cos(plaquette(x.reshape(model.event_shape))))
     if t["kind"] == "gmm":
         s2 = t["sigma2"]
         u = jnp.abs(x / s2)
@@ -133,6 +183,11 @@ def action(model: Model, x: Array) -> Array:
 def force(model: Model, x: Array) -> Array:
     """``∇S`` in closed form, (7.1) and (7.2)."""
     t = model.target
+    if t["kind"] == "u1_wilson":
+        sin_p = jnp.sin(plaquette(x.reshape(model.event_shape)))
+        f0 = sin_p - jnp.roll(sin_p, 1, axis=1)
+        f1 = jnp.roll(sin_p, 1, axis=0) - sin_p
+        return t["beta"] * jnp.stack([f0, f1]).reshape(-1)
     if t["kind"] == "gmm":
         s2 = t["sigma2"]
         return (x - jnp.tanh(x / s2)) / s2
@@ -164,8 +219,10 @@ def conditioner(params: Params, layer: Coupling, b: Array) -> Array:
     return h.reshape(layer.n_params, layer.active.size)
 
 
-def elementwise(layer: Coupling, a: Array, p: Array, inverse: bool) -> tuple[Array, Array, Array]:
-    """``(f(a), log f'(a), f''/f')``: affine ``a e^σ + μ``, additive ``a + μ`` (4.3, 4.4)."""
+def _affine_or_additive(
+    layer: Coupling, a: Array, p: Array, inverse: bool
+) -> tuple[Array, Array, Array]:
+    """Affine ``a e^σ + μ`` and additive ``a + μ`` (4.3, 4.4) and their inverses."""
     if layer.kind == "affine":
         sigma, mu = p[0], p[1]
         if inverse:
@@ -175,6 +232,127 @@ def elementwise(layer: Coupling, a: Array, p: Array, inverse: bool) -> tuple[Arr
     return (a - mu if inverse else a + mu), jnp.zeros_like(a), jnp.zeros_like(a)
 
 
+# --- U(1): tan mixtures (4.9, 4.10), bisection with implicit gradients (6.1), conv conditioner --
+
+TWO_PI = 2 * math.pi
+
+
+def _mixture(q: Array, alpha_min: float) -> tuple[Array, Array, Array]:
+    """``(w, α, β)`` from ``q`` of shape ``(3K, n)``: softmax logits, raw slopes, shifts."""
+    K = q.shape[0] // 3
+    w = jax.nn.softmax(q[:K], axis=0)
+    alpha = alpha_min + (1 - alpha_min) * jnp.exp(q[K : 2 * K])
+    return w, alpha, q[2 * K :]
+
+
+def tan_h(x: Array, q: Array, alpha_min: float) -> Array:
+    """(4.9): ``h(x) = x + Σ_k w_k 2 atan2((α−1) sin φ, (1+α) + (1−α) cos φ)``, ``φ = x − β``."""
+    w, alpha, beta = _mixture(q, alpha_min)
+    phi = x - beta
+    d = 2 * jnp.arctan2((alpha - 1) * jnp.sin(phi), (1 + alpha) + (1 - alpha) * jnp.cos(phi))
+    return x + jnp.sum(w * d, axis=0)
+
+
+def tan_derivatives(x: Array, q: Array, alpha_min: float) -> tuple[Array, Array]:
+    """(4.10): ``(h', h'')``."""
+    w, alpha, beta = _mixture(q, alpha_min)
+    phi = x - beta
+    den = (1 + alpha**2) + (1 - alpha**2) * jnp.cos(phi)
+    d1 = jnp.sum(w * 2 * alpha / den, axis=0)
+    d2 = jnp.sum(w * 2 * alpha * (1 - alpha**2) * jnp.sin(phi) / den**2, axis=0)
+    return d1, d2
+
+
+def _bisect(y: Array, q: Array, alpha_min: float) -> Array:
+    """The root of ``h(x) = y`` in ``[y − π, y + π]`` (``|h(x) − x| < π``), 80 halvings: the
+    bracket (2π wide) shrinks below the float64 spacing of the answer."""
+
+    def step(_: int, bounds: tuple[Array, Array]) -> tuple[Array, Array]:
+        lo, hi = bounds
+        mid = 0.5 * (lo + hi)
+        above = tan_h(mid, q, alpha_min) >= y
+        return jnp.where(above, lo, mid), jnp.where(above, mid, hi)
+
+    lo, hi = jax.lax.fori_loop(0, 80, step, (y - math.pi, y + math.pi))
+    return 0.5 * (lo + hi)
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(2,))
+def tan_h_inverse(y: Array, q: Array, alpha_min: float) -> Array:
+    """``x = h^{-1}(y)`` by bisection; derivatives from the implicit function theorem (6.1)."""
+    return _bisect(sg(y), sg(q), alpha_min)
+
+
+@tan_h_inverse.defjvp
+def _tan_h_inverse_jvp(
+    alpha_min: float, primals: tuple[Array, Array], tangents: tuple[Array, Array]
+) -> tuple[Array, Array]:
+    y, q = primals
+    dy, dq = tangents
+    x = tan_h_inverse(y, q, alpha_min)
+    # dx = (dy − (∂h/∂q)·dq) / h'(x); written with x, itself differentiable by this rule, so
+    # that higher derivatives are those of the true inverse.
+    _, dh_q = jax.jvp(lambda qq: tan_h(x, qq, alpha_min), (q,), (dq,))
+    dh_x = tan_derivatives(x, q, alpha_min)[0]
+    return x, (dy - dh_q) / dh_x
+
+
+def _conv_circular(h: Array, weight: Array, bias: Array | None) -> Array:
+    """Cross-correlation of ``(C_in, L, L)`` with ``(C_out, C_in, k, k)``, circular padding."""
+    pad = weight.shape[-1] // 2
+    hp = jnp.pad(h, ((0, 0), (pad, pad), (pad, pad)), mode="wrap")
+    out = jax.lax.conv_general_dilated(
+        hp[None], weight, (1, 1), "VALID", dimension_numbers=("NCHW", "OIHW", "NCHW")
+    )[0]
+    return out if bias is None else out + bias[:, None, None]
+
+
+def u1_conditioner(params: Params, layer: U1Coupling, b: Array) -> Array:
+    """``(1 + 3K, n_a)``: row 0 ``r`` (the active plaquettes with the active links at 0), then
+    the conv net's ``3K`` channels at the active plaquettes, from ``(cos P, sin P)`` of the
+    frozen plaquettes (section 4.3)."""
+    L = layer.L
+    links = jnp.zeros(2 * L * L, b.dtype).at[layer.passive].set(b).reshape(2, L, L)
+    plaq = plaquette(links)
+    r = plaq.reshape(-1)[layer.active_plaquette]
+    h = jnp.stack([jnp.cos(plaq), jnp.sin(plaq)]) * layer.frozen
+    last = len(layer.weights) - 1
+    for i, (w, c) in enumerate(zip(layer.weights, layer.biases, strict=True)):
+        h = _conv_circular(h, params[w], None if c is None else params[c])
+        if i < last:
+            h = jnp.tanh(h)
+    q = h.reshape(h.shape[0], -1)[:, layer.active_plaquette]
+    return jnp.concatenate([r[None], q], axis=0)
+
+
+def _u1_map(layer: U1Coupling, a: Array, p: Array, inverse: bool) -> tuple[Array, Array, Array]:
+    """(4.8) and its inverse: ``(f(a), log f', f''/f')`` with ``P = a + r``."""
+    r, q = p[0], p[1:]
+    if inverse:
+        plaq = tan_h_inverse(a + r, q, layer.alpha_min)
+        d1, d2 = tan_derivatives(plaq, q, layer.alpha_min)
+        return jnp.mod(plaq - r, TWO_PI), -jnp.log(d1), -d2 / d1**2
+    plaq = a + r
+    d1, d2 = tan_derivatives(plaq, q, layer.alpha_min)
+    out = jnp.mod(a + tan_h(plaq, q, layer.alpha_min) - plaq, TWO_PI)
+    return out, jnp.log(d1), d2 / d1
+
+
+def layer_params(params: Params, layer: Coupling | U1Coupling, b: Array) -> Array:
+    if isinstance(layer, U1Coupling):
+        return u1_conditioner(params, layer, b)
+    return conditioner(params, layer, b)
+
+
+def elementwise(
+    layer: Coupling | U1Coupling, a: Array, p: Array, inverse: bool
+) -> tuple[Array, Array, Array]:
+    """``(f(a), log f'(a), f''/f')`` of the layer's element-wise map (or of its inverse)."""
+    if isinstance(layer, U1Coupling):
+        return _u1_map(layer, a, p, inverse)
+    return _affine_or_additive(layer, a, p, inverse)
+
+
 def layer_map(params: Params, layer: Layer, x: Array, inverse: bool) -> tuple[Array, Array]:
     """``(T_l(x), log|det ∂T_l/∂x|)`` or the same for ``T_l^{-1}``."""
     if isinstance(layer, Scaling):
@@ -182,7 +360,7 @@ def layer_map(params: Params, layer: Layer, x: Array, inverse: bool) -> tuple[Ar
         sign = -1.0 if inverse else 1.0
         return x * jnp.exp(sign * gamma), sign * layer.dim * gamma
     a, b = x[layer.active], x[layer.passive]
-    out, log_deriv, _ = elementwise(layer, a, conditioner(params, layer, b), inverse)
+    out, log_deriv, _ = elementwise(layer, a, layer_params(params, layer, b), inverse)
     return x.at[layer.active].set(out), jnp.sum(log_deriv)
 
 
@@ -197,11 +375,11 @@ def layer_score(
         return y, log_det, s * jnp.exp(gamma if inverse else -gamma)
     fixed = sg_tree(params)
     a, b = sg(x[layer.active]), sg(x[layer.passive])
-    _, log_deriv, grad_log_deriv = elementwise(layer, a, conditioner(fixed, layer, b), inverse)
+    _, log_deriv, grad_log_deriv = elementwise(layer, a, layer_params(fixed, layer, b), inverse)
     s_a = (s[layer.active] - grad_log_deriv) * jnp.exp(-log_deriv)
 
     def through_conditioner(bb: Array) -> Array:
-        f, ld, _ = elementwise(layer, a, conditioner(fixed, layer, bb), inverse)
+        f, ld, _ = elementwise(layer, a, layer_params(fixed, layer, bb), inverse)
         return jnp.sum(ld) + jnp.dot(s_a, f)
 
     s_b = s[layer.passive] - jax.grad(through_conditioner)(b)
@@ -237,7 +415,7 @@ def pull(params: Params, model: Model, x: Array) -> tuple[Array, Array]:
 def log_q(params: Params, model: Model, x: Array) -> Array:
     """(1.2) through the inverse."""
     z, ld = pull(params, model, x)
-    return log_q0(z) + ld
+    return log_q0(model, z) + ld
 
 
 def forward_trace(
@@ -245,7 +423,7 @@ def forward_trace(
 ) -> tuple[list[Array], list[Array], list[Array]]:
     """Per layer ``(x_{l+1}, log_det_l, s_{l+1})`` of Algorithm 1 (3.1) from ``s_0 = −z``."""
     xs, lds, ss = [], [], []
-    x, s = z, score_q0(z)
+    x, s = z, score_q0(model, z)
     for layer in model.layers:
         x, ld, s = layer_score(params, layer, x, s, inverse=False)
         xs.append(x)
@@ -287,7 +465,7 @@ def reverse_standard(params: Params, model: Model, z: Array) -> Array:
 
     def one(u: Array) -> Array:
         x, ld = push(params, model, u)
-        return -action(model, x) - (log_q0(u) - ld)
+        return -action(model, x) - (log_q0(model, u) - ld)
 
     return _kl(model, jax.vmap(one)(z), "reverse")
 
@@ -298,7 +476,7 @@ def reverse_path_fast(params: Params, model: Model, z: Array) -> Array:
     def one(u: Array) -> tuple[Array, Array]:
         xs, lds, ss = forward_trace(sg_tree(params), model, u)
         x = xs[-1]
-        lq = log_q0(u) - sum(lds)
+        lq = log_q0(model, u) - sum(lds)
         return -action(model, x) - lq, ss[-1] + force(model, x)
 
     log_w, G = jax.vmap(one)(z)
@@ -346,8 +524,8 @@ def forward_path_fast(params: Params, model: Model, x: Array) -> Array:
     def one(v: Array) -> tuple[Array, Array]:
         zs, lds, ss = inverse_trace(sg_tree(params), model, v, -force(model, v))
         z = zs[0]
-        lq = log_q0(z) + sum(lds.values())
-        return -action(model, v) - lq, ss[0] - score_q0(z)
+        lq = log_q0(model, z) + sum(lds.values())
+        return -action(model, v) - lq, ss[0] - score_q0(model, z)
 
     log_w, G = jax.vmap(one)(x)
     z_theta = jax.vmap(lambda v: pull(params, model, v)[0])(x)
@@ -365,16 +543,16 @@ def _dense_field(params: Params, model: Model, z: Array) -> tuple[Array, Array, 
     """``(x, log q(x), G)`` at one ``z`` from the dense Jacobian (10.1)."""
     J = _jacobian(params, model, z)
     x = push(params, model, z)[0]
-    lq = log_q0(z) - jnp.linalg.slogdet(J)[1]
+    lq = log_q0(model, z) - jnp.linalg.slogdet(J)[1]
     grad_log_det = jax.grad(lambda u: jnp.linalg.slogdet(_jacobian(params, model, u))[1])(z)
-    score_x = jnp.linalg.solve(J.T, score_q0(z) - grad_log_det)
+    score_x = jnp.linalg.solve(J.T, score_q0(model, z) - grad_log_det)
     return x, lq, score_x + force(model, x)
 
 
 def reverse_standard_naive(params: Params, model: Model, z: Array) -> Array:
     def one(p: Params, u: Array) -> Array:
         x = push(p, model, u)[0]
-        return log_q0(u) - jnp.linalg.slogdet(_jacobian(p, model, u))[1] + action(model, x)
+        return log_q0(model, u) - jnp.linalg.slogdet(_jacobian(p, model, u))[1] + action(model, x)
 
     return jnp.mean(jax.vmap(lambda u: one(params, u))(z)) + log_z(model)
 
@@ -395,7 +573,7 @@ def forward_standard_naive(params: Params, model: Model, x: Array) -> Array:
     def one(u: Array, J: Array, v: Array) -> Array:
         t = push(params, model, u)[0]
         z_theta = u - jnp.linalg.solve(J, t - sg(t))  # (10.2)
-        lq = log_q0(z_theta) - jnp.linalg.slogdet(_jacobian(params, model, z_theta))[1]
+        lq = log_q0(model, z_theta) - jnp.linalg.slogdet(_jacobian(params, model, z_theta))[1]
         return -action(model, v) - lq
 
     return _kl(model, jax.vmap(one)(z_star, J0, x), "forward")

@@ -3,6 +3,7 @@ included, and against its own naive oracle."""
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pathgrad_jax as pj
@@ -10,7 +11,7 @@ import pytest
 from check_vectors import VECTORS, differences, load, port_arrays
 
 CASES = sorted(p.name for p in VECTORS.iterdir() if p.is_dir())
-COVERED = ["realnvp_gmm_d6", "z2nice_phi4_4x4"]
+COVERED = ["realnvp_gmm_d6", "z2nice_phi4_4x4", "u1_4x4_8layers"]
 
 
 def test_the_vectors_are_there() -> None:
@@ -32,11 +33,25 @@ def test_port_reproduces_the_vectors(case: str) -> None:
     assert errs[worst] <= tol, (worst, errs[worst])
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if c not in COVERED])
-def test_uncovered_cases_are_refused_clearly(case: str) -> None:
-    meta, _ = load(case)
-    with pytest.raises(pj.UnsupportedError, match="not implemented"):
+def test_unknown_layers_are_refused_clearly() -> None:
+    meta, _ = load("realnvp_gmm_d6")
+    meta["layers"][0]["kind"] = "spline_coupling"
+    with pytest.raises(pj.UnsupportedError, match="'spline_coupling' is not implemented"):
         pj.model_from_manifest(meta)
+
+
+def test_a_changed_u1_mask_cycle_fails() -> None:
+    """Layer 1 given layer 3's masks (the cycle ((i + 1) // 2) % 4 would do that): a valid
+    gauge-equivariant flow, and far from the vectors from layer 1 on."""
+    meta, vec = load("u1_4x4_8layers")
+    for key in ("active", "passive", "active_plaquette", "frozen_plaquettes", "offset"):
+        meta["layers"][1][key] = meta["layers"][3][key]
+    model = pj.model_from_manifest(meta)
+    params = {k[6:]: jnp.asarray(v) for k, v in vec.items() if k.startswith("param/")}
+    z = jnp.asarray(vec["z"]).reshape(vec["z"].shape[0], -1)
+    xs, _, _ = jax.vmap(lambda u: pj.forward_trace(params, model, u))(z)
+    assert float(jnp.max(jnp.abs(xs[0] - vec["forward/x/0"].reshape(z.shape)))) < 1e-12
+    assert float(jnp.max(jnp.abs(xs[1] - vec["forward/x/1"].reshape(z.shape)))) > 1e-3
 
 
 def test_a_wrong_mask_order_fails() -> None:
