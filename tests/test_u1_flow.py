@@ -408,6 +408,9 @@ def test_flow_parameter_gradient_of_log_prob_matches_fd(flow: Flow) -> None:
         return (shifted(eps) - shifted(-eps)) / (2 * eps)
 
     # Richardson extrapolation cancels the O(ε²) truncation error of the central difference.
+    # Measured at ε = 1e-4 on this flow and x along three other random directions: relative
+    # errors 6e-9, 1.4e-8 and 8e-10 (truncation, and the bisection tolerance over ε); the
+    # bound sits about 70x above them.
     eps = 1e-4
     fd = (4 * central(eps / 2) - central(eps)) / 3
     err = abs(directional - fd) / abs(fd)
