@@ -1,4 +1,4 @@
-"""Sampling-quality metrics and gradient statistics (SPEC §6), computed in log space."""
+"""Sampling-quality metrics and gradient statistics (``docs/theory.md`` §8), in log space."""
 
 from __future__ import annotations
 

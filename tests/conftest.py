@@ -1,4 +1,5 @@
-"""Test options: ``--device`` (default cpu) and ``--dtype`` (default float64).
+"""Test options: ``--device`` (default cpu) and ``--dtype`` (default float64); a per-test seed;
+``PATHGRAD_TEST_ORDER=reverse`` runs the suite in reverse order.
 
 ``--device cuda`` on a machine without CUDA is a usage error: the run stops with a non-zero exit
 status before any test, never a green run of skipped tests. Tests that take the ``device``
@@ -7,6 +8,7 @@ fixture run on the chosen device.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -73,3 +75,17 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(autouse=True)
+def _seed_global_generators() -> None:
+    """Every test starts from the same global torch state, so that a test gives the same result
+    alone, in the full suite and in any order (tests should still prefer explicit generators)."""
+    torch.manual_seed(0)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``PATHGRAD_TEST_ORDER=reverse pytest`` runs the suite back to front, to prove that no
+    test depends on state left by another."""
+    if os.environ.get("PATHGRAD_TEST_ORDER") == "reverse":
+        items.reverse()

@@ -25,31 +25,39 @@ def perturb(module: torch.nn.Module, scale: float = 0.3, seed: int = 0) -> None:
             p.add_(scale * torch.randn(p.shape, generator=g, dtype=torch.float64).to(p))
 
 
-def make_setup(name: str, device: torch.device, dtype: torch.dtype) -> tuple[Flow, Target]:
-    """Small versions of the paper's two explicit setups, with randomised parameters."""
+def make_setup(
+    name: str, device: torch.device, dtype: torch.dtype, seed: int = 0
+) -> tuple[Flow, Target]:
+    """Small versions of the paper's setups, with parameters that depend on ``seed`` alone
+    (the initialisation draws from a forked, seeded global generator, so the caller's random
+    state neither changes them nor is changed)."""
     flow: Flow
     target: Target
-    if name == "realnvp-gmm":
-        flow, target = real_nvp(4, n_couplings=4, hidden=(16, 16)), GaussianMixture(4)
-    elif name == "z2nice-phi4":
-        flow, target = z2_nice((4, 6), n_couplings=4, hidden=(16, 16)), Phi4((4, 6))
-    elif name == "u1-gauge":
-        # The implicitly invertible flow; 4 layers cover both link directions.
-        flow = u1_flow(4, n_layers=4, n_mixture=3, hidden=(4,), kernel_size=3)
-        target = U1Gauge(4, beta=1.0)
-    else:
-        raise ValueError(name)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if name == "realnvp-gmm":
+            flow, target = real_nvp(4, n_couplings=4, hidden=(16, 16)), GaussianMixture(4)
+        elif name == "z2nice-phi4":
+            flow, target = z2_nice((4, 6), n_couplings=4, hidden=(16, 16)), Phi4((4, 6))
+        elif name == "u1-gauge":
+            # The implicitly invertible flow; 8 layers run through every mask offset (0-3) in
+            # both link directions.
+            flow = u1_flow(4, n_layers=8, n_mixture=3, hidden=(4,), kernel_size=3)
+            target = U1Gauge(4, beta=1.0)
+        else:
+            raise ValueError(f"unknown setup {name!r}; expected one of {SETUPS}")
     flow = flow.to(device=device, dtype=dtype)
-    perturb(flow)
+    perturb(flow, seed=seed)
     return flow, target
 
 
 def target_batch(flow: Flow, target: Target, n: int, seed: int = 1) -> Tensor:
     """Points standing in for ``x ~ p``: exact samples for the GMM, a short HMC chain for U(1),
-    flow samples moved off the flow's typical set for φ⁴ (the equalities hold at any ``x``)."""
-    torch.manual_seed(seed)
+    flow samples moved off the flow's typical set for φ⁴ (the equalities hold at any ``x``).
+    Drawn from a generator seeded with ``seed``; the global random state is not touched."""
+    gen = torch.Generator().manual_seed(seed)
     if isinstance(target, GaussianMixture):
-        return target.sample(n).to(device=flow.device, dtype=flow.dtype)
+        return target.sample(n, gen).to(device=flow.device, dtype=flow.dtype)
     if isinstance(target, U1Gauge):
         chain = hmc_sample(
             target,
@@ -59,12 +67,22 @@ def target_batch(flow: Flow, target: Target, n: int, seed: int = 1) -> Tensor:
             n_leapfrog=5,
             n_therm=10,
             periodic=2 * math.pi,
-            generator=torch.Generator().manual_seed(seed),
+            generator=gen,
         )
         return chain.samples.to(device=flow.device, dtype=flow.dtype)
+    z = base_batch(flow, n, seed)
     with torch.no_grad():
-        x, _ = flow.sample(n)
-    return x + 0.2 * torch.randn_like(x)
+        x, _ = flow(z)
+    noise = torch.randn(x.shape, generator=gen, dtype=torch.float64).to(x)
+    return x + 0.2 * noise
+
+
+def base_batch(flow: Flow, n: int, seed: int = 3) -> Tensor:
+    """``n`` base samples ``z ~ q0`` from a generator seeded with ``seed`` (made on the CPU in
+    float64, then moved, so the values do not depend on the device)."""
+    gen = torch.Generator().manual_seed(seed)
+    base = copy.deepcopy(flow.base).to(device="cpu", dtype=torch.float64)
+    return base.sample(n, gen).to(device=flow.device, dtype=flow.dtype)
 
 
 def flat_map(f: Callable[[Tensor], Tensor], shape: tuple[int, ...]) -> Callable[[Tensor], Tensor]:

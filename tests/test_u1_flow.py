@@ -247,6 +247,60 @@ def test_mask_structure(n: int) -> None:
         u1_masks(6, 0)
 
 
+# The mask cycle, written out for L = 4 and layers 0-7: (direction μ of the active links,
+# the residue x_ν ≡ o (mod 4) that selects them, the frozen plaquette rows x_ν (mod 4)). Layer
+# i has μ = i mod 2, o = ⌊i/2⌋ mod 4; ν = 1 − μ. A flow with another cycle is a different flow
+# (its vectors in conformance/ differ), even if it is just as gauge equivariant.
+MASK_CYCLE = {
+    0: (0, 0, (1, 2)),
+    1: (1, 0, (1, 2)),
+    2: (0, 1, (2, 3)),
+    3: (1, 1, (2, 3)),
+    4: (0, 2, (3, 0)),
+    5: (1, 2, (3, 0)),
+    6: (0, 3, (0, 1)),
+    7: (1, 3, (0, 1)),
+}
+# The same table as explicit flat indices into the (2, 4, 4) link event, row-major.
+MASK_CYCLE_ACTIVE_LINKS = {
+    0: [0, 4, 8, 12],
+    1: [16, 17, 18, 19],
+    2: [1, 5, 9, 13],
+    3: [20, 21, 22, 23],
+    4: [2, 6, 10, 14],
+    5: [24, 25, 26, 27],
+    6: [3, 7, 11, 15],
+    7: [28, 29, 30, 31],
+}
+
+
+@pytest.mark.parametrize("index", range(8))
+def test_mask_cycle_table(index: int) -> None:
+    mu, offset, frozen_rows = MASK_CYCLE[index]
+    nu = 1 - mu
+    links, active_plaq, frozen = u1_masks(L, index)
+    assert torch.nonzero(links.reshape(-1)).flatten().tolist() == MASK_CYCLE_ACTIVE_LINKS[index]
+    expected = torch.zeros(2, L, L, dtype=torch.bool)
+    for x0 in range(L):
+        for x1 in range(L):
+            if (x0, x1)[nu] == offset:
+                expected[mu, x0, x1] = True
+    assert torch.equal(links, expected)
+    for x0 in range(L):
+        for x1 in range(L):
+            assert bool(frozen[x0, x1]) == ((x0, x1)[nu] in frozen_rows), (x0, x1)
+    # The layers of a flow use the cycle in order.
+    torch.manual_seed(0)
+    f = u1_flow(L, n_layers=8, n_mixture=1, hidden=(2,))
+    layer = f.layers[index]
+    assert isinstance(layer, U1Coupling)
+    assert layer.active.tolist() == MASK_CYCLE_ACTIVE_LINKS[index]
+    # Active plaquettes: θ_0(x) is + in P(x), θ_1(x) is + in P(x − 0̂).
+    sites = [divmod(i % (L * L), L) for i in MASK_CYCLE_ACTIVE_LINKS[index]]
+    plaq = [((x0 - mu) % L) * L + x1 for x0, x1 in sites]
+    assert active_plaq.tolist() == plaq
+
+
 # --- single layers -------------------------------------------------------------------------
 
 
@@ -354,6 +408,9 @@ def test_flow_parameter_gradient_of_log_prob_matches_fd(flow: Flow) -> None:
         return (shifted(eps) - shifted(-eps)) / (2 * eps)
 
     # Richardson extrapolation cancels the O(ε²) truncation error of the central difference.
+    # Measured at ε = 1e-4 on this flow and x along three other random directions: relative
+    # errors 6e-9, 1.4e-8 and 8e-10 (truncation, and the bisection tolerance over ε); the
+    # bound sits about 70x above them.
     eps = 1e-4
     fd = (4 * central(eps / 2) - central(eps)) / 3
     err = abs(directional - fd) / abs(fd)

@@ -1,4 +1,4 @@
-"""Forward-KL estimators, ``KL(p‖q_θ)``, from target samples ``x ~ p`` (SPEC §3)."""
+"""Forward-KL estimators, ``KL(p‖q_θ)``, from target samples ``x ~ p`` (``docs/theory.md`` §5)."""
 
 from __future__ import annotations
 

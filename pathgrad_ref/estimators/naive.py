@@ -6,13 +6,16 @@ sample at a time through ``functional_call``. Per sample they build the dense Ja
 
     ∇_x log q_θ(x) = J^{-T} (∇_z log q0(z) − ∇_z log|det J(z)|)                 (dense solve)
 
-and differentiate w.r.t. θ with ``torch.func.grad``. Forward-KL oracles need ``z = T_θ^{-1}(x)``;
-they take the root from ``flow.inverse`` (detached: only its value is used) and get its
-θ-dependence from the dense linearisation ``z(θ) = z* − J_0^{-1}(T_θ(z*) − stop_grad T_θ(z*))``
-with ``J_0`` held fixed: its value is ``z*`` and its derivative is the implicit-function-theorem
-one, ``∂z/∂θ = −J^{-1} ∂_θ T`` (written without ``x`` so that periodic maps, whose outputs are
-wrapped, need no special case). They are slow by design (``O(d³)`` per sample) and exist to be
-trusted.
+and differentiate w.r.t. θ with ``torch.func.grad``. Forward-KL oracles need ``z = T_θ^{-1}(x)``.
+They do not re-derive it: they take the root ``z*`` from ``flow.inverse`` (detached, only its
+value is used), check it by pushing it forward again (``T_θ(z*) ≈ x``, else ``AssertionError``),
+and get its θ-dependence from the dense linearisation
+``z(θ) = z* − J_0^{-1}(T_θ(z*) − stop_grad T_θ(z*))`` with ``J_0`` held fixed: its value is
+``z*`` and its derivative is the implicit-function-theorem one, ``∂z/∂θ = −J^{-1} ∂_θ T``
+(written without ``x`` so that periodic maps, whose outputs are wrapped, need no special case).
+So the forward oracles are independent of the layers' inverse *derivatives* (score steps,
+implicit gradients of the bisection), not of the inverse's value. They are slow by design
+(``O(d³)`` per sample) and exist to be trusted.
 
 Each returns a surrogate ``value + Σ_k ⟨g_k, θ_k⟩ − stop_grad(…)`` whose ``backward()`` leaves
 exactly the oracle gradient ``g`` in ``param.grad``.
@@ -27,6 +30,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, jacfwd, vmap
 
+from ..distributions import Uniform
 from ..flows.base import Flow
 from ..targets.base import Target
 from ._common import check_inputs, kl_value
@@ -135,11 +139,35 @@ def reverse_path_naive(flow: Flow, target: Target, z: Tensor) -> tuple[Tensor, T
     return o.surrogate(kl_value(log_w, target, "reverse"), o.param_grad(inner)), log_w
 
 
+def _pullback_residual(o: _Oracle, x: Tensor, z: Tensor) -> Tensor:
+    """``max |T_θ(z) − x|`` per sample, ``(N,)``. For a flow over a uniform base on a box of
+    side ``P`` (the U(1) flow: angles, outputs reduced mod ``2π = P``) the difference is taken on
+    the circle of circumference ``P``."""
+    with torch.no_grad():
+        diff = o.flow.transform(z)[0] - x
+        base = o.flow.base
+        if isinstance(base, Uniform):
+            period = base.high - base.low
+            diff = torch.remainder(diff + 0.5 * period, period) - 0.5 * period
+    return diff.flatten(1).abs().amax(1)
+
+
 def _pullback(o: _Oracle, x: Tensor) -> tuple[Tensor, Tensor]:
-    """``(z*, J_0)`` per sample: the root ``T_θ(z*) = x`` from the flow's inverse, and the
-    dense Jacobian there, both detached."""
+    """``(z*, J_0)`` per sample: the root ``T_θ(z*) = x``, and the dense Jacobian there, both
+    detached. The root's *value* comes from the flow's own inverse (the one piece the oracle
+    does not re-derive); it is checked here by pushing it forward again, so that a wrong
+    inverse fails loudly instead of silently moving the oracle's evaluation point."""
     with torch.no_grad():
         z, _ = o.flow.inverse(x)
+    residual = _pullback_residual(o, x, z)
+    # sqrt(eps)-level: rounding of a deep flow and bisection tolerances lie far below it; a
+    # wrong inverse lies far above.
+    tol = math.sqrt(torch.finfo(x.dtype).eps) * max(1.0, float(x.abs().max()))
+    if float(residual.max()) > tol:
+        raise AssertionError(
+            f"pull-back failed: max |T(T^-1(x)) - x| = {float(residual.max()):.3e} > {tol:.1e}; "
+            "the flow's inverse does not invert its forward map"
+        )
     zf = _flat(z)
     return zf, vmap(o.jacobian, in_dims=(None, 0))(o.params, zf).detach()
 
@@ -164,8 +192,8 @@ def forward_standard_naive(flow: Flow, target: Target, x: Tensor) -> tuple[Tenso
 
 
 def forward_path_naive(flow: Flow, target: Target, x: Tensor) -> tuple[Tensor, Tensor]:
-    """``E_{x~p}[G(x)ᵀ ∂_θ T_θ(z)]`` at ``z = T_θ^{-1}(x)`` held fixed (SPEC §3), ``G`` by the
-    dense solve at ``z``."""
+    """``E_{x~p}[G(x)ᵀ ∂_θ T_θ(z)]`` at ``z = T_θ^{-1}(x)`` held fixed (forward-KL duality),
+    ``G`` by the dense solve at ``z``."""
     check_inputs(flow, target, x, "forward")
     o = _Oracle(flow, target)
     z_root, _ = _pullback(o, x)

@@ -1,4 +1,4 @@
-"""Reverse-KL estimators, ``KL(q_θ‖p)``, from base samples ``z ~ q0`` (SPEC §2)."""
+"""Reverse-KL estimators, ``KL(q_θ‖p)``, from base samples ``z ~ q0`` (``docs/theory.md`` §2)."""
 
 from __future__ import annotations
 

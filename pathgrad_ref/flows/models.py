@@ -49,8 +49,9 @@ def z2_nice(
     mask: str = "checkerboard",
     zero_init: bool = True,
 ) -> Flow:
-    """Z2Nice (the φ⁴ flow, SPEC §5): additive couplings with bias-free tanh MLPs on alternating
-    checkerboard halves, then a global scaling; ``N(0, I)`` base. Odd: ``T(−z) = −T(z)``.
+    """Z2Nice (the φ⁴ flow, ``docs/theory.md`` §7.2): additive couplings with bias-free tanh
+    MLPs on alternating checkerboard halves, then a global scaling; ``N(0, I)`` base. Odd:
+    ``T(−z) = −T(z)``.
 
     The paper's size is the default: 8 couplings, 4 hidden layers of width 1000."""
     shape = tuple(int(s) for s in shape)

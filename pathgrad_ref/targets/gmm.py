@@ -11,7 +11,8 @@ from .base import Target
 
 
 class GaussianMixture(Target):
-    """``p(x) = 2^{-d} Σ_{m ∈ {±1}^d} N(x; m, σ² I)`` (SPEC §5, ``σ² = 0.5``), normalised.
+    """``p(x) = 2^{-d} Σ_{m ∈ {±1}^d} N(x; m, σ² I)``, normalised (``docs/theory.md`` §7.1,
+    ``σ² = 0.5``).
 
     The mixture over all corners factorises over coordinates,
     ``p(x) = Π_i ½[N(x_i; −1, σ²) + N(x_i; +1, σ²)]``, so that

@@ -11,7 +11,7 @@ from .base import Target
 
 
 class Phi4(Target):
-    """``S(φ) = Σ_x [ −2κ Σ_μ φ_x φ_{x+μ̂} + (1 − 2λ) φ_x² + λ φ_x⁴ ]`` (SPEC §5).
+    """``S(φ) = Σ_x [ −2κ Σ_μ φ_x φ_{x+μ̂} + (1 − 2λ) φ_x² + λ φ_x⁴ ]`` (``docs/theory.md`` §7.2).
 
     ``μ`` runs over the lattice directions (forward neighbours only, so each link counts once);
     ``S(−φ) = S(φ)``. The force is

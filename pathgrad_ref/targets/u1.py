@@ -4,9 +4,10 @@ Links ``U_μ(x) = exp(iθ_μ(x))`` live on a periodic ``L × L`` lattice; batche
 have shape ``(N, 2, L, L)``: axis 1 is the direction ``μ ∈ {0, 1}``, axes 2 and 3 are the site
 ``x = (x0, x1)``, and ``x + μ̂`` shifts axis ``2 + μ`` by one (periodically).
 
-Exact results (SPEC §5) come from the character expansion ``e^{β cos P} = Σ_n I_n(β) e^{inP}``.
-Integrating every link over the Haar measure ``dθ/2π`` ties all ``V = L²`` plaquette
-representations to one common ``n`` (each link sits in two plaquettes with opposite signs), so
+Exact results (``docs/theory.md`` §7.3) come from the character expansion
+``e^{β cos P} = Σ_n I_n(β) e^{inP}``. Integrating every link over the Haar measure ``dθ/2π``
+ties all ``V = L²`` plaquette representations to one common ``n`` (each link sits in two
+plaquettes with opposite signs), so
 
     Z_Haar(β) = ∫ Π_links dθ/(2π) e^{−S(θ)} = Σ_{n ∈ ℤ} I_n(β)^V.
 
@@ -70,7 +71,8 @@ def _check_exact(L: int, beta: float) -> tuple[int, float]:
 
 
 class U1Gauge(Target):
-    """``S(θ) = −β Σ_x cos P(x)``, ``P(x) = θ_0(x) + θ_1(x+0̂) − θ_0(x+1̂) − θ_1(x)`` (SPEC §5).
+    """``S(θ) = −β Σ_x cos P(x)``, ``P(x) = θ_0(x) + θ_1(x+0̂) − θ_0(x+1̂) − θ_1(x)``
+    (``docs/theory.md`` §7.3).
 
     Batches of link angles ``θ`` have shape ``(N, 2, L, L)`` (see the module docstring); any
     real angles are accepted, the action is ``2π``-periodic in every link. Each link sits in

@@ -1,0 +1,610 @@
+"""A minimal JAX port of the path gradient estimators, written from ``docs/theory.md``.
+
+Covers: affine (RealNVP) and additive (NICE) couplings with MLP conditioners, the global
+scaling layer, the gauge-equivariant U(1) coupling (tan mixtures, conv conditioner, bisection
+inverse with implicit-function-theorem derivatives), the standard normal and uniform bases,
+the Gaussian-mixture, φ⁴ and U(1) Wilson actions, the standard and
+fast-path (Algorithm 1) estimators of both KL directions, the drop-in estimators (Algorithms 2
+and 3) and a naive ``jax.grad`` / dense-Jacobian oracle of each direction. The architecture is
+read from a conformance manifest (``conformance/<case>/manifest.json``); parameters are a flat
+``dict`` from the manifest's names to arrays in the manifest's layouts.
+
+Everything acts on one flattened sample ``(d,)`` (row-major over the event shape) and is
+``jax.vmap``-ed over the batch. Equation numbers refer to ``docs/theory.md``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+jax.config.update("jax_enable_x64", True)
+
+Array = jax.Array
+Params = dict[str, Array]
+sg = jax.lax.stop_gradient
+
+
+# --- architecture from a manifest --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Coupling:
+    """``a' = f(a; c(b))`` on the active sites (4.1); ``kind`` is "affine" or "additive"."""
+
+    kind: str
+    active: np.ndarray
+    passive: np.ndarray
+    weights: tuple[str, ...]
+    biases: tuple[str | None, ...]
+
+    @property
+    def n_params(self) -> int:
+        return 2 if self.kind == "affine" else 1
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """``x' = x·exp(γ)`` (4.2)."""
+
+    parameter: str
+    dim: int
+
+
+@dataclass(frozen=True)
+class U1Coupling:
+    """Gauge-equivariant coupling in link space (4.7, 4.8): ``a' = a + h(P) − P mod 2π``."""
+
+    L: int
+    active: np.ndarray
+    passive: np.ndarray
+    active_plaquette: np.ndarray
+    frozen: np.ndarray  # (L, L) float mask of the frozen plaquettes
+    n_mixture: int
+    alpha_min: float
+    weights: tuple[str, ...]
+    biases: tuple[str | None, ...]
+
+
+Layer = Coupling | Scaling | U1Coupling
+
+
+@dataclass(frozen=True)
+class Model:
+    event_shape: tuple[int, ...]
+    layers: tuple[Layer, ...]
+    target: dict[str, Any]
+    base: str
+
+    @property
+    def dim(self) -> int:
+        return math.prod(self.event_shape)
+
+
+class UnsupportedError(ValueError):
+    """The manifest describes a layer, base or target this port does not implement."""
+
+
+def model_from_manifest(meta: dict[str, Any]) -> Model:
+    if meta["base"]["kind"] not in ("standard_normal", "uniform"):
+        raise UnsupportedError(f"base {meta['base']['kind']!r} is not implemented in the JAX port")
+    shape = tuple(int(s) for s in meta["event_shape"])
+    layers: list[Layer] = []
+    for entry in meta["layers"]:
+        kind = entry["kind"]
+        if kind in ("affine_coupling", "additive_coupling"):
+            cond = entry["conditioner"]
+            if cond["kind"] != "mlp" or cond["activation"] != "tanh":
+                raise UnsupportedError(f"conditioner {cond['kind']}/{cond['activation']}")
+            layers.append(
+                Coupling(
+                    kind="affine" if kind == "affine_coupling" else "additive",
+                    active=np.asarray(entry["active"], dtype=np.int64),
+                    passive=np.asarray(entry["passive"], dtype=np.int64),
+                    weights=tuple(lin["weight"] for lin in cond["layers"]),
+                    biases=tuple(lin["bias"] for lin in cond["layers"]),
+                )
+            )
+        elif kind == "global_scaling":
+            layers.append(Scaling(entry["parameter"], math.prod(shape)))
+        elif kind == "u1_coupling":
+            cond = entry["conditioner"]
+            if cond["kind"] != "conv2d" or cond["activation"] != "tanh":
+                raise UnsupportedError(f"conditioner {cond['kind']}/{cond['activation']}")
+            L = int(shape[-1])
+            frozen = np.zeros(L * L)
+            frozen[np.asarray(entry["frozen_plaquettes"], dtype=np.int64)] = 1.0
+            layers.append(
+                U1Coupling(
+                    L=L,
+                    active=np.asarray(entry["active"], dtype=np.int64),
+                    passive=np.asarray(entry["passive"], dtype=np.int64),
+                    active_plaquette=np.asarray(entry["active_plaquette"], dtype=np.int64),
+                    frozen=frozen.reshape(L, L),
+                    n_mixture=int(entry["n_mixture"]),
+                    alpha_min=float(entry["alpha_min"]),
+                    weights=tuple(c["weight"] for c in cond["layers"]),
+                    biases=tuple(c["bias"] for c in cond["layers"]),
+                )
+            )
+        else:
+            raise UnsupportedError(f"layer {kind!r} is not implemented in the JAX port")
+    if meta["target"]["kind"] not in ("gmm", "phi4", "u1_wilson"):
+        raise UnsupportedError(f"target {meta['target']['kind']!r} is not implemented")
+    return Model(shape, tuple(layers), meta["target"], meta["base"]["kind"])
+
+
+# --- base, targets -----------------------------------------------------------------------------
+
+
+def log_q0(model: Model, z: Array) -> Array:
+    """Standard normal ``−|z|²/2 − (d/2) log 2π``, or uniform on ``[0, 2π)^d``: ``−d log 2π``
+    (written with ``z`` so that it stays a function of ``z``)."""
+    if model.base == "uniform":
+        return 0.0 * jnp.sum(z) - z.shape[0] * math.log(2 * math.pi)
+    return -0.5 * jnp.sum(z * z) - 0.5 * z.shape[0] * math.log(2 * math.pi)
+
+
+def score_q0(model: Model, z: Array) -> Array:
+    return jnp.zeros_like(z) if model.base == "uniform" else -z
+
+
+def plaquette(links: Array) -> Array:
+    """(4.6) on ``(2, L, L)`` links: ``θ_0(x) + θ_1(x+0̂) − θ_0(x+1̂) − θ_1(x)``, unwrapped."""
+    t0, t1 = links[0], links[1]
+    return t0 + jnp.roll(t1, -1, axis=0) - jnp.roll(t0, -1, axis=1) - t1
+
+
+def action(model: Model, x: Array) -> Array:
+    """``S(x)`` for one flat sample: (7.1) or (7.2)."""
+    t = model.target
+    if t["kind"] == "u1_wilson":
+        return -t["beta"] * jnp.sum(jnp.cos(plaquette(x.reshape(model.event_shape))))
+    if t["kind"] == "gmm":
+        s2 = t["sigma2"]
+        u = jnp.abs(x / s2)
+        log_cosh = u + jnp.log1p(jnp.exp(-2 * u)) - math.log(2.0)
+        per_site = (x * x + 1) / (2 * s2) - log_cosh
+        return jnp.sum(per_site) + 0.5 * x.shape[0] * math.log(2 * math.pi * s2)
+    phi = x.reshape(model.event_shape)
+    kappa, lam = t["kappa"], t["lambda"]
+    hop = sum(jnp.roll(phi, -1, axis=ax) for ax in range(phi.ndim))
+    density = -2 * kappa * phi * hop + (1 - 2 * lam) * phi**2 + lam * phi**4
+    return jnp.sum(density)
+
+
+def force(model: Model, x: Array) -> Array:
+    """``∇S`` in closed form, (7.1) and (7.2)."""
+    t = model.target
+    if t["kind"] == "u1_wilson":
+        sin_p = jnp.sin(plaquette(x.reshape(model.event_shape)))
+        f0 = sin_p - jnp.roll(sin_p, 1, axis=1)
+        f1 = jnp.roll(sin_p, 1, axis=0) - sin_p
+        return t["beta"] * jnp.stack([f0, f1]).reshape(-1)
+    if t["kind"] == "gmm":
+        s2 = t["sigma2"]
+        return (x - jnp.tanh(x / s2)) / s2
+    phi = x.reshape(model.event_shape)
+    kappa, lam = t["kappa"], t["lambda"]
+    nb = sum(jnp.roll(phi, s, axis=ax) for ax in range(phi.ndim) for s in (-1, 1))
+    f = -2 * kappa * nb + 2 * (1 - 2 * lam) * phi + 4 * lam * phi**3
+    return f.reshape(-1)
+
+
+def log_z(model: Model) -> float:
+    value = model.target.get("log_z")
+    return 0.0 if value is None else float(value)
+
+
+# --- layers ------------------------------------------------------------------------------------
+
+
+def conditioner(params: Params, layer: Coupling, b: Array) -> Array:
+    """MLP with tanh between linear maps ``y = W h + c``; output read as ``(n_params, n_a)``."""
+    h = b
+    last = len(layer.weights) - 1
+    for i, (w, c) in enumerate(zip(layer.weights, layer.biases, strict=True)):
+        h = params[w] @ h
+        if c is not None:
+            h = h + params[c]
+        if i < last:
+            h = jnp.tanh(h)
+    return h.reshape(layer.n_params, layer.active.size)
+
+
+def _affine_or_additive(
+    layer: Coupling, a: Array, p: Array, inverse: bool
+) -> tuple[Array, Array, Array]:
+    """Affine ``a e^σ + μ`` and additive ``a + μ`` (4.3, 4.4) and their inverses."""
+    if layer.kind == "affine":
+        sigma, mu = p[0], p[1]
+        if inverse:
+            return (a - mu) * jnp.exp(-sigma), -sigma, jnp.zeros_like(a)
+        return a * jnp.exp(sigma) + mu, sigma, jnp.zeros_like(a)
+    mu = p[0]
+    return (a - mu if inverse else a + mu), jnp.zeros_like(a), jnp.zeros_like(a)
+
+
+# --- U(1): tan mixtures (4.9, 4.10), bisection with implicit gradients (6.1), conv conditioner --
+
+TWO_PI = 2 * math.pi
+
+
+def _mixture(q: Array, alpha_min: float) -> tuple[Array, Array, Array]:
+    """``(w, α, β)`` from ``q`` of shape ``(3K, n)``: softmax logits, raw slopes, shifts."""
+    K = q.shape[0] // 3
+    w = jax.nn.softmax(q[:K], axis=0)
+    alpha = alpha_min + (1 - alpha_min) * jnp.exp(q[K : 2 * K])
+    return w, alpha, q[2 * K :]
+
+
+def tan_h(x: Array, q: Array, alpha_min: float) -> Array:
+    """(4.9): ``h(x) = x + Σ_k w_k 2 atan2((α−1) sin φ, (1+α) + (1−α) cos φ)``, ``φ = x − β``."""
+    w, alpha, beta = _mixture(q, alpha_min)
+    phi = x - beta
+    d = 2 * jnp.arctan2((alpha - 1) * jnp.sin(phi), (1 + alpha) + (1 - alpha) * jnp.cos(phi))
+    return x + jnp.sum(w * d, axis=0)
+
+
+def tan_derivatives(x: Array, q: Array, alpha_min: float) -> tuple[Array, Array]:
+    """(4.10): ``(h', h'')``."""
+    w, alpha, beta = _mixture(q, alpha_min)
+    phi = x - beta
+    den = (1 + alpha**2) + (1 - alpha**2) * jnp.cos(phi)
+    d1 = jnp.sum(w * 2 * alpha / den, axis=0)
+    d2 = jnp.sum(w * 2 * alpha * (1 - alpha**2) * jnp.sin(phi) / den**2, axis=0)
+    return d1, d2
+
+
+def _bisect(y: Array, q: Array, alpha_min: float) -> Array:
+    """The root of ``h(x) = y`` in ``[y − π, y + π]`` (``|h(x) − x| < π``), 80 halvings: the
+    bracket (2π wide) shrinks below the float64 spacing of the answer."""
+
+    def step(_: int, bounds: tuple[Array, Array]) -> tuple[Array, Array]:
+        lo, hi = bounds
+        mid = 0.5 * (lo + hi)
+        above = tan_h(mid, q, alpha_min) >= y
+        return jnp.where(above, lo, mid), jnp.where(above, mid, hi)
+
+    lo, hi = jax.lax.fori_loop(0, 80, step, (y - math.pi, y + math.pi))
+    return 0.5 * (lo + hi)
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(2,))
+def tan_h_inverse(y: Array, q: Array, alpha_min: float) -> Array:
+    """``x = h^{-1}(y)`` by bisection; derivatives from the implicit function theorem (6.1)."""
+    return _bisect(sg(y), sg(q), alpha_min)
+
+
+@tan_h_inverse.defjvp
+def _tan_h_inverse_jvp(
+    alpha_min: float, primals: tuple[Array, Array], tangents: tuple[Array, Array]
+) -> tuple[Array, Array]:
+    y, q = primals
+    dy, dq = tangents
+    x = tan_h_inverse(y, q, alpha_min)
+    # dx = (dy − (∂h/∂q)·dq) / h'(x); written with x, itself differentiable by this rule, so
+    # that higher derivatives are those of the true inverse.
+    _, dh_q = jax.jvp(lambda qq: tan_h(x, qq, alpha_min), (q,), (dq,))
+    dh_x = tan_derivatives(x, q, alpha_min)[0]
+    return x, (dy - dh_q) / dh_x
+
+
+def _conv_circular(h: Array, weight: Array, bias: Array | None) -> Array:
+    """Cross-correlation of ``(C_in, L, L)`` with ``(C_out, C_in, k, k)``, circular padding."""
+    pad = weight.shape[-1] // 2
+    hp = jnp.pad(h, ((0, 0), (pad, pad), (pad, pad)), mode="wrap")
+    out = jax.lax.conv_general_dilated(
+        hp[None], weight, (1, 1), "VALID", dimension_numbers=("NCHW", "OIHW", "NCHW")
+    )[0]
+    return out if bias is None else out + bias[:, None, None]
+
+
+def u1_conditioner(params: Params, layer: U1Coupling, b: Array) -> Array:
+    """``(1 + 3K, n_a)``: row 0 ``r`` (the active plaquettes with the active links at 0), then
+    the conv net's ``3K`` channels at the active plaquettes, from ``(cos P, sin P)`` of the
+    frozen plaquettes (section 4.3)."""
+    L = layer.L
+    links = jnp.zeros(2 * L * L, b.dtype).at[layer.passive].set(b).reshape(2, L, L)
+    plaq = plaquette(links)
+    r = plaq.reshape(-1)[layer.active_plaquette]
+    h = jnp.stack([jnp.cos(plaq), jnp.sin(plaq)]) * layer.frozen
+    last = len(layer.weights) - 1
+    for i, (w, c) in enumerate(zip(layer.weights, layer.biases, strict=True)):
+        h = _conv_circular(h, params[w], None if c is None else params[c])
+        if i < last:
+            h = jnp.tanh(h)
+    q = h.reshape(h.shape[0], -1)[:, layer.active_plaquette]
+    return jnp.concatenate([r[None], q], axis=0)
+
+
+def _u1_map(layer: U1Coupling, a: Array, p: Array, inverse: bool) -> tuple[Array, Array, Array]:
+    """(4.8) and its inverse: ``(f(a), log f', f''/f')`` with ``P = a + r``."""
+    r, q = p[0], p[1:]
+    if inverse:
+        plaq = tan_h_inverse(a + r, q, layer.alpha_min)
+        d1, d2 = tan_derivatives(plaq, q, layer.alpha_min)
+        return jnp.mod(plaq - r, TWO_PI), -jnp.log(d1), -d2 / d1**2
+    plaq = a + r
+    d1, d2 = tan_derivatives(plaq, q, layer.alpha_min)
+    out = jnp.mod(a + tan_h(plaq, q, layer.alpha_min) - plaq, TWO_PI)
+    return out, jnp.log(d1), d2 / d1
+
+
+def layer_params(params: Params, layer: Coupling | U1Coupling, b: Array) -> Array:
+    if isinstance(layer, U1Coupling):
+        return u1_conditioner(params, layer, b)
+    return conditioner(params, layer, b)
+
+
+def elementwise(
+    layer: Coupling | U1Coupling, a: Array, p: Array, inverse: bool
+) -> tuple[Array, Array, Array]:
+    """``(f(a), log f'(a), f''/f')`` of the layer's element-wise map (or of its inverse)."""
+    if isinstance(layer, U1Coupling):
+        return _u1_map(layer, a, p, inverse)
+    return _affine_or_additive(layer, a, p, inverse)
+
+
+def layer_map(params: Params, layer: Layer, x: Array, inverse: bool) -> tuple[Array, Array]:
+    """``(T_l(x), log|det ∂T_l/∂x|)`` or the same for ``T_l^{-1}``."""
+    if isinstance(layer, Scaling):
+        gamma = params[layer.parameter]
+        sign = -1.0 if inverse else 1.0
+        return x * jnp.exp(sign * gamma), sign * layer.dim * gamma
+    a, b = x[layer.active], x[layer.passive]
+    out, log_deriv, _ = elementwise(layer, a, layer_params(params, layer, b), inverse)
+    return x.at[layer.active].set(out), jnp.sum(log_deriv)
+
+
+def layer_score(
+    params: Params, layer: Layer, x: Array, s: Array, inverse: bool
+) -> tuple[Array, Array, Array]:
+    """``(y, log_det, s')`` with ``s' = J^{-T}(s − ∇ log|det J|)`` by the closed forms (4.2),
+    (4.5); parameters held fixed in ``s'``."""
+    y, log_det = layer_map(params, layer, x, inverse)
+    if isinstance(layer, Scaling):
+        gamma = sg(params[layer.parameter])
+        return y, log_det, s * jnp.exp(gamma if inverse else -gamma)
+    fixed = sg_tree(params)
+    a, b = sg(x[layer.active]), sg(x[layer.passive])
+    _, log_deriv, grad_log_deriv = elementwise(layer, a, layer_params(fixed, layer, b), inverse)
+    s_a = (s[layer.active] - grad_log_deriv) * jnp.exp(-log_deriv)
+
+    def through_conditioner(bb: Array) -> Array:
+        f, ld, _ = elementwise(layer, a, layer_params(fixed, layer, bb), inverse)
+        return jnp.sum(ld) + jnp.dot(s_a, f)
+
+    s_b = s[layer.passive] - jax.grad(through_conditioner)(b)
+    s_new = jnp.zeros_like(s).at[layer.active].set(s_a).at[layer.passive].set(s_b)
+    return y, log_det, sg(s_new)
+
+
+def sg_tree(params: Params) -> Params:
+    return {k: sg(v) for k, v in params.items()}
+
+
+# --- the flow ----------------------------------------------------------------------------------
+
+
+def push(params: Params, model: Model, z: Array) -> tuple[Array, Array]:
+    """``(T(z), log|det J_T|)``."""
+    total = jnp.zeros((), z.dtype)
+    for layer in model.layers:
+        z, ld = layer_map(params, layer, z, inverse=False)
+        total = total + ld
+    return z, total
+
+
+def pull(params: Params, model: Model, x: Array) -> tuple[Array, Array]:
+    """``(T^{-1}(x), log|det J_{T^{-1}}|)``."""
+    total = jnp.zeros((), x.dtype)
+    for layer in reversed(model.layers):
+        x, ld = layer_map(params, layer, x, inverse=True)
+        total = total + ld
+    return x, total
+
+
+def log_q(params: Params, model: Model, x: Array) -> Array:
+    """(1.2) through the inverse."""
+    z, ld = pull(params, model, x)
+    return log_q0(model, z) + ld
+
+
+def forward_trace(
+    params: Params, model: Model, z: Array
+) -> tuple[list[Array], list[Array], list[Array]]:
+    """Per layer ``(x_{l+1}, log_det_l, s_{l+1})`` of Algorithm 1 (3.1) from ``s_0 = −z``."""
+    xs, lds, ss = [], [], []
+    x, s = z, score_q0(model, z)
+    for layer in model.layers:
+        x, ld, s = layer_score(params, layer, x, s, inverse=False)
+        xs.append(x)
+        lds.append(ld)
+        ss.append(s)
+    return xs, lds, ss
+
+
+def inverse_trace(
+    params: Params, model: Model, x: Array, s: Array
+) -> tuple[dict[int, Array], dict[int, Array], dict[int, Array]]:
+    """(3.1) through the inverse layers, keyed by layer index ``i = L−1, …, 0``."""
+    xs, lds, ss = {}, {}, {}
+    for i in reversed(range(len(model.layers))):
+        x, ld, s = layer_score(params, model.layers[i], x, s, inverse=True)
+        xs[i], lds[i], ss[i] = x, ld, s
+    return xs, lds, ss
+
+
+# --- estimators: surrogate losses whose value is the KL and whose jax.grad is the estimator ----
+
+Estimator = Callable[[Params, Model, Array], Array]
+
+
+def _kl(model: Model, log_w: Array, direction: str) -> Array:
+    if direction == "reverse":
+        return -jnp.mean(log_w) + log_z(model)
+    return jnp.mean(log_w) - log_z(model)
+
+
+def _surrogate(value: Array, field: Array, point: Array) -> Array:
+    """(2.4): ``value + mean⟨sg(G), y⟩ − sg(mean⟨G, y⟩)``."""
+    inner = jnp.mean(jnp.sum(sg(field) * point, axis=1))
+    return sg(value) + inner - sg(inner)
+
+
+def reverse_standard(params: Params, model: Model, z: Array) -> Array:
+    """(2.2)."""
+
+    def one(u: Array) -> Array:
+        x, ld = push(params, model, u)
+        return -action(model, x) - (log_q0(model, u) - ld)
+
+    return _kl(model, jax.vmap(one)(z), "reverse")
+
+
+def reverse_path_fast(params: Params, model: Model, z: Array) -> Array:
+    """Algorithm 1: ``G = s_L + ∇S(x)`` from the score recursion, no inverse."""
+
+    def one(u: Array) -> tuple[Array, Array]:
+        xs, lds, ss = forward_trace(sg_tree(params), model, u)
+        x = xs[-1]
+        lq = log_q0(model, u) - sum(lds)
+        return -action(model, x) - lq, ss[-1] + force(model, x)
+
+    log_w, G = jax.vmap(one)(z)
+    x_theta = jax.vmap(lambda u: push(params, model, u)[0])(z)
+    return _surrogate(_kl(model, log_w, "reverse"), G, x_theta)
+
+
+def _data_field(params: Params, model: Model, x: Array) -> tuple[Array, Array]:
+    """``(log w, G = ∇_x(log q + S))`` through the inverse by autodiff (Algorithms 2, 3)."""
+
+    def energy(v: Array) -> Array:
+        return log_q(params, model, v) + action(model, v)
+
+    lw = -energy(x)
+    return lw, jax.grad(energy)(x)
+
+
+def reverse_path_dropin(params: Params, model: Model, z: Array) -> Array:
+    """Algorithm 2."""
+    fixed = sg_tree(params)
+    x = jax.vmap(lambda u: push(fixed, model, u)[0])(z)
+    log_w, G = jax.vmap(lambda v: _data_field(fixed, model, v))(x)
+    x_theta = jax.vmap(lambda u: push(params, model, u)[0])(z)
+    return _surrogate(_kl(model, log_w, "reverse"), G, x_theta)
+
+
+def forward_standard(params: Params, model: Model, x: Array) -> Array:
+    """Maximum likelihood."""
+    log_w = jax.vmap(lambda v: -action(model, v) - log_q(params, model, v))(x)
+    return _kl(model, log_w, "forward")
+
+
+def forward_path_gdreg(params: Params, model: Model, x: Array) -> Array:
+    """Algorithm 3."""
+    fixed = sg_tree(params)
+    log_w, G = jax.vmap(lambda v: _data_field(fixed, model, v))(x)
+    z = jax.vmap(lambda v: pull(fixed, model, v)[0])(x)
+    x_theta = jax.vmap(lambda u: push(params, model, u)[0])(z)
+    return _surrogate(_kl(model, log_w, "forward"), G, x_theta)
+
+
+def forward_path_fast(params: Params, model: Model, x: Array) -> Array:
+    """Algorithm 1 through the inverse (5.4): ``G_z = s_L − ∇ log q0(z)``."""
+
+    def one(v: Array) -> tuple[Array, Array]:
+        zs, lds, ss = inverse_trace(sg_tree(params), model, v, -force(model, v))
+        z = zs[0]
+        lq = log_q0(model, z) + sum(lds.values())
+        return -action(model, v) - lq, ss[0] - score_q0(model, z)
+
+    log_w, G = jax.vmap(one)(x)
+    z_theta = jax.vmap(lambda v: pull(params, model, v)[0])(x)
+    return _surrogate(_kl(model, log_w, "forward"), G, z_theta)
+
+
+# --- the naive oracle: dense Jacobians, slogdet, jax.grad (section 10) -------------------------
+
+
+def _jacobian(params: Params, model: Model, z: Array) -> Array:
+    return jax.jacfwd(lambda u: push(params, model, u)[0])(z)
+
+
+def _dense_field(params: Params, model: Model, z: Array) -> tuple[Array, Array, Array]:
+    """``(x, log q(x), G)`` at one ``z`` from the dense Jacobian (10.1)."""
+    J = _jacobian(params, model, z)
+    x = push(params, model, z)[0]
+    lq = log_q0(model, z) - jnp.linalg.slogdet(J)[1]
+    grad_log_det = jax.grad(lambda u: jnp.linalg.slogdet(_jacobian(params, model, u))[1])(z)
+    score_x = jnp.linalg.solve(J.T, score_q0(model, z) - grad_log_det)
+    return x, lq, score_x + force(model, x)
+
+
+def reverse_standard_naive(params: Params, model: Model, z: Array) -> Array:
+    def one(p: Params, u: Array) -> Array:
+        x = push(p, model, u)[0]
+        return log_q0(model, u) - jnp.linalg.slogdet(_jacobian(p, model, u))[1] + action(model, x)
+
+    return jnp.mean(jax.vmap(lambda u: one(params, u))(z)) + log_z(model)
+
+
+def reverse_path_naive(params: Params, model: Model, z: Array) -> Array:
+    fixed = sg_tree(params)
+    x, lq, G = jax.vmap(lambda u: _dense_field(fixed, model, u))(z)
+    log_w = -jax.vmap(lambda v: action(model, v))(x) - lq
+    x_theta = jax.vmap(lambda u: push(params, model, u)[0])(z)
+    return _surrogate(_kl(model, log_w, "reverse"), G, x_theta)
+
+
+def forward_standard_naive(params: Params, model: Model, x: Array) -> Array:
+    fixed = sg_tree(params)
+    z_star = jax.vmap(lambda v: pull(fixed, model, v)[0])(x)
+    J0 = jax.vmap(lambda u: _jacobian(fixed, model, u))(z_star)
+
+    def one(u: Array, J: Array, v: Array) -> Array:
+        t = push(params, model, u)[0]
+        z_theta = u - jnp.linalg.solve(J, t - sg(t))  # (10.2)
+        lq = log_q0(model, z_theta) - jnp.linalg.slogdet(_jacobian(params, model, z_theta))[1]
+        return -action(model, v) - lq
+
+    return _kl(model, jax.vmap(one)(z_star, J0, x), "forward")
+
+
+def forward_path_naive(params: Params, model: Model, x: Array) -> Array:
+    fixed = sg_tree(params)
+    z_star = jax.vmap(lambda v: pull(fixed, model, v)[0])(x)
+    _, lq, G = jax.vmap(lambda u: _dense_field(fixed, model, u))(z_star)
+    log_w = -jax.vmap(lambda v: action(model, v))(x) - lq
+    x_theta = jax.vmap(lambda u: push(params, model, u)[0])(z_star)
+    return _surrogate(_kl(model, log_w, "forward"), G, x_theta)
+
+
+ESTIMATORS: dict[str, Estimator] = {
+    "reverse-standard": reverse_standard,
+    "reverse-path-dropin": reverse_path_dropin,
+    "reverse-path-fast": reverse_path_fast,
+    "forward-standard": forward_standard,
+    "forward-path-gdreg": forward_path_gdreg,
+    "forward-path-fast": forward_path_fast,
+    "reverse-standard-naive": reverse_standard_naive,
+    "reverse-path-naive": reverse_path_naive,
+    "forward-standard-naive": forward_standard_naive,
+    "forward-path-naive": forward_path_naive,
+}
+
+
+def value_and_gradient(
+    name: str, params: Params, model: Model, batch: Array
+) -> tuple[Array, Params]:
+    """The estimator's loss value and its gradient, keyed like ``params``."""
+    value, grads = jax.value_and_grad(ESTIMATORS[name])(params, model, batch)
+    return value, grads
