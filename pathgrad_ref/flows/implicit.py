@@ -2,7 +2,7 @@
 
 For an increasing map ``x ↦ h(x; p)`` (element-wise, ``p`` a stack of parameters per element)
 the inverse ``x = h^{-1}(y; p)`` has no closed form. It is found by bisection, and its
-derivatives come from differentiating ``h(x(y, p); p) = y`` (SPEC §4):
+derivatives come from differentiating ``h(x(y, p); p) = y`` (``docs/theory.md`` §6):
 
     ∂x/∂y = 1 / h'(x),        ∂x/∂p = −(∂h/∂p)(x) / h'(x).
 

@@ -1,4 +1,4 @@
-"""Gauge-equivariant coupling flow for 2D U(1) lattice gauge theory (SPEC §4–5).
+"""Gauge-equivariant coupling flow for 2D U(1) lattice gauge theory (``docs/theory.md`` §4.3, §7.3).
 
 Links ``θ_μ(x) ∈ [0, 2π)`` form an event of shape ``(2, L, L)``: event axis 0 is the direction
 ``μ``, and ``μ̂`` shifts lattice axis ``μ`` (event axis ``1 + μ``). The plaquette is
@@ -343,9 +343,9 @@ def u1_flow(
     tol: float | None = None,
     max_iter: int = 200,
 ) -> Flow:
-    """The U(1) flow (SPEC §5): ``n_layers`` gauge-equivariant couplings ``U1Coupling(L, i)``,
-    ``i = 0, …, n_layers − 1``, over the uniform base on ``[0, 2π)^{2×L×L}``; events
-    ``(N, 2, L, L)``. Defaults *(from the authors' public code)*: 24 layers, 6 tan transforms,
+    """The U(1) flow (``docs/theory.md`` §7.3): ``n_layers`` gauge-equivariant couplings
+    ``U1Coupling(L, i)``, ``i = 0, …, n_layers − 1``, over the uniform base on
+    ``[0, 2π)^{2×L×L}``; events ``(N, 2, L, L)``. Defaults *(from the authors' public code)*: 24 layers, 6 tan transforms,
     conv channels ``[8, 8]``, kernel 3."""
     if n_layers < 1:
         raise ValueError(f"n_layers must be >= 1, got {n_layers}")
