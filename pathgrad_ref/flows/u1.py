@@ -345,8 +345,8 @@ def u1_flow(
 ) -> Flow:
     """The U(1) flow (``docs/theory.md`` §7.3): ``n_layers`` gauge-equivariant couplings
     ``U1Coupling(L, i)``, ``i = 0, …, n_layers − 1``, over the uniform base on
-    ``[0, 2π)^{2×L×L}``; events ``(N, 2, L, L)``. Defaults *(from the authors' public code)*: 24 layers, 6 tan transforms,
-    conv channels ``[8, 8]``, kernel 3."""
+    ``[0, 2π)^{2×L×L}``; events ``(N, 2, L, L)``. Defaults *(from the authors' public code)*:
+    24 layers, 6 tan transforms, conv channels ``[8, 8]``, kernel 3."""
     if n_layers < 1:
         raise ValueError(f"n_layers must be >= 1, got {n_layers}")
     layers: list[Layer] = [
