@@ -128,14 +128,13 @@ def run_study(
     """Train every (estimator, seed) of ``spec`` whose run in ``root`` has not completed.
 
     Runs go to ``root/<estimator>/seed<k>/`` with their output in ``train.log`` there; up to
-    ``workers`` run at once (give each one thread: the presets set ``--threads``). Raises
+    ``workers`` run at once, one thread each, seed by seed with the estimators interleaved. Raises
     :class:`StudyError` naming the runs that failed (their logs say why)."""
-    todo = [
-        (e, s)
-        for e in spec.estimators
-        for s in spec.seeds
-        if run_state(spec.run_dir(root, e, s)) != "completed"
-    ]
+    # Seed by seed, the estimators in a rotating order: whatever else loads the machine while
+    # the study runs then slows every estimator alike, and wall times stay comparable.
+    n = len(spec.estimators)
+    order = [(spec.estimators[(i + k) % n], s) for i, s in enumerate(spec.seeds) for k in range(n)]
+    todo = [(e, s) for e, s in order if run_state(spec.run_dir(root, e, s)) != "completed"]
     done = len(spec.estimators) * len(spec.seeds) - len(todo)
     log(
         f"study {spec.name}: {len(todo)} run(s) to train, {done} reused, {workers} at a time, "

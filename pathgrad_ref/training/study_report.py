@@ -82,22 +82,33 @@ def _pm(agg: dict[str, Any]) -> str:
     return f"{fmt(agg['mean'])} ± {fmt(agg['se'], 2)}"
 
 
-def _variance_ratios(study: dict[str, Any], estimator: str) -> tuple[list[float], list[float]]:
+def _variance_ends(
+    study: dict[str, Any], estimator: str, key: str
+) -> tuple[list[float], list[float]]:
+    """Per run trained with ``estimator``: ``key`` (a function of an evaluation record) at the
+    first and at the last evaluation that has the gradient variances."""
     initial, final = [], []
     for run in study["runs"]:
         if run["estimator"] != estimator:
             continue
-        rho = [
-            r["grad_var_path"] / r["grad_var_standard"]
+        values = [
+            _VARIANCE_KEYS[key](r)
             for r in run["curve"]
             if isinstance(r.get("grad_var_path"), (int, float))
             and isinstance(r.get("grad_var_standard"), (int, float))
             and r["grad_var_standard"] > 0
         ]
-        if len(rho) >= 2:
-            initial.append(rho[0])
-            final.append(rho[-1])
+        if len(values) >= 2:
+            initial.append(values[0])
+            final.append(values[-1])
     return initial, final
+
+
+_VARIANCE_KEYS = {
+    "ratio": lambda r: r["grad_var_path"] / r["grad_var_standard"],
+    "path": lambda r: r["grad_var_path"],
+    "standard": lambda r: r["grad_var_standard"],
+}
 
 
 def _median(xs: Sequence[float]) -> float:
@@ -198,7 +209,11 @@ def verdicts(study: dict[str, Any]) -> list[dict[str, str]]:
                     }
                 )
         if fast in est:
-            initial, final = _variance_ratios(study, fast)
+            initial, final = _variance_ends(study, fast, "ratio")
+            p0, p1 = (_median(v) if v else math.nan for v in _variance_ends(study, fast, "path"))
+            s0, s1 = (
+                _median(v) if v else math.nan for v in _variance_ends(study, fast, "standard")
+            )
             if final:
                 m0, m1 = _median(initial), _median(final)
                 if m1 < 0.1 and m1 < 0.5 * m0:
@@ -216,7 +231,8 @@ def verdicts(study: dict[str, Any]) -> list[dict[str, str]]:
                         "figures": (
                             f"Var_path/Var_standard along {fast} training: median "
                             f"{fmt(m0)} at the first evaluation → {fmt(m1)} at the last "
-                            f"(per seed: {', '.join(fmt(x) for x in final)})"
+                            f"(per seed: {', '.join(fmt(x) for x in final)}); medians of "
+                            f"Σ Var: path {fmt(p0)} → {fmt(p1)}, standard {fmt(s0)} → {fmt(s1)}"
                         ),
                     }
                 )
