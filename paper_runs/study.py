@@ -28,6 +28,7 @@ from pathlib import Path
 from pathgrad_ref.training.files import write_json
 from pathgrad_ref.training.study import (
     StudyError,
+    StudyInterruptedError,
     StudySpec,
     collect,
     hardware_info,
@@ -222,13 +223,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         except StudyError as e:
             print(f"{p.prog}: error: {e}", file=sys.stderr)
             return 1
-        except KeyboardInterrupt:
+        except StudyInterruptedError as e:
             print(
-                f"{p.prog}: interrupted; finished runs are kept, the others checkpointed: "
-                f"run `python paper_runs/study.py {name}` again to resume",
+                f"{p.prog}: {e}; finished runs are kept, the others checkpointed: run "
+                f"`python paper_runs/study.py {' '.join(args.studies)}` again to resume",
                 file=sys.stderr,
             )
-            return 130
+            return 128 + e.signum
         print((root / "study.md").read_text())
     if args.render:
         print(f"wrote {render_results()}")

@@ -165,8 +165,8 @@ def test_markdown_and_plots_without_warnings(tmp_path: Path) -> None:
 
 TINY_ARGS = (
     "--dim", "2", "--n-couplings", "2", "--hidden", "8", "--batch-size", "16",
-    "--steps", "6", "--eval-every", "3", "--eval-samples", "64", "--n-test-samples", "64",
-    "--checkpoint-every", "3", "--grad-var-batches", "2", "--dtype", "float64",
+    "--steps", "1500", "--eval-every", "500", "--eval-samples", "64", "--n-test-samples", "64",
+    "--checkpoint-every", "500", "--grad-var-batches", "2", "--dtype", "float64",
 )  # fmt: skip
 
 
@@ -195,7 +195,7 @@ def _run_in_subprocess(root: Path) -> Any:
     )
     return subprocess.Popen(
         [sys.executable, "-c", code], cwd=ROOT, start_new_session=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
 
 
@@ -204,21 +204,24 @@ def test_tiny_study_end_to_end_killed_and_resumed(tmp_path: Path) -> None:
     import signal
     import time
 
-    from pathgrad_ref.training.study import collect, run_state, run_study, summarise
+    from pathgrad_ref.training.study import collect, run_order, run_state, run_study, summarise
 
     spec = _tiny_spec()
-    dirs = [spec.run_dir(tmp_path, e, s) for e in spec.estimators for s in spec.seeds]
-    # Kill the study (its whole process group, as Ctrl-C does) once the first run is done.
+    dirs = [spec.run_dir(tmp_path, e, s) for e, s in run_order(spec)]
+    assert len(set(dirs)) == 4
+    # Ctrl-C the study (its process group) while its second run trains.
     proc = _run_in_subprocess(tmp_path)
     deadline = time.monotonic() + 120
-    while run_state(dirs[0]) != "completed" and proc.poll() is None:
-        assert time.monotonic() < deadline, "the first run did not finish"
+    while not (dirs[1] / "metrics.jsonl").exists() and proc.poll() is None:
+        assert time.monotonic() < deadline, "the second run did not start"
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGINT)
-    proc.wait(timeout=60)
-    states = [run_state(d) for d in dirs]
-    assert states[0] == "completed"
-    assert "completed" not in states[1:], states  # the kill came before the later runs ended
+    _, err = proc.communicate(timeout=120)
+    assert b"StudyInterruptedError: stopped by SIGINT" in err, err.decode()
+    assert [run_state(d) for d in dirs] == ["completed", "partial", "absent", "absent"]
+    summary = json.loads((dirs[1] / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and (dirs[1] / "checkpoint.pt").exists()
+    assert summary["steps_done"] < 1500
     first = (dirs[0] / "summary.json").stat().st_mtime_ns
 
     run_study(spec, ROOT / "paper_runs" / "gmm.py", tmp_path, workers=2, progress=False)
@@ -230,9 +233,9 @@ def test_tiny_study_end_to_end_killed_and_resumed(tmp_path: Path) -> None:
         agg = study["estimators"][name]["final_ess_reverse"]
         finals = [r["final"]["ess_reverse"] for r in study["runs"] if r["estimator"] == name]
         assert agg["n"] == 2 and agg["mean"] == pytest.approx(sum(finals) / 2, rel=1e-15)
-    assert all(r["steps_done"] == 6 for r in study["runs"])
+    assert all(r["steps_done"] == 1500 for r in study["runs"])
     curve = study["runs"][0]["curve"]
-    assert [c["step"] for c in curve] == [0, 3, 6]
+    assert [c["step"] for c in curve] == [0, 500, 1000, 1500]
     assert all(c["grad_var_standard"] > 0 and c["grad_var_path"] > 0 for c in curve)
     assert {v["estimator"] for v in verdicts(study)} == {"reverse-path-fast"}
     with warnings.catch_warnings():

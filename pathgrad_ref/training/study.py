@@ -21,6 +21,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -76,6 +77,14 @@ class StudyError(RuntimeError):
     """A study cannot be run or collected; the message names the run and what to do."""
 
 
+class StudyInterruptedError(RuntimeError):
+    """SIGINT or SIGTERM stopped the study; every run that was training has checkpointed."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
 # ---------------------------------------------------------------------------------- running
 
 
@@ -116,6 +125,14 @@ def run_command(
     ]
 
 
+def run_order(spec: StudySpec) -> list[tuple[str, int]]:
+    """``(estimator, seed)`` in the order they are trained: seed by seed, the estimators in a
+    rotating order, so that whatever else loads the machine while the study runs slows every
+    estimator alike and their wall times stay comparable."""
+    n = len(spec.estimators)
+    return [(spec.estimators[(i + k) % n], s) for i, s in enumerate(spec.seeds) for k in range(n)]
+
+
 def run_study(
     spec: StudySpec,
     script: Path,
@@ -130,11 +147,9 @@ def run_study(
     Runs go to ``root/<estimator>/seed<k>/`` with their output in ``train.log`` there; up to
     ``workers`` run at once, one thread each, seed by seed with the estimators interleaved. Raises
     :class:`StudyError` naming the runs that failed (their logs say why)."""
-    # Seed by seed, the estimators in a rotating order: whatever else loads the machine while
-    # the study runs then slows every estimator alike, and wall times stay comparable.
-    n = len(spec.estimators)
-    order = [(spec.estimators[(i + k) % n], s) for i, s in enumerate(spec.seeds) for k in range(n)]
-    todo = [(e, s) for e, s in order if run_state(spec.run_dir(root, e, s)) != "completed"]
+    todo = [
+        (e, s) for e, s in run_order(spec) if run_state(spec.run_dir(root, e, s)) != "completed"
+    ]
     done = len(spec.estimators) * len(spec.seeds) - len(todo)
     log(
         f"study {spec.name}: {len(todo)} run(s) to train, {done} reused, {workers} at a time, "
@@ -149,9 +164,14 @@ def run_study(
         bar = tqdm(total=len(todo), desc=f"study {spec.name}", unit="run")
     failures: list[str] = []
     children: set[subprocess.Popen[bytes]] = set()
+    stop = threading.Event()
+    received: list[int] = []
+    lock = threading.Lock()
 
     def train(job: tuple[str, int]) -> None:
         estimator, seed = job
+        if stop.is_set():
+            return
         run_dir = spec.run_dir(root, estimator, seed)
         run_dir.mkdir(parents=True, exist_ok=True)
         cmd = run_command(spec, script, run_dir, estimator, seed)
@@ -159,30 +179,50 @@ def run_study(
             # One thread per run: ``workers`` runs share the cores without oversubscription.
             env = {**os.environ, "OMP_NUM_THREADS": "1"}
             start = time.perf_counter()
-            child = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-            children.add(child)
+            with lock:
+                if stop.is_set():
+                    return
+                # A session of its own: a Ctrl-C reaches the study alone, which passes exactly
+                # one signal on (a second one would make the run stop without a checkpoint).
+                child = subprocess.Popen(
+                    cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+                )
+                children.add(child)
             code = child.wait()
-            children.discard(child)
+            with lock:
+                children.discard(child)
         _record_wall_time(run_dir, cmd, time.perf_counter() - start, code)
-        if code != 0:
+        if code != 0 and not stop.is_set():
             failures.append(f"{estimator} seed {seed} (exit {code}, see {run_dir / 'train.log'})")
         if bar is not None:
             bar.update(1)
 
+    def on_signal(signum: int, _frame: Any) -> None:
+        if stop.is_set():
+            return
+        stop.set()
+        received.append(signum)
+        with lock:
+            for child in children:
+                child.send_signal(signum)  # the run checkpoints, then exits
+
+    handlers: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            handlers[sig] = signal.signal(sig, on_signal)
+    pool = ThreadPoolExecutor(max_workers=max(1, workers))
     try:
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            list(pool.map(train, todo))
-    except KeyboardInterrupt:
-        # The runs received the same SIGINT (one process group) and checkpoint themselves.
-        for child in list(children):
-            child.send_signal(signal.SIGINT)
-        deadline = time.monotonic() + 60
-        for child in list(children):
-            child.wait(timeout=max(1.0, deadline - time.monotonic()))
-        raise
+        futures = [pool.submit(train, job) for job in todo]
+        for future in futures:
+            future.result()
     finally:
+        pool.shutdown(wait=True)
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
         if bar is not None:
             bar.close()
+    if received:
+        raise StudyInterruptedError(received[0])
     if failures:
         raise StudyError("runs failed: " + "; ".join(failures))
 

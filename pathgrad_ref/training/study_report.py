@@ -158,7 +158,7 @@ def quick_verdicts(study: dict[str, Any]) -> list[dict[str, str]]:
 
 def verdicts(study: dict[str, Any]) -> list[dict[str, str]]:
     """Every claim the study tests, with its verdict (see the module docstring) and figures."""
-    if study["spec"].get("preset") == "quick":
+    if study["spec"].get("preset") == "quick" and len(study["spec"]["estimators"]) == 1:
         return quick_verdicts(study)
     est = study["estimators"]
     out: list[dict[str, str]] = []
