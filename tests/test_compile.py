@@ -6,7 +6,8 @@ compiled function (the ``backward`` call is a graph break; the forward region be
 compiled autograd node, which is where a fast path built on the eager graph structure went
 wrong, see ``tests/test_compile_repro.py``). The flows are tiny, to keep compilation short;
 compiling still takes minutes on a small CPU, so these tests carry the ``compile`` marker:
-``pytest -m "not compile"`` skips them, explicitly.
+``pytest -m "not compile"`` skips them, explicitly. (The last test, of the per-call finiteness
+switch, compiles nothing and is not marked.)
 """
 
 from __future__ import annotations
@@ -21,16 +22,20 @@ from torch import Tensor
 
 from pathgrad_ref.estimators import (
     Estimator,
+    check_finite,
     compile_estimator,
     direction,
     get_estimator,
     gradient,
     per_call_finite_check,
+    per_call_finite_enabled,
+    set_per_call_finite_check,
 )
 from pathgrad_ref.flows import Flow, real_nvp, u1_flow, z2_nice
+from pathgrad_ref.flows.coupling import Coupling
 from pathgrad_ref.targets import GaussianMixture, Phi4, Target, U1Gauge
 
-pytestmark = [pytest.mark.compile, pytest.mark.usefixtures("one_thread")]
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 TOL = 1e-10
 ESTIMATORS = (
@@ -78,7 +83,7 @@ def batch_for(name: str, flow: Flow, target: Target, n: int = 6) -> Tensor:
     return target_batch(flow, target, n)
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture
 def fresh_dynamo() -> Iterator[None]:
     """Every test compiles from scratch: a shared cache could hit dynamo's recompile limit and
     fall back to eager, and the test would then compare eager with eager."""
@@ -134,6 +139,8 @@ def check_compiled_step(
     return err_eager, err_oracle
 
 
+@pytest.mark.compile
+@pytest.mark.usefixtures("fresh_dynamo")
 @pytest.mark.parametrize("name", ESTIMATORS)
 @pytest.mark.parametrize("setup", SETUPS)
 def test_compiled_step_is_exact(setup: str, name: str, device: torch.device) -> None:
@@ -142,6 +149,8 @@ def test_compiled_step_is_exact(setup: str, name: str, device: torch.device) -> 
 
 # reduce-overhead adds CUDA graphs on a GPU; on the CPU it compiles like the default mode, so
 # only the fast path (the estimators that were wrong) runs it, to keep the compile time down.
+@pytest.mark.compile
+@pytest.mark.usefixtures("fresh_dynamo")
 @pytest.mark.parametrize("name", ["reverse-path-fast", "forward-path-fast"])
 @pytest.mark.parametrize("setup", SETUPS)
 def test_compiled_step_is_exact_reduce_overhead(
@@ -150,6 +159,8 @@ def test_compiled_step_is_exact_reduce_overhead(
     check_compiled_step(setup, name, device, mode="reduce-overhead")
 
 
+@pytest.mark.compile
+@pytest.mark.usefixtures("fresh_dynamo")
 @pytest.mark.parametrize("name", ["reverse-path-fast", "forward-path-fast"])
 def test_compile_estimator(name: str, device: torch.device) -> None:
     """The library's compiled estimator, as the trainer uses it: per-call finiteness check off,
@@ -166,3 +177,60 @@ def test_compile_estimator(name: str, device: torch.device) -> None:
     # Metadata checks still run on every call of the compiled estimator.
     with per_call_finite_check(False), pytest.raises(ValueError, match="expected shape"):
         est(flow, target, batch[:, :2])
+
+
+@pytest.mark.parametrize("name", ["reverse-path-fast", "forward-path-fast", "forward-standard"])
+def test_per_call_finite_switch(name: str, device: torch.device) -> None:
+    """Off, the estimator does not read the values (no host sync) and NaN passes through to the
+    loss; metadata is still checked; ``check_finite`` gives the clear error where batches are
+    made; the context manager restores the default (on)."""
+    flow, target = tiny_setup("realnvp-gmm", device)
+    bad = batch_for(name, flow, target).clone()
+    bad[1, 2] = float("nan")
+    est = get_estimator(name)
+    assert per_call_finite_enabled()
+    with pytest.raises(ValueError, match="expected finite values"):
+        est(flow, target, bad)
+    with per_call_finite_check(False):
+        assert not per_call_finite_enabled()
+        loss, _ = est(flow, target, bad)
+        assert torch.isnan(loss)
+        with pytest.raises(ValueError, match=r"expected dtype torch\.float64"):
+            est(flow, target, bad.float())
+        with pytest.raises(ValueError, match="expected finite values, got NaN or inf in 1 sample"):
+            check_finite(bad, "batch")
+        with pytest.raises(ValueError, match="expected finite values"):
+            flow.check_input(bad)
+    assert per_call_finite_enabled()
+    with pytest.raises(TypeError, match="expected a bool"):
+        set_per_call_finite_check(0)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("inverse", [False, True])
+@pytest.mark.parametrize("setup", SETUPS)
+def test_functional_score_step_equals_eager_step(
+    setup: str, inverse: bool, device: torch.device
+) -> None:
+    """The compiled form of the coupling score step, run eagerly, against the eager form: the
+    same ``(y, log_det, score)`` and, through ``y``, the same parameter gradient."""
+    flow, _ = tiny_setup(setup, device)
+    layer = flow.layers[1]
+    assert isinstance(layer, Coupling)
+    torch.manual_seed(5)
+    x = flow.base.sample(5).requires_grad_(True)
+    score = torch.randn_like(x)
+    params = [p for p in layer.parameters() if p.requires_grad]
+    results = []
+    for step in (layer._score_step, layer._score_step_functional):
+        y, log_det, s = step(x, score, inverse)
+        cot = torch.randn_like(y, generator=torch.Generator().manual_seed(7))
+        g = torch.autograd.grad((y * cot).sum() + log_det.sum(), params, allow_unused=True)
+        results.append((y, log_det, s, g))
+    (y0, ld0, s0, g0), (y1, ld1, s1, g1) = results
+    assert not s1.requires_grad
+    for u, v in [(y0, y1), (ld0, ld1), (s0, s1)]:
+        assert torch.allclose(u, v, rtol=1e-12, atol=1e-13)
+    for u, v in zip(g0, g1, strict=True):
+        assert (u is None) == (v is None)
+        if u is not None and v is not None:
+            assert torch.allclose(u, v, rtol=1e-12, atol=1e-13)
