@@ -209,7 +209,8 @@ def render(doc: Mapping[str, Any]) -> str:
             )
     lines += [
         "",
-        "| setup | scale | rounds × steps | compile time of the 4 float32 steps (s) | "
+        "| setup | scale | rounds × steps | compile time of the 4 float32 steps (s; short when "
+        "inductor's on-disk cache already holds the kernels) | "
         "load avg at end (1, 5, 15 min) | date (UTC) |",
         "|---|---|---|---|---|---|",
     ]
