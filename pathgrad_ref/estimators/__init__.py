@@ -106,7 +106,8 @@ def compile_estimator(
     finiteness check reads a flag back to the host and splits the graph: in a training loop turn
     it off (:func:`per_call_finite_check`) and check each batch where it is made
     (:func:`check_finite` or ``flow.check_input``). Shape, dtype and device are still checked on
-    every call.
+    every call. With ``mode="reduce-overhead"`` on a GPU the outputs live in CUDA-graph memory
+    that the next call overwrites: clone what is kept across steps (e.g. ``log_w``).
     """
     est = get_estimator(estimator) if isinstance(estimator, str) else estimator
     if not callable(est):
