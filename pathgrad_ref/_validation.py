@@ -48,7 +48,7 @@ def per_call_finite_check(enabled: bool) -> Iterator[None]:
 def check_finite(x: Tensor, name: str = "batch") -> None:
     """Raise ``ValueError`` unless every entry of ``x`` is finite (one host read of a flag)."""
     if not bool(torch.isfinite(x).all()):
-        bad = int((~torch.isfinite(x)).flatten(1).any(1).sum()) if x.dim() > 0 else 1
+        bad = int((~torch.isfinite(x)).reshape(x.shape[0], -1).any(1).sum()) if x.dim() else 1
         raise ValueError(f"{name}: expected finite values, got NaN or inf in {bad} sample(s)")
 
 

@@ -2,7 +2,9 @@
 
 Every estimator has the signature ``estimator(flow, target, batch) -> (loss, log_w)``
 (see :data:`Estimator`); look them up by name with :func:`get_estimator`, or get the gradient
-directly with :func:`gradient`.
+directly with :func:`gradient`. :func:`compile_estimator` gives the ``torch.compile`` form of an
+estimator (same gradients); :func:`per_call_finite_check` switches off the per-call NaN/inf test
+of the batch, for training loops that check batches where they make them.
 
 ========================  ==========================================================
 name                      algorithm
