@@ -4,7 +4,8 @@
 ``--bench-scale {small,paper-arch,paper}`` picks the sizes of ``harness.SIZES`` (``small`` for a
 CPU or CI, ``paper`` for the paper's configuration on a GPU), ``--device`` the torch device,
 ``--bench-dtype`` the floating dtype (float32, as in training) and ``--bench-threads`` the
-intra-op threads on the CPU (1 by default, see ``harness.set_threads``).
+intra-op threads on the CPU (1 by default, see ``harness.set_threads``), ``--bench-compile``
+swaps the runtime gates for those of compiled estimators (``test_bench_gates.compiled_gates``).
 """
 
 from __future__ import annotations
@@ -35,6 +36,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=1,
         help="CPU intra-op threads (0: torch's default); default 1",
     )
+    group.addoption(
+        "--bench-compile",
+        action="store_true",
+        help="runtime gates on compiled estimators (torch.compile) against eager ones",
+    )
     # tests/conftest.py defines the same --device option; it is registered once when both
     # folders are collected in one run.
     with contextlib.suppress(ValueError):
@@ -49,6 +55,11 @@ def bench_device(request: pytest.FixtureRequest) -> torch.device:
     if dev.type == "cpu":
         harness.set_threads(int(request.config.getoption("--bench-threads")))
     return dev
+
+
+@pytest.fixture(scope="session")
+def bench_compile(request: pytest.FixtureRequest) -> bool:
+    return bool(request.config.getoption("--bench-compile"))
 
 
 @pytest.fixture(scope="session")

@@ -31,9 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-import pathgrad_ref.estimators.forward as est_forward
-import pathgrad_ref.estimators.reverse as est_reverse
-from pathgrad_ref.estimators import get_estimator
+from pathgrad_ref.estimators import compile_estimator, get_estimator, per_call_finite_check
 from pathgrad_ref.flows import Flow, real_nvp, u1_flow, z2_nice
 from pathgrad_ref.targets import GaussianMixture, Phi4, Target, U1Gauge
 
@@ -195,13 +193,19 @@ def direction_of(name: str) -> str:
 Step = Callable[[], Tensor]
 
 
-def make_step(bench: Bench, estimator: str) -> Step:
+def make_step(
+    bench: Bench, estimator: str, compiled: bool = False, mode: str | None = None
+) -> Step:
     """One training step of ``estimator`` on ``bench``: zero_grad, estimator, backward, Adam.
+
+    ``compiled``: the estimator is ``pathgrad_ref.estimators.compile_estimator(estimator,
+    mode=mode)`` (forward and AOT backward compiled by inductor), as a training loop would use
+    it; zero_grad, ``backward`` and Adam stay eager. Compilation happens on the first call.
 
     Returns the loss tensor without reading it: reading it (``.item()``) would add a host sync
     that no training loop needs inside a step.
     """
-    est = get_estimator(estimator)
+    est = compile_estimator(estimator, mode=mode) if compiled else get_estimator(estimator)
     batch = bench.batches[direction_of(estimator)]
     flow, target, opt = bench.flow, bench.target, bench.optimizer
 
@@ -215,23 +219,11 @@ def make_step(bench: Bench, estimator: str) -> Step:
     return step
 
 
-@contextlib.contextmanager
-def input_checks_disabled() -> Iterator[None]:
-    """Replace the estimators' input check (``check_batch``: shape, dtype, device and a finite
-    test that reads a flag back to the host) by a no-op, to measure what it costs."""
-
-    def skip(*_: object, **__: object) -> None:
-        return None
-
-    modules = (est_reverse, est_forward)
-    saved = [getattr(m, "check_inputs") for m in modules]  # noqa: B009
-    for m in modules:
-        setattr(m, "check_inputs", skip)  # noqa: B010
-    try:
-        yield
-    finally:
-        for m, original in zip(modules, saved, strict=True):
-            setattr(m, "check_inputs", original)  # noqa: B010
+def input_checks_disabled() -> contextlib.AbstractContextManager[None]:
+    """The estimators' per-call finiteness test (a flag read back to the host: a device sync on
+    a GPU, a graph break under torch.compile) switched off, as a training loop that checks each
+    batch where it is made runs; shape, dtype and device are still checked."""
+    return per_call_finite_check(False)
 
 
 def without_input_checks(step: Step) -> Step:
@@ -239,6 +231,17 @@ def without_input_checks(step: Step) -> Step:
 
     def wrapped() -> Tensor:
         with input_checks_disabled():
+            return step()
+
+    return wrapped
+
+
+def with_input_checks(step: Step) -> Step:
+    """``step`` with the per-call finiteness test switched on around each call (the default of
+    the library), to measure its cost inside a run that has it off."""
+
+    def wrapped() -> Tensor:
+        with per_call_finite_check(True):
             return step()
 
     return wrapped

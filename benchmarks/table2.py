@@ -29,6 +29,8 @@ from typing import Any
 import harness
 import torch
 
+from pathgrad_ref.estimators import per_call_finite_check, per_call_finite_enabled
+
 RESULTS = Path(__file__).resolve().parent / "results"
 RESULTS_MD = RESULTS.parent / "RESULTS.md"
 
@@ -59,12 +61,18 @@ def measure_setup(
     min_block: float,
     warmup: int,
     ablations: bool,
+    compiled: bool = False,
+    mode: str | None = None,
 ) -> dict[str, Any]:
-    """One Table 2 entry: factors, step times and memory of ``setup``."""
+    """One Table 2 entry: factors, step times and memory of ``setup``; with ``compiled`` also
+    every estimator compiled (``harness.make_step(..., compiled=True)``) in the same rounds."""
     bench = harness.build(setup, scale, device, dtype, batch=batch)
     steps: dict[str, harness.Step] = {e: harness.make_step(bench, e) for e in harness.ESTIMATORS}
+    if compiled:
+        for e in harness.ESTIMATORS:
+            steps[f"{e} [compiled]"] = harness.make_step(bench, e, compiled=True, mode=mode)
     if ablations:
-        # What the estimators' input check (a finite test read back to the host) costs.
+        # What the estimators' per-call finiteness test (a flag read back to the host) costs.
         for e in ("reverse-standard", "reverse-path-fast"):
             steps[f"{e} [no input check]"] = harness.without_input_checks(steps[e])
     # Warm-up, then one timed step of each to size the blocks.
@@ -93,6 +101,13 @@ def measure_setup(
         }
         for num, den in harness.FACTORS
     }
+    if compiled:
+        c = " [compiled]"
+        pairs = [(f"{n}{c}", f"{d}{c}") for n, d in harness.FACTORS]
+        pairs += [(f"{e}{c}", e) for e in harness.ESTIMATORS]
+        for num, den in pairs:
+            vals = harness.round_ratios(times, num, den)
+            factors[f"{num} / {den}"] = {**harness.summary(vals), "values": vals}
     if ablations:
         for e in ("reverse-standard", "reverse-path-fast"):
             key = f"{e} / {e} [no input check]"
@@ -115,7 +130,10 @@ def measure_setup(
         "dtype": str(dtype),
         "n_parameters": bench.n_parameters,
         "notes": bench.notes,
+        "compiled": compiled,
+        "compile_mode": (mode or "default") if compiled else None,
         "protocol": {
+            "per_call_finite_check": per_call_finite_enabled(),
             "rounds": rounds,
             "steps_per_round": k,
             "warmup_steps": warmup,
@@ -132,7 +150,8 @@ def measure_setup(
 
 
 def entry_key(entry: Mapping[str, Any]) -> str:
-    return f"{entry['setup']}/{entry['scale']}/batch={entry['sizes']['batch']}/{entry['dtype']}"
+    key = f"{entry['setup']}/{entry['scale']}/batch={entry['sizes']['batch']}/{entry['dtype']}"
+    return key + (f"/compiled-{entry['compile_mode']}" if entry.get("compiled") else "")
 
 
 SETUP_TITLES = {
@@ -175,13 +194,47 @@ def factor_table(entries: list[dict[str, Any]]) -> list[str]:
         f = e["factors"]
         cells = [
             SETUP_TITLES[e["setup"]],
-            e["scale"],
+            e["scale"] + (" (compile run)" if e.get("compiled") else ""),
             _arch(e),
             str(e["sizes"]["batch"]),
         ] + [
             f"{harness.fmt_factor(f[f'{n} / {d}'])} ({f[f'{n} / {d}']['median']:.2f})"
             for n, d in harness.FACTORS
         ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def compiled_table(entries: list[dict[str, Any]]) -> list[str]:
+    """Markdown rows of the compiled runs: Table 2 factors with every step compiled, and the
+    compiled / eager step time of each estimator, from the same interleaved rounds."""
+    rows = [e for e in entries if e.get("compiled")]
+    if not rows:
+        return []
+    c = " [compiled]"
+    lines = [
+        "| setup | scale | mode | batch | fast / standard compiled (reverse) | "
+        "fast / standard compiled (forward) | Alg. 2 / fast compiled | Alg. 3 / fast compiled | "
+        + " | ".join(f"{e} compiled / eager" for e in harness.ESTIMATORS)
+        + " |",
+        "|---|---|---|---|---|---|---|---|" + "---|" * len(harness.ESTIMATORS),
+    ]
+    for e in rows:
+        f = e["factors"]
+
+        def cell(key: str, f: Mapping[str, Any] = f) -> str:
+            return f"{harness.fmt_factor(f[key])} ({f[key]['median']:.2f})"
+
+        cells = [
+            SETUP_TITLES[e["setup"]],
+            e["scale"],
+            str(e["compile_mode"]),
+            str(e["sizes"]["batch"]),
+            cell(f"reverse-path-fast{c} / reverse-standard{c}"),
+            cell(f"forward-path-fast{c} / forward-standard{c}"),
+            cell(f"reverse-path-dropin{c} / reverse-path-fast{c}"),
+            cell(f"forward-path-gdreg{c} / forward-path-fast{c}"),
+        ] + [cell(f"{n}{c} / {n}") for n in harness.ESTIMATORS]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -194,7 +247,8 @@ def memory_table(entries: list[dict[str, Any]]) -> list[str]:
         "|---|---|---|---|---|",
     ]
     for e in entries:
-        cells = [SETUP_TITLES[e["setup"]], e["scale"], str(e["sizes"]["batch"])]
+        scale = e["scale"] + (" (compile run)" if e.get("compiled") else "")
+        cells = [SETUP_TITLES[e["setup"]], scale, str(e["sizes"]["batch"])]
         for d in ("reverse", "forward"):
             r = e["memory"][harness.FAST[d]].get("delta_over_standard")
             cells.append("—" if r is None else f"{r:.3f}")
@@ -216,6 +270,17 @@ def render_markdown(doc: Mapping[str, Any]) -> str:
         "",
         *factor_table(entries),
     ]
+    if any(e.get("compiled") for e in entries):
+        lines += [
+            "",
+            "## Compiled (`--compile`)",
+            "",
+            "Every estimator also compiled (`pathgrad_ref.estimators.compile_estimator`) and "
+            "timed in the same interleaved rounds as the eager steps; per-call finiteness check "
+            "off for all steps of a compile run.",
+            "",
+            *compiled_table(entries),
+        ]
     lines += [
         "",
         "## Step time and peak step memory",
@@ -233,13 +298,17 @@ def render_markdown(doc: Mapping[str, Any]) -> str:
             t = e["step_time_s"][name]["median"] * 1e3
             m = e["memory"][name]
             ratio = m.get("delta_over_standard")
+            scale = e["scale"] + (" (compile run)" if e.get("compiled") else "")
             lines.append(
-                f"| {SETUP_TITLES[e['setup']]} | {e['scale']} | {e['sizes']['batch']} | {name} | "
+                f"| {SETUP_TITLES[e['setup']]} | {scale} | {e['sizes']['batch']} | {name} | "
                 f"{t:.1f} | {harness.mib(m['delta_bytes'])} | "
                 f"{'—' if ratio is None else f'{ratio:.3f}'} |"
             )
     extra = [
-        (e, k) for e in entries for k in e["factors"] if "[" in k and e["factors"][k] is not None
+        (e, k)
+        for e in entries
+        for k in e["factors"]
+        if "[" in k and "[compiled]" not in k and e["factors"][k] is not None
     ]
     if extra:
         lines += [
@@ -289,6 +358,11 @@ def results_block(doc: Mapping[str, Any]) -> str:
         "median in brackets.",
         "",
         *factor_table(entries),
+        *(
+            ["", "Compiled (`--compile`; median in brackets):", "", *compiled_table(entries)]
+            if any(e.get("compiled") for e in entries)
+            else []
+        ),
         "",
         "Peak step memory, fast path over the standard estimator of its direction:",
         "",
@@ -313,6 +387,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--ablations", action="store_true", help="also time the estimators without input checks"
     )
+    ap.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time every estimator compiled (torch.compile), in the same rounds; all steps "
+        "then run with the per-call finiteness check off",
+    )
+    ap.add_argument("--compile-mode", default=None, help="torch.compile mode, e.g. reduce-overhead")
     ap.add_argument("--out", type=Path, default=RESULTS, help="results folder")
     ap.add_argument("--fresh", action="store_true", help="replace the results file")
     ap.add_argument(
@@ -340,17 +421,22 @@ def main(argv: list[str] | None = None) -> None:
         setups = []
     for setup in setups:
         print(f"{setup} ({args.scale}) on {device} ...", file=sys.stderr, flush=True)
-        entry = measure_setup(
-            setup,
-            args.scale,
-            device,
-            dtype,
-            batches.get(setup),
-            args.rounds,
-            args.min_block,
-            args.warmup,
-            args.ablations,
-        )
+        # A compiled step reads the switch while it is traced; the same setting for every step
+        # keeps eager and compiled alike (a training loop checks batches where it makes them).
+        with per_call_finite_check(not args.compile):
+            entry = measure_setup(
+                setup,
+                args.scale,
+                device,
+                dtype,
+                batches.get(setup),
+                args.rounds,
+                args.min_block,
+                args.warmup,
+                args.ablations,
+                args.compile,
+                args.compile_mode,
+            )
         doc["entries"][entry_key(entry)] = entry
         # Written after every setup, so that an interrupted run keeps what it measured.
         json_path.write_text(json.dumps(doc, indent=1) + "\n")

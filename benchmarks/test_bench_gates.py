@@ -22,6 +22,8 @@ import pytest
 import scaling
 import torch
 
+from pathgrad_ref.estimators import per_call_finite_check
+
 ROUNDS = 15
 MIN_BLOCK_S = 0.15  # every timed block lasts at least this long (several steps if needed)
 
@@ -133,16 +135,63 @@ SCALING_SLOPE_DIFF_MAX = 0.15
 SCALING_SIZES = (8, 16, 32)
 
 
-def gates_for(device: torch.device, setup: str) -> list[Gate]:
-    """The runtime gates of ``setup`` on ``device``'s type."""
+# ---- compiled steps (``--bench-compile``): the estimators compiled by torch.compile
+# (``pathgrad_ref.estimators.compile_estimator``), timed in the same rounds as eager ones. The
+# issue's CPU targets are compiled fast step <= 0.85 of the eager one and compiled fast/standard
+# <= 1.35; the limits below are those targets with a margin for a noisy runner, checked against
+# the medians of ``benchmarks/compile_check.py`` (results/compile-cpu.json, RESULTS.md).
+COMPILED = " [compiled]"
+COMPILED_OVER_EAGER_FAST_MAX = 0.95
+COMPILED_FAST_MAX = 1.5
+
+
+def compiled_gates(setup: str) -> list[Gate]:
+    """The gates of a ``--bench-compile`` run (coupling flows; U(1) compiles for many minutes
+    on a CPU and has no compiled gate there yet)."""
+    if setup == "u1":
+        return []
+    out = []
+    for d in ("reverse", "forward"):
+        fast, std = harness.FAST[d], harness.STANDARD[d]
+        out += [
+            Gate(
+                fast + COMPILED,
+                fast,
+                upper=COMPILED_OVER_EAGER_FAST_MAX,
+                protects="compiling the fast path pays (target 0.85)",
+            ),
+            Gate(
+                fast + COMPILED,
+                std + COMPILED,
+                upper=COMPILED_FAST_MAX,
+                protects="compiled fast/standard (target 1.35)",
+            ),
+        ]
+    return out
+
+
+def gates_for(device: torch.device, setup: str, compiled: bool = False) -> list[Gate]:
+    """The runtime gates of ``setup`` on ``device``'s type (``compiled``: those of
+    :func:`compiled_gates` instead)."""
+    if compiled:
+        return compiled_gates(setup)
     return (CUDA_GATES if device.type == "cuda" else CPU_GATES)[setup]
+
+
+def _step(bench: harness.Bench, name: str) -> harness.Step:
+    if name.endswith(COMPILED):
+        step = harness.make_step(bench, name.removesuffix(COMPILED), compiled=True)
+        step()  # compile now, before any timed block
+        return step
+    return harness.make_step(bench, name)
 
 
 def measure_gate_ratios(bench: harness.Bench, gates: list[Gate]) -> dict[str, dict[str, float]]:
     """Interleave the estimators that ``gates`` name (``ROUNDS`` rounds, blocks of at least
-    ``MIN_BLOCK_S``) and summarise each gate's per-round ratio."""
+    ``MIN_BLOCK_S``; a name ending in `` [compiled]`` is the compiled estimator) and summarise
+    each gate's per-round ratio."""
     names = sorted({n for g in gates for n in (g.numerator, g.denominator)})
-    steps = {n: harness.make_step(bench, n) for n in names}
+    steps = {n: _step(bench, n) for n in names}
     for step in steps.values():
         step()
     harness.synchronize(bench.device)
@@ -161,11 +210,20 @@ def measure_gate_ratios(bench: harness.Bench, gates: list[Gate]) -> dict[str, di
 
 
 @pytest.mark.parametrize("setup", harness.SETUPS)
-def test_runtime_gates(benchmark: Any, benches: Callable[[str], harness.Bench], setup: str) -> None:
+def test_runtime_gates(
+    benchmark: Any, benches: Callable[[str], harness.Bench], setup: str, bench_compile: bool
+) -> None:
     bench = benches(setup)
-    gates = gates_for(bench.device, setup)
+    gates = gates_for(bench.device, setup, compiled=bench_compile)
+    if not gates:
+        pytest.skip(f"{setup}: no compiled gates (see compiled_gates)")
     benchmark.group = "gates"
-    ratios = benchmark.pedantic(measure_gate_ratios, args=(bench, gates), rounds=1, iterations=1)
+    # Compiled steps read the per-call finiteness switch while traced: off for every step of a
+    # compiled run, eager and compiled alike (a training loop checks batches where it makes them).
+    with per_call_finite_check(not bench_compile):
+        ratios = benchmark.pedantic(
+            measure_gate_ratios, args=(bench, gates), rounds=1, iterations=1
+        )
     benchmark.extra_info.update(ratios)
     benchmark.extra_info.update(harness.provenance(bench.device))
     failures = [

@@ -7,6 +7,7 @@ from typing import Literal
 
 from torch import Tensor
 
+from .._validation import per_call_finite_enabled
 from ..flows.base import Flow
 from ..targets.base import Target
 
@@ -22,14 +23,18 @@ Direction = Literal["reverse", "forward"]
 
 
 def check_inputs(flow: Flow, target: Target, batch: Tensor, direction: Direction) -> None:
-    """Raise ``ValueError`` naming the expectation when the inputs do not fit together."""
+    """Raise ``ValueError`` naming the expectation when the inputs do not fit together.
+
+    Shape, dtype and device on every call; NaN and inf only while the per-call finiteness
+    check is on (:func:`pathgrad_ref.estimators.per_call_finite_check`): it syncs the host and
+    breaks a compiled graph, so a training loop checks each batch where it is made instead."""
     if tuple(target.event_shape) != tuple(flow.event_shape):
         raise ValueError(
             f"target event shape {tuple(target.event_shape)} does not match the flow's "
             f"{tuple(flow.event_shape)}"
         )
     what = "base samples z ~ q0" if direction == "reverse" else "target samples x ~ p"
-    flow.check_input(batch, name=f"batch ({what})")
+    flow.check_input(batch, name=f"batch ({what})", finite=per_call_finite_enabled())
 
 
 def kl_value(log_w: Tensor, target: Target, direction: Direction) -> Tensor:

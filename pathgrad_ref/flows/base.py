@@ -22,6 +22,19 @@ from .._validation import check_batch
 from ..distributions import BaseDistribution
 
 
+def is_compiling() -> bool:
+    """``True`` while ``torch.compile`` (dynamo) traces the caller, ``False`` in eager code.
+
+    Layers use it to pick the form of their score step that the compiler differentiates
+    correctly (see :meth:`pathgrad_ref.flows.coupling.Coupling._score_step_functional`)."""
+    check = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+    if check is None:  # torch < 2.3
+        import torch._dynamo as dynamo
+
+        return bool(dynamo.is_compiling())
+    return bool(check())
+
+
 class Layer(nn.Module, ABC):
     """A bijection of ``(N, *event_shape)`` batches with its log-determinant and score steps.
 
@@ -34,7 +47,9 @@ class Layer(nn.Module, ABC):
       ``score_y = J^{-T} (score − ∇_x log|det J(x)|)``. ``y`` and ``log_det`` keep the autograd
       graph in the parameters; ``score_y`` is computed with the parameters held fixed and is
       returned detached. ``x`` must require grad: the step takes input-only vector-Jacobian
-      products through the graph that ``forward`` builds, which it leaves intact.
+      products through the graph that ``forward`` builds, which it leaves intact. Under
+      ``torch.compile`` (:func:`is_compiling`) that graph is not the eager one, and the step
+      must take its VJPs functionally (``torch.func.vjp``) instead.
     - ``inverse_and_score(y, score)`` is the same for the inverse map.
     """
 
@@ -77,10 +92,15 @@ class Flow(nn.Module):
     def _layers(self) -> list[Layer]:
         return [layer for layer in self.layers if isinstance(layer, Layer)]
 
-    def check_input(self, x: Tensor, name: str = "batch") -> None:
-        """Raise a ``ValueError`` naming the expectation unless ``x`` is a finite
-        ``(N, *event_shape)`` batch of the flow's dtype and device."""
-        check_batch(x, self.event_shape, dtype=self.dtype, device=self.device, name=name)
+    def check_input(self, x: Tensor, name: str = "batch", finite: bool = True) -> None:
+        """Raise a ``ValueError`` naming the expectation unless ``x`` is a ``(N, *event_shape)``
+        batch of the flow's dtype and device, and (when ``finite``) has only finite entries.
+
+        The finiteness test reads a flag back to the host; shape, dtype and device cost
+        nothing. A training loop calls this once where each batch is made."""
+        check_batch(
+            x, self.event_shape, dtype=self.dtype, device=self.device, name=name, finite=finite
+        )
 
     def transform(self, z: Tensor) -> tuple[Tensor, Tensor]:
         """``(T_θ(z), log|det J_T(z)|)``, shapes ``(N, *event_shape)`` and ``(N,)``."""

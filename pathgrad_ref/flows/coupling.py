@@ -8,16 +8,20 @@ With ``D = diag(∂f/∂a)``, ``u = s − ∇ log|det J|`` (SPEC §2):
 The second line is one vector-Jacobian product, taken to ``b`` alone through the graph that the
 forward pass built anyway: through the element-wise map to the transform parameters, then
 through the conditioner. Holding ``a`` fixed while differentiating to ``b`` is what autograd does
-when the gradient is asked of the tensor ``b`` itself. The inverse step is the same formula with
+when the gradient is asked of the tensor ``b`` itself. Under ``torch.compile`` the same VJP is
+taken by ``torch.func.vjp`` (a compiled region hides ``b`` from the autograd graph; see
+``Coupling._score_step_functional``). The inverse step is the same formula with
 ``f^{-1}``, which is again an element-wise map conditioned on ``b``.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
-from .base import Layer
+from .base import Layer, is_compiling
 from .transforms import Additive, Affine, Elementwise, ElementwiseTransform
 
 
@@ -94,6 +98,8 @@ class Coupling(Layer):
                 "the fast-path score step needs an input that requires grad "
                 "(start from z.detach().requires_grad_())"
             )
+        if is_compiling():
+            return self._score_step_functional(x, score, inverse)
         y, log_det, b, res = self._couple(x, inverse)
         s_a, s_b = self._split(score)
         u_a = s_a if res.grad_log_deriv is None else s_a - res.grad_log_deriv.detach()
@@ -102,9 +108,43 @@ class Coupling(Layer):
         if log_det.requires_grad:
             outputs.append(log_det)
             cotangents.append(torch.ones_like(log_det))
+        # Differentiating to the intermediate ``b`` needs the eager autograd graph, in which
+        # ``b`` is an ancestor of ``res.out``. Under torch.compile it is not (see
+        # ``_score_step_functional``), hence the other branch.
         (vjp_b,) = torch.autograd.grad(outputs, b, cotangents, retain_graph=True, allow_unused=True)
         s_b_new = s_b if vjp_b is None else s_b - vjp_b
         return y, log_det, self._merge(s_a_new, s_b_new)
+
+    def _score_step_functional(
+        self, x: Tensor, score: Tensor, inverse: bool
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """The same step with the input-only VJP taken by ``torch.func.vjp``, for compiled code.
+
+        A region compiled by ``torch.compile`` becomes one autograd node whose inputs are the
+        region's inputs: a tensor made inside it (here ``b``) comes out as a sibling output of
+        that node, not as an ancestor of ``res.out``, so ``autograd.grad(res.out, b)`` finds no
+        path and returns ``None`` (with ``allow_unused``): the VJP term would silently vanish.
+        ``torch.func.vjp`` differentiates the function ``b ↦ (f(a; c(b)), log|det J|)`` itself,
+        which the compiler traces into the forward graph: nothing depends on graph structure.
+        """
+        a, b = self._split(x)
+        s_a, s_b = self._split(score)
+
+        def couple(b_in: Tensor) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
+            p = self._params(b_in)
+            res = self.transform.inverse(a, p) if inverse else self.transform.forward(a, p)
+            # f''/f' is only needed as a value; an absent one (affine, additive) is zero.
+            gld = torch.zeros_like(a) if res.grad_log_deriv is None else res.grad_log_deriv
+            return (res.out, res.log_deriv.sum(1)), (res.log_deriv, gld)
+
+        # torch's annotation of vjp leaves out the third value that has_aux adds.
+        result: Any = torch.func.vjp(couple, b, has_aux=True)
+        (out, log_det), vjp_fn, (log_deriv, gld) = result
+        s_a_new = (s_a - gld.detach()) * torch.exp(-log_deriv.detach())
+        # The VJP is a value (the score is detached): no graph in the parameters is recorded.
+        with torch.no_grad():
+            (vjp_b,) = vjp_fn((s_a_new, torch.ones_like(log_det)))
+        return self._merge(out, b), log_det, self._merge(s_a_new, s_b - vjp_b)
 
     def forward_and_score(self, x: Tensor, score: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         return self._score_step(x, score, inverse=False)
