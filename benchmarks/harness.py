@@ -1,5 +1,5 @@
-"""Shared machinery of the runtime benchmarks (SPEC §7): setups, one training step, interleaved
-timing, peak step memory and the provenance of every number.
+"""Shared machinery of the runtime benchmarks (``docs/theory.md`` §9): setups, one training
+step, interleaved timing, peak step memory and the provenance of every number.
 
 Everything that times or measures lives here, next to the benchmarks, and not in the package:
 the library has no timing code. ``table2.py``, ``scaling.py`` and the pytest benchmarks import
@@ -60,9 +60,10 @@ FACTORS: tuple[tuple[str, str], ...] = (
     ("forward-path-gdreg", "forward-path-fast"),
 )
 
-# Sizes per setup and scale. ``paper`` is the paper's configuration (SPEC §5; the GMM flow's
-# sizes are ours); ``paper-arch`` keeps the paper's architectures with batches that a CPU core
-# runs in a few seconds; ``small`` is for the CI gates (steps of tens of milliseconds).
+# Sizes per setup and scale. ``paper`` is the paper's configuration (``docs/theory.md`` §7;
+# the GMM flow's sizes are ours); ``paper-arch`` keeps the paper's architectures with batches
+# that a CPU core runs in a few seconds; ``small`` is for the CI gates (steps of tens of
+# milliseconds).
 SIZES: dict[str, dict[str, dict[str, Any]]] = {
     "gmm": {
         "small": {"dim": 6, "n_couplings": 6, "hidden": [64, 64], "batch": 512},

@@ -1,4 +1,4 @@
-"""Table 2 of the paper: runtime factors of the path gradient estimators (SPEC §7).
+"""Table 2 of the paper: runtime factors of the path gradient estimators (``docs/theory.md`` §9).
 
     python benchmarks/table2.py --device cpu --scale small
     python benchmarks/table2.py --device cpu --scale paper-arch --setups phi4,u1

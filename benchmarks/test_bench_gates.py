@@ -102,8 +102,8 @@ CPU_GATES: dict[str, list[Gate]] = {
 }
 CPU_GATES["phi4"] = CPU_GATES["gmm"]
 
-# ---- limits on CUDA: the targets for the paper's configuration (SPEC §7). They have not
-# been measured on a GPU yet (no GPU in the sessions that wrote this); see RESULTS.md.
+# ---- limits on CUDA: the targets for the paper's configuration (docs/theory.md §9).
+# They have not been measured on a GPU yet (no GPU in the sessions that wrote this); see RESULTS.md.
 CUDA_GATES: dict[str, list[Gate]] = {
     "gmm": [
         Gate("reverse-path-fast", "reverse-standard", upper=1.35, protects="target <= 1.35"),

@@ -490,3 +490,34 @@ def test_single_process_context_is_a_no_op() -> None:
     after = [p.grad for p in flow.parameters() if p.grad is not None]
     assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True))
     assert stream_seed(0, 0, 0) != stream_seed(0, 1, 0) != stream_seed(1, 0, 0)
+
+
+@pytest.mark.compile
+@pytest.mark.parametrize("name", ["reverse-path-fast", "forward-path-fast"])
+def test_compiled_training_follows_the_eager_run(name: str) -> None:
+    """``--compile``: a few Adam steps with the compiled estimator end at the parameters of the
+    eager run (float64, to rounding), forward-KL data checked once where it is made."""
+    target = GaussianMixture(2)
+    data = exact_samples(target, 256, 0, seed=1, dtype=F64)
+    params = []
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        flow = real_nvp(2, n_couplings=2, hidden=(8,))
+        cfg = TrainConfig(
+            estimator=name, steps=3, batch_size=32, eval_every=10, eval_samples=64,
+            dtype="float64", progress=False, compile=compiled,
+        )  # fmt: skip
+        trainer = Trainer(flow, target, cfg, device=CPU, data=data, log=quiet)
+        trainer.train()
+        params.append(torch.cat([p.detach().flatten() for p in trainer.flow.parameters()]))
+    assert torch.allclose(params[0], params[1], rtol=1e-10, atol=1e-12)
+
+
+def test_nonfinite_training_samples_are_refused_where_they_are_made() -> None:
+    target = GaussianMixture(2)
+    data = exact_samples(target, 64, 0, seed=1, dtype=F64)
+    assert data.train is not None
+    data.train.chunks[0][5, 1] = math.nan
+    cfg = TrainConfig(estimator="forward-standard", steps=1, dtype="float64", progress=False)
+    with pytest.raises(ValueError, match="training samples of the target: expected finite"):
+        Trainer(real_nvp(2, n_couplings=2, hidden=(8,)), target, cfg, device=CPU, data=data)

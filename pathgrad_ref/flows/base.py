@@ -1,6 +1,6 @@
 """The layer contract and the flow that composes layers over a base distribution.
 
-Notation (SPEC §1–2): ``x_{l+1} = T_l(x_l)``, ``x_0 = z ~ q0``,
+Notation (``docs/theory.md`` §1–3): ``x_{l+1} = T_l(x_l)``, ``x_0 = z ~ q0``,
 ``log q_{l+1}(x_{l+1}) = log q_l(x_l) − log|det J_l(x_l)|``. The *score* of layer ``l`` is
 ``s_l = ∇_{x_l} log q_l(x_l)``; one layer carries it forward by
 

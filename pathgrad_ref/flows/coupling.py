@@ -1,6 +1,6 @@
 """Coupling layers ``a' = f(a; c(b))``, ``b' = b`` and their fast-path score steps.
 
-With ``D = diag(∂f/∂a)``, ``u = s − ∇ log|det J|`` (SPEC §2):
+With ``D = diag(∂f/∂a)``, ``u = s − ∇ log|det J|`` (``docs/theory.md`` §4.1):
 
     s'_a = D^{-1} (s_a − f''/f')
     s'_b = s_b − ∂_b[ Σ log f'(a; c(b)) + ⟨s'_a, f(a; c(b))⟩ ]                  (one VJP)

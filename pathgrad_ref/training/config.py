@@ -27,6 +27,7 @@ from ..estimators import ESTIMATORS
 Schedule = Literal["constant", "plateau"]
 SCHEDULES: tuple[Schedule, ...] = ("constant", "plateau")
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64}
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 
 Check = Callable[[Any], "str | None"]
 """``value -> None`` if it can work, else what is expected (``"an integer >= 1"``)."""
@@ -224,6 +225,16 @@ class TrainConfig:
     device: str = option(
         "auto", "--device", "auto (cuda if available), cpu, cuda or cuda:K", metavar="DEV"
     )
+    compile: bool = option(
+        False, "--compile",
+        "compile the estimator with torch.compile (its gradients stay those of the eager one; "
+        "the first steps are slow while it compiles)",
+    )  # fmt: skip
+    compile_mode: str = option(
+        "default", "--compile-mode",
+        "torch.compile mode with --compile (reduce-overhead: CUDA graphs on a GPU)",
+        check=one_of(*COMPILE_MODES), choices=COMPILE_MODES,
+    )  # fmt: skip
     threads: int | None = option(
         None, "--threads",
         "torch CPU threads (none: torch's default; tiny models run best on one, and idle "

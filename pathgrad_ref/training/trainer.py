@@ -43,7 +43,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..estimators import direction, get_estimator
+from .._validation import check_finite, per_call_finite_check
+from ..estimators import compile_estimator, direction, get_estimator
 from ..flows.base import Flow
 from ..targets.base import Target
 from . import checkpoint as ckpt
@@ -222,7 +223,11 @@ class Trainer:
         self.dtype = config.torch_dtype
         self.flow = flow.to(device=device, dtype=self.dtype)
         self.target = target
-        self.estimator = get_estimator(config.estimator)
+        self.estimator = (
+            compile_estimator(config.estimator, mode=config.compile_mode)
+            if config.compile
+            else get_estimator(config.estimator)
+        )
         self.direction = direction(config.estimator)
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.data = data
@@ -277,6 +282,8 @@ class Trainer:
                 on_device=data_on_device,
             )
             self.generators["index"] = self.sampler.generator
+            for chunk in data.train.chunks:
+                check_finite(chunk, "training samples of the target")
         # A fixed part of the training set, as large as the held-out set, for the training NLL
         # (its gap to the held-out NLL shows overfitting).
         self.train_subset: SampleStore | None = None
@@ -500,7 +507,10 @@ class Trainer:
         ``resume`` continues from ``run_dir/checkpoint.pt`` if it exists. Raises
         :class:`TrainingError` after ``max_nonfinite`` skipped steps in a row, :class:`HardStop`
         on a second stop signal."""
-        with self.signals.installed():
+        # The estimators' per-call finiteness test reads a flag back from the device (a host
+        # synchronisation, and a graph break when compiled) at every step; base samples are
+        # finite by construction and target samples were checked once, in __init__.
+        with self.signals.installed(), per_call_finite_check(False):
             return self._train(resume)
 
     def _train(self, resume: bool) -> dict[str, Any]:
