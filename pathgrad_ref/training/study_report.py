@@ -414,6 +414,8 @@ def _log_if_wide(ax: Any, study: dict[str, Any], key: str) -> None:
     ]
     if vals and max(vals) / min(vals) > 100:
         ax.set_yscale("log")
+        if key.startswith("ess"):
+            ax.set_ylim(top=1.5)  # an ESS is at most 1
 
 
 def plot(study: dict[str, Any], out_dir: Path) -> list[Path]:
