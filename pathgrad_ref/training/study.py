@@ -235,8 +235,24 @@ def _record_wall_time(run_dir: Path, cmd: Sequence[str], seconds: float, code: i
         previous = json.loads(path.read_text()) if path.exists() else []
     except (OSError, json.JSONDecodeError, UnicodeDecodeError):
         previous = []
-    entry = {"command": [Path(cmd[0]).name, *cmd[1:]], "wall_s": seconds, "exit_code": code}
+    entry = {
+        "command": [Path(cmd[0]).name, *cmd[1:]],
+        "wall_s": seconds,
+        "exit_code": code,
+        "commit": _git_commit(Path(cmd[1]).parent),
+    }
     write_json(path, [*(previous if isinstance(previous, list) else []), entry])
+
+
+def _git_commit(folder: Path) -> str | None:
+    """The commit checked out where the training script lives (``None`` outside git)."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
 
 
 # ---------------------------------------------------------------------------------- collecting
