@@ -381,11 +381,9 @@ def config_dict(
     }
 
 
-RESUMABLE_CHANGES = frozenset(
-    {"preset", "runtime.training_samples_on_device"}
-    | {p for p, o, _ in all_options() if o.resumable}
-)
-"""Settings (dotted paths) that may change when a run is resumed."""
+RESUMABLE_CHANGES = frozenset({"preset"} | {p for p, o, _ in all_options() if o.resumable})
+"""Settings (dotted paths) that may change when a run is resumed; so may everything under
+``runtime`` (what the run found on its machine: the data path, the precision flags)."""
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -406,4 +404,8 @@ def resume_mismatches(saved: dict[str, Any], current: dict[str, Any]) -> list[st
     would change the parameters' trajectory if the run were resumed with them."""
     a, b = _flatten(saved), _flatten(current)
     keys = sorted(set(a) | set(b))
-    return [k for k in keys if k not in RESUMABLE_CHANGES and a.get(k) != b.get(k)]
+    return [
+        k
+        for k in keys
+        if k not in RESUMABLE_CHANGES and not k.startswith("runtime.") and a.get(k) != b.get(k)
+    ]
