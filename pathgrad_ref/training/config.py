@@ -164,7 +164,8 @@ class TrainConfig:
         "constant",
         "--lr-schedule",
         "constant, or plateau: multiply the rate by --lr-factor when the training loss has "
-        "not reached a new minimum for --lr-patience steps",
+        "not reached a new minimum for --lr-patience steps (decided every few steps, from "
+        "counts kept on the device)",
         check=one_of(*SCHEDULES),
         choices=SCHEDULES,
     )
@@ -186,7 +187,8 @@ class TrainConfig:
     max_nonfinite: int = option(
         100, "--max-nonfinite",
         "stop after this many steps in a row with a non-finite loss or gradient (each is "
-        "skipped)",
+        "skipped; counted on the device and checked every few steps, so the stop may come a "
+        "few steps later)",
         parse=int, check=at_least(1), metavar="N",
     )  # fmt: skip
     eval_every: int = option(

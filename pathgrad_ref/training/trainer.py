@@ -161,17 +161,21 @@ class StopSignals:
                 signal.signal(s, h)
 
 
+def _scalar(value: float, dtype: torch.dtype, device: torch.device) -> Tensor:
+    return torch.tensor(value, dtype=dtype, device=device)
+
+
 class _Interval:
     """Sums since the last evaluation: loss, gradient norm and the number ``n`` of finite
-    steps as tensors on the device (no host read per step); the time and number of all steps
-    (finite or skipped) on the host."""
+    steps as tensors on the device (no host read per step); on the host the number of all steps
+    (finite or skipped) and their wall time, counter reads included (a read waits for the
+    device work the steps queued, so the time is the steps' own on a GPU too)."""
 
     def __init__(self, device: torch.device, state: dict[str, Any] | None = None) -> None:
         s = state or {}
-        f64 = {"dtype": torch.float64, "device": device}
-        self.loss = torch.tensor(float(s.get("loss", 0.0)), **f64)  # type: ignore[arg-type]
-        self.grad_norm = torch.tensor(float(s.get("grad_norm", 0.0)), **f64)  # type: ignore[arg-type]
-        self.n = torch.tensor(int(s.get("n", 0)), dtype=torch.int64, device=device)
+        self.loss = _scalar(float(s.get("loss", 0.0)), torch.float64, device)
+        self.grad_norm = _scalar(float(s.get("grad_norm", 0.0)), torch.float64, device)
+        self.n = _scalar(int(s.get("n", 0)), torch.int64, device)
         self.step_time = float(s.get("step_time", 0.0))
         # Checkpoints before the skipped steps were timed hold only "n".
         self.n_steps = int(s.get("n_steps", s.get("n", 0)))
@@ -214,12 +218,11 @@ class _DeviceCounters:
 
     def __init__(self, device: torch.device, state: dict[str, Any] | None = None) -> None:
         s = state or {}
-        i64 = {"dtype": torch.int64, "device": device}
-        self.consecutive = torch.tensor(int(s.get("consecutive", 0)), **i64)  # type: ignore[arg-type]
-        self.longest = torch.tensor(int(s.get("longest", 0)), **i64)  # type: ignore[arg-type]
-        self.skipped = torch.tensor(int(s.get("skipped", 0)), **i64)  # type: ignore[arg-type]
-        self.bad = torch.tensor(int(s.get("bad", 0)), **i64)  # type: ignore[arg-type]
-        self.best = torch.tensor(float(s.get("best", math.inf)), dtype=torch.float64, device=device)
+        self.consecutive = _scalar(int(s.get("consecutive", 0)), torch.int64, device)
+        self.longest = _scalar(int(s.get("longest", 0)), torch.int64, device)
+        self.skipped = _scalar(int(s.get("skipped", 0)), torch.int64, device)
+        self.bad = _scalar(int(s.get("bad", 0)), torch.int64, device)
+        self.best = _scalar(float(s.get("best", math.inf)), torch.float64, device)
 
     def update(self, loss: Tensor, finite: Tensor) -> None:
         """Count a step with 0-d float64 ``loss`` and 0-d bool ``finite``."""
@@ -696,11 +699,14 @@ class Trainer:
                 stop = bool(signum) or over_time
                 at_check = self.step % STOP_VOTE_EVERY == 0
                 if at_check or boundary or stop:
+                    t1 = time.perf_counter()
                     try:
                         self.check(plateau=at_check)
                     except TrainingError:
                         status, reason = "failed", "nonfinite"
                         raise
+                    # The read waits for the queued device work of the steps: step time.
+                    self.interval.step_time += time.perf_counter() - t1
                 if at_eval or stop or self.step >= cfg.steps:
                     _sync(self.device)
                     if main:
