@@ -6,6 +6,9 @@ CPU or CI, ``paper`` for the paper's configuration on a GPU), ``--device`` the t
 ``--bench-dtype`` the floating dtype (float32, as in training) and ``--bench-threads`` the
 intra-op threads on the CPU (1 by default, see ``harness.set_threads``), ``--bench-compile``
 swaps the runtime gates for those of compiled estimators (``test_bench_gates.compiled_gates``).
+
+``--device cuda`` on a machine without CUDA is a usage error: the run stops with a non-zero exit
+status before any benchmark, never a green run of skipped ones.
 """
 
 from __future__ import annotations
@@ -47,11 +50,37 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         group.addoption("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
 
 
+def _requested_device(config: pytest.Config) -> torch.device:
+    """The ``--device`` option, or ``pytest.UsageError`` naming what is wrong with it."""
+    name = config.getoption("--device")
+    try:
+        dev = torch.device(name)
+    except RuntimeError as err:
+        raise pytest.UsageError(
+            f"--device: expected a torch device (cpu, cuda), got {name!r}"
+        ) from err
+    if dev.type not in ("cpu", "cuda"):
+        raise pytest.UsageError(f"--device: expected cpu or cuda[:index], got {name!r}")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise pytest.UsageError(
+                f"--device {name} requested but CUDA is not available (torch {torch.__version__}, "
+                f"built with CUDA {torch.version.cuda}): refusing to run the GPU benchmarks"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise pytest.UsageError(
+                f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) are visible"
+            )
+    return dev
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    _requested_device(config)
+
+
 @pytest.fixture(scope="session")
 def bench_device(request: pytest.FixtureRequest) -> torch.device:
-    dev = torch.device(request.config.getoption("--device"))
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        pytest.skip("--device cuda requested but CUDA is not available")
+    dev = _requested_device(request.config)
     if dev.type == "cpu":
         harness.set_threads(int(request.config.getoption("--bench-threads")))
     return dev

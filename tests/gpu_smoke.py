@@ -20,8 +20,9 @@ The checks:
   float32 fast-path gradient on CUDA against float64 on the CPU (<= 2e-3).
 - ``syncs/...``: host synchronisations counted with ``torch.cuda.set_sync_debug_mode``
   (:func:`pathgrad_ref.syncs.count_host_syncs`) in steady state: a U(1) inverse (one per
-  bisection, i.e. per layer), HMC trajectories (none), and full optimiser steps (estimator,
-  backward, clipping, Adam) of the fast-path estimators on φ⁴ (none) and U(1) (one per
+  bisection, i.e. per layer), HMC trajectories (none), and the trainer's steps (batch,
+  estimator, backward, clipping, fused Adam skipping non-finite steps on the device, on-device
+  counters and plateau schedule) of the fast-path estimators on φ⁴ (none) and U(1) (one per
   bisection in the inverse direction, none in the reverse one).
 - ``paper_runs/<script>``: a few training steps of each script with ``--device cuda``, a
   forward-KL estimator so that the target-sample path (HMC on the GPU) runs; ``resume``:
@@ -318,26 +319,34 @@ def check_syncs_hmc(args: argparse.Namespace) -> str:
     return _expect_syncs("HMC, 15 trajectories with adaptation", per, 0, sites)
 
 
+def _trainer_step(setup: str, name: str, dev: torch.device, n: int = 64) -> Callable[[], object]:
+    """One steady-state step of the project's trainer (batch, estimator, backward, clipping,
+    Adam with the on-device skip of non-finite steps, the on-device counters), float32 as in
+    training, plateau schedule on; forward estimators draw from samples held on ``dev``."""
+    from pathgrad_ref.training import SampleStore, TargetSamples, TrainConfig, Trainer
+
+    flow, target, batch = _batch(setup, name, n=n)
+    data = TargetSamples(train=SampleStore([batch]), test=None, metadata={})
+    cfg = TrainConfig(
+        estimator=name, steps=1000, batch_size=n, lr=1e-4, clip_norm=1.0,
+        lr_schedule="plateau", dtype="float32", progress=False,
+    )  # fmt: skip
+    trainer = Trainer(
+        flow, target, cfg, device=dev, data=data, data_on_device=True, log=lambda _m: None
+    )
+
+    def step() -> object:
+        loss, norm, finite = trainer._train_step()
+        trainer._record(loss, norm, finite)
+        return loss
+
+    return step
+
+
 def _step_check(setup: str, name: str, expected: int) -> Callable[[argparse.Namespace], str]:
     def run(args: argparse.Namespace) -> str:
-        from pathgrad_ref.estimators import get_estimator
-
-        flow, target, batch = _batch(setup, name, n=64)
-        flow = flow.to(_device(args))
-        batch = batch.to(_device(args))
-        opt = torch.optim.Adam(flow.parameters(), lr=1e-4)
-        estimator = get_estimator(name)
-
-        def step() -> object:
-            opt.zero_grad(set_to_none=True)
-            loss, _ = estimator(flow, target, batch)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(flow.parameters(), 1.0)
-            opt.step()
-            return loss
-
-        per, sites = _count(step)
-        return _expect_syncs(f"optimiser step, {name} on {setup}", per, expected, sites)
+        per, sites = _count(_trainer_step(setup, name, _device(args)))
+        return _expect_syncs(f"trainer step, {name} on {setup}", per, expected, sites)
 
     return run
 

@@ -391,6 +391,91 @@ def test_device_cuda_without_cuda_fails_loudly() -> None:
     assert "passed" not in proc.stdout and "skipped" not in proc.stdout
 
 
+# --- trainer steps on meta --------------------------------------------------------------------
+
+
+def _meta_trainer(setup: str, estimator: str) -> Any:
+    """A trainer on ``meta`` (float64, clipping on so that its path runs too); forward
+    estimators draw minibatches from CPU-held samples (the sampler's gather-and-move path)."""
+    from pathgrad_ref.training import SampleStore, TargetSamples, TrainConfig, Trainer
+
+    flow, target = make_setup(setup, torch.device("cpu"), torch.float64)
+    train = torch.randn(40, *flow.event_shape, dtype=torch.float64, generator=_gen(0))
+    data = TargetSamples(train=SampleStore([train]), test=None, metadata={})
+    cfg = TrainConfig(
+        estimator=estimator, steps=3, batch_size=8, clip_norm=0.5, lr_schedule="plateau",
+        lr_patience=0, dtype="float64", progress=False,
+    )  # fmt: skip
+    return Trainer(
+        flow, target, cfg, device=META, data=data, data_on_device=False, log=lambda _m: None
+    )
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.mark.parametrize("skip", ["device", "host"])
+@pytest.mark.parametrize("estimator", ["reverse-path-fast", "forward-path-fast"])
+@pytest.mark.parametrize("setup", SETUPS)
+def test_trainer_steps_on_meta(
+    monkeypatch: pytest.MonkeyPatch, setup: str, estimator: str, skip: str
+) -> None:
+    """Three steady-state trainer steps (batch, estimator, backward, clipping, Adam with the
+    skip of non-finite steps, the on-device counters and interval sums) on ``meta``: a tensor
+    made on the wrong device, or a host read, raises. ``device``: the fused-Adam path, which
+    must read nothing (torch's fused-kernel device check, which does not list meta, is bypassed
+    here; the kernel itself has a meta implementation); ``host``: the fallback, whose one read
+    per step (``read_finite``) is stood in for and counted."""
+    import pathgrad_ref.training.trainer as trainer_module
+
+    # torch.optim re-exports the adam function under the module's name: reach the module.
+    adam_module = sys.modules[torch.optim.Adam.__module__]
+
+    flag_reads = 0
+
+    def finite_stand_in(finite: Tensor) -> bool:
+        nonlocal flag_reads
+        assert finite.device == META and finite.dtype == torch.bool and finite.shape == ()
+        flag_reads += 1
+        return True
+
+    monkeypatch.setattr(trainer_module, "read_finite", finite_stand_in)
+    if skip == "device":
+        monkeypatch.setattr(trainer_module, "skips_on_device", lambda _device: True)
+        monkeypatch.setattr(adam_module, "_device_dtype_check_for_fused", lambda *a: None)
+    with meta_mode() as reads:
+        trainer = _meta_trainer(setup, estimator)
+        assert trainer.skip_on_device == (skip == "device")
+        for _ in range(3):
+            loss, norm, finite = trainer._train_step()
+            trainer._record(loss, norm, finite)
+    assert flag_reads == (3 if skip == "host" else 0)
+    runs_inverse = setup == "u1-gauge" and estimator.startswith("forward")
+    assert reads.bisection == (3 * 4 if runs_inverse else 0)
+    for t in (loss, norm, finite, trainer.interval.loss, trainer.interval.n):
+        assert t.device == META and t.shape == ()
+    assert all(getattr(trainer.counters, k).device == META for k in trainer.counters.KEYS)
+    for p in trainer.params:
+        assert p.device == META and p.grad is None
+        state = trainer.optimizer.state[p]
+        assert state, "Adam took its steps"
+        # Unfused Adam keeps its step count on the host by design; the fused one on the device.
+        on_host = set() if trainer.skip_on_device else {"step"}
+        assert all(v.device == META for k, v in state.items() if k not in on_host), state.keys()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a CPU-only machine")
+def test_benchmarks_device_cuda_without_cuda_fails_loudly() -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--device", "cuda"]
+    cmd += [str(ROOT / "benchmarks" / "test_bench_step.py"), "--benchmark-only"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 4, proc.stdout + proc.stderr  # pytest's usage-error status
+    assert "CUDA is not available" in proc.stdout + proc.stderr
+    assert "passed" not in proc.stdout and "skipped" not in proc.stdout
+
+
 # --- the GPU smoke script, as far as it runs without a GPU ---------------------------------------
 
 
@@ -457,6 +542,17 @@ def test_gpu_smoke_training_command_runs_on_the_cpu(tmp_path: Path) -> None:
     assert gpu_smoke._summary(tmp_path / "runs" / "gmm", args)["steps_done"] == 5
     with pytest.raises(RuntimeError, match="expected cuda"):
         gpu_smoke._summary(tmp_path / "runs" / "gmm", argparse.Namespace(device="cuda"))
+
+
+@pytest.mark.parametrize("name", ["reverse-path-fast", "forward-path-fast"])
+def test_gpu_smoke_trainer_step_runs_on_the_cpu(name: str) -> None:
+    """The step whose syncs the smoke script counts is the trainer's (here on the CPU, where
+    only whether it runs and learns can be seen)."""
+    import gpu_smoke
+
+    step = gpu_smoke._trainer_step("z2nice-phi4", name, torch.device("cpu"))
+    losses = [float(step()) for _ in range(3)]  # type: ignore[arg-type]
+    assert all(math.isfinite(v) for v in losses) and len(set(losses)) == 3
 
 
 def test_count_host_syncs(device: torch.device) -> None:

@@ -228,7 +228,10 @@ def test_compared_estimators_share_the_data_path(
     assert seen == [False, False]
     for name in ("forward-standard", "forward-path-fast"):
         config = json.loads((out / name / "config.json").read_text())
-        assert config["runtime"] == {"training_samples_on_device": False}
+        runtime = config["runtime"]
+        assert runtime["training_samples_on_device"] is False
+        # The precision policy set at the start (TF32 off), recorded for the record only.
+        assert (runtime["precision"]["matmul"], runtime["precision"]["conv"]) == ("ieee", "ieee")
     # Resumed when the samples would now fit: the index stream stays where it was.
     monkeypatch.setattr(MinibatchSampler, "fits", staticmethod(lambda *a, **k: True))
     assert main(experiments["gmm"], [*argv, "--resume", "--steps", "4"]) == 0

@@ -39,6 +39,7 @@ from pathgrad_ref.training import checkpoint as ckpt
 from pathgrad_ref.training.config import ConfigError, resume_mismatches
 from pathgrad_ref.training.data import generate_hmc
 from pathgrad_ref.training.distributed import DistContext, shutdown, stream_seed
+from pathgrad_ref.training.trainer import STOP_VOTE_EVERY
 
 F64 = torch.float64
 CPU = torch.device("cpu")
@@ -213,6 +214,9 @@ def test_config_validation_and_resume_mismatches() -> None:
     )
     changed = {"train": {"lr": 1e-2, "steps": 10}, "params": {"hidden": [8, 9]}}
     assert resume_mismatches(saved, changed) == ["params.hidden", "train.lr"]
+    # What the run found on its machine may differ on resume (another GPU, another policy).
+    found = {"runtime": {"precision": {"matmul": "tf32"}, "training_samples_on_device": True}}
+    assert resume_mismatches({**saved, **found}, {**saved, "runtime": {}}) == []
 
 
 # ---------------------------------------------------------------- the loop
@@ -259,25 +263,30 @@ def make_trainer(run_dir: Path | None, estimator: str, steps: int, **overrides: 
     )
 
 
+@pytest.mark.parametrize("killed_at", [13, 8])
 @pytest.mark.parametrize("estimator", ["reverse-path-fast", "forward-path-fast"])
 def test_resume_retraces_an_uninterrupted_run(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, estimator: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, estimator: str, killed_at: int
 ) -> None:
-    """Killed after the checkpoint of step 10, resumed: the same parameters, bit for bit."""
+    """Killed after the checkpoint of step 10 (a plateau decision step) or of step 5 (between
+    two), resumed: the same parameters and rate, bit for bit."""
     full = make_trainer(tmp_path / "full", estimator, steps=17)
     full.train()
+    # The schedule acted (patience 2), so the rate is part of what must be retraced.
+    assert full.optimizer.param_groups[0]["lr"] < 2e-2
 
     original = Trainer._train_step
 
-    def dies_at_13(self: Trainer) -> tuple[Tensor, Tensor, bool]:
-        if self.step == 12:
-            raise KeyboardInterrupt  # as if killed while computing step 13
+    def killed(self: Trainer) -> tuple[Tensor, Tensor, Tensor]:
+        if self.step == killed_at - 1:
+            raise KeyboardInterrupt  # as if killed while computing that step
         return original(self)
 
-    monkeypatch.setattr(Trainer, "_train_step", dies_at_13)
+    monkeypatch.setattr(Trainer, "_train_step", killed)
     with pytest.raises(KeyboardInterrupt):
         make_trainer(tmp_path / "cut", estimator, steps=17).train()
-    assert ckpt.load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["step"] == 10
+    saved_step = ckpt.load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["step"]
+    assert saved_step == 5 * ((killed_at - 1) // 5)
     monkeypatch.setattr(Trainer, "_train_step", original)
 
     resumed = make_trainer(tmp_path / "cut", estimator, steps=17)
@@ -362,17 +371,136 @@ def test_nonfinite_steps_are_skipped_then_stop() -> None:
 
     original_step = Trainer._train_step
 
-    def spy() -> tuple[Tensor, Tensor, bool]:
+    def spy() -> tuple[Tensor, Tensor, Tensor]:
         if trainer2.step == 3:
             before.update({k: v.clone() for k, v in trainer2.flow.state_dict().items()})
         return original_step(trainer2)
 
     trainer2._train_step = spy  # type: ignore[method-assign]
-    with pytest.raises(TrainingError, match="4 steps in a row with a non-finite loss"):
+    # Steps 4, 5, ... are non-finite: the 4th in a row is step 7, seen at the read of step 10.
+    with pytest.raises(TrainingError, match="7 steps in a row with a non-finite loss"):
         trainer2.train()
     after = trainer2.flow.state_dict()
-    assert trainer2.step == 7
+    assert trainer2.step == STOP_VOTE_EVERY
+    assert (trainer2.n_skipped, trainer2.consecutive_nonfinite) == (7, 7)
     assert all(torch.equal(before[k], after[k]) for k in before), "skipped steps must not update"
+
+
+def test_resume_from_a_checkpoint_of_the_per_step_schedule(tmp_path: Path) -> None:
+    """A checkpoint written before the on-device bookkeeping (ReduceLROnPlateau's state,
+    unfused Adam with host step counts, no longest-run counter) resumes, and the saved
+    schedule state is taken over."""
+    trainer = make_trainer(tmp_path, "reverse-path-fast", steps=5)
+    trainer.train()
+    path = tmp_path / ckpt.CHECKPOINT_NAME
+    state = torch.load(path, weights_only=True)
+    state["scheduler"] = {"best": -1.25, "num_bad_epochs": 2, "mode": "min", "patience": 2}
+    del state["loop"]["longest_nonfinite"]
+    for group in state["optimizer"]["param_groups"]:
+        group["fused"] = None
+    for st in state["optimizer"]["state"].values():
+        st["step"] = torch.tensor(float(st["step"]))  # float32 on the CPU, as unfused Adam has
+    torch.save(state, path)
+    resumed = make_trainer(tmp_path, "reverse-path-fast", steps=8)
+    resumed.load_checkpoint(path)
+    c = resumed.counters.state()
+    assert (c["best"], c["bad"], c["longest"]) == (-1.25, 2, 0)
+    assert all(g["fused"] == resumed.skip_on_device for g in resumed.optimizer.param_groups)
+    assert resumed.train(resume=True)["steps_done"] == 8
+    assert all(float(st["step"]) == 8 for st in resumed.optimizer.state.values())
+
+
+@pytest.mark.parametrize("skip", ["device", "host"])
+def test_a_nonfinite_step_is_skipped_like_no_step(
+    monkeypatch: pytest.MonkeyPatch, skip: str
+) -> None:
+    """A NaN in step 4's loss and gradient: the parameters and Adam's state afterwards equal
+    those of a run that took no optimiser step at step 4 (its batch still drawn), bit for bit;
+    the counters say one skipped step. ``device``: the fused Adam kernel skips (no host read);
+    ``host``: the fallback that reads the flag (torch < 2.4 on the CPU)."""
+    import pathgrad_ref.training.trainer as trainer_module
+
+    reads: list[bool] = []
+    if skip == "host":
+        monkeypatch.setattr(trainer_module, "skips_on_device", lambda _device: False)
+
+        def counted(finite: Tensor) -> bool:
+            reads.append(bool(finite))
+            return reads[-1]
+
+        monkeypatch.setattr(trainer_module, "read_finite", counted)
+    cfg = TrainConfig(
+        estimator="reverse-path-fast", steps=8, batch_size=16, lr=2e-2, clip_norm=0.5,
+        eval_every=100, dtype="float64", progress=False,
+    )  # fmt: skip
+    bad_step = 4
+    flaky = Trainer(small_flow(), FlakyMixture(bad={bad_step - 1}), cfg, device=CPU, log=quiet)
+    assert flaky.skip_on_device == (skip == "device")
+    reference = Trainer(small_flow(), FlakyMixture(bad=set()), cfg, device=CPU, log=quiet)
+    original = Trainer._train_step
+
+    def no_step_at_bad(self: Trainer) -> tuple[Tensor, Tensor, Tensor]:
+        if self.step != bad_step - 1:
+            return original(self)
+        self._draw_batch()  # keep the batch stream in step with the flaky run
+        nan = torch.tensor(math.nan, dtype=torch.float64)
+        return nan, nan, torch.tensor(False)
+
+    reference._train_step = no_step_at_bad.__get__(reference)  # type: ignore[method-assign]
+    for t in (flaky, reference):
+        t.evaluate = lambda t=t: {"step": t.step}  # type: ignore[misc]
+        assert t.train()["n_skipped"] == 1
+    a, b = flaky.flow.state_dict(), reference.flow.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    sa, sb = flaky.optimizer.state_dict()["state"], reference.optimizer.state_dict()["state"]
+    for i in sa:
+        assert all(torch.equal(sa[i][k], sb[i][k]) for k in sa[i]), (i, sa[i]["step"])
+        assert float(sa[i]["step"]) == cfg.steps - 1
+    assert (flaky.n_skipped, flaky.consecutive_nonfinite) == (1, 0)
+    if skip == "host":
+        # One read per step: the flaky run's 8, then the reference's 7 (no step at step 4).
+        assert reads == [s != bad_step for s in range(1, cfg.steps + 1)] + [True] * 7
+    # A run without the skip differs: the comparison can fail.
+    plain = Trainer(small_flow(), FlakyMixture(bad=set()), cfg, device=CPU, log=quiet)
+    plain.evaluate = lambda: {"step": plain.step}  # type: ignore[method-assign]
+    plain.train()
+    c = plain.flow.state_dict()
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_plateau_schedule_follows_its_stated_rule() -> None:
+    """The on-device plateau schedule against a host re-implementation of the rule in the
+    trainer's docstring, fed the run's own losses: per finite step a new minimum restarts the
+    count, any other step adds one; at multiples of STOP_VOTE_EVERY a count above the patience
+    lowers the rate to max(lr · factor, lr_min) and restarts the count."""
+    patience, factor, lr_min, lr0 = 3, 0.5, 3e-3, 2e-2
+    trainer = make_trainer(
+        None, "reverse-path-fast", steps=60, lr=lr0, lr_patience=patience, lr_factor=factor,
+        lr_min=lr_min, eval_every=1000, checkpoint_every=1000,
+    )  # fmt: skip
+    trainer.evaluate = lambda: {"step": trainer.step}  # type: ignore[method-assign]
+    losses: list[float] = []
+    lrs: list[float] = []
+    original = Trainer._train_step
+
+    def recording(self: Trainer) -> tuple[Tensor, Tensor, Tensor]:
+        lrs.append(float(self.optimizer.param_groups[0]["lr"]))
+        out = original(self)
+        losses.append(float(out[0]))
+        return out
+
+    trainer._train_step = recording.__get__(trainer)  # type: ignore[method-assign]
+    trainer.train()
+    best, bad, lr, expected = math.inf, 0, lr0, []
+    for step, loss in enumerate(losses, start=1):
+        expected.append(lr)
+        best, bad = (loss, 0) if loss < best else (best, bad + 1)
+        if step % STOP_VOTE_EVERY == 0 and bad > patience:
+            lr, bad = max(lr * factor, lr_min), 0
+    assert lrs == expected
+    assert trainer.optimizer.param_groups[0]["lr"] == lr
+    assert len(set(lrs)) >= 3, "the rate should have been lowered at least twice"
+    assert lr == lr_min, "and reached its floor"
 
 
 def test_gradient_clipping_and_plateau_decay() -> None:
@@ -386,13 +514,17 @@ def test_gradient_clipping_and_plateau_decay() -> None:
         return step(*args, **kwargs)
 
     trainer.optimizer.step = recording_step  # type: ignore[method-assign]
-    _, norm, finite = trainer._train_step()
-    assert finite and float(norm) > 1e-2
+    loss, norm, finite = trainer._train_step()
+    assert bool(finite) and float(norm) > 1e-2
     assert seen[0] == pytest.approx(1e-3, rel=1e-3), "the update must use the clipped gradient"
-    # With patience 0 the rate decays as soon as the loss misses a new minimum.
+    # With patience 0 the rate decays at the next decision once the loss missed a new minimum.
+    trainer._record(loss, norm, finite)
     for _ in range(6):
-        trainer._train_step()
-    assert trainer.optimizer.param_groups[0]["lr"] < 2e-2
+        trainer._record(*trainer._train_step())
+    trainer.check(plateau=False)
+    assert trainer.optimizer.param_groups[0]["lr"] == 2e-2, "decisions only at plateau steps"
+    trainer.check(plateau=True)
+    assert trainer.optimizer.param_groups[0]["lr"] == 2e-2 * 0.5
 
 
 def test_learning_raises_reverse_ess() -> None:

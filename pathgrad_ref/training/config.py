@@ -165,7 +165,8 @@ class TrainConfig:
         "constant",
         "--lr-schedule",
         "constant, or plateau: multiply the rate by --lr-factor when the training loss has "
-        "not reached a new minimum for --lr-patience steps",
+        "not reached a new minimum for --lr-patience steps (decided every few steps, from "
+        "counts kept on the device)",
         check=one_of(*SCHEDULES),
         choices=SCHEDULES,
     )
@@ -187,7 +188,8 @@ class TrainConfig:
     max_nonfinite: int = option(
         100, "--max-nonfinite",
         "stop after this many steps in a row with a non-finite loss or gradient (each is "
-        "skipped)",
+        "skipped; counted on the device and checked every few steps, so the stop may come a "
+        "few steps later)",
         parse=int, check=at_least(1), metavar="N",
     )  # fmt: skip
     eval_every: int = option(
@@ -392,11 +394,9 @@ def config_dict(
     }
 
 
-RESUMABLE_CHANGES = frozenset(
-    {"preset", "runtime.training_samples_on_device"}
-    | {p for p, o, _ in all_options() if o.resumable}
-)
-"""Settings (dotted paths) that may change when a run is resumed."""
+RESUMABLE_CHANGES = frozenset({"preset"} | {p for p, o, _ in all_options() if o.resumable})
+"""Settings (dotted paths) that may change when a run is resumed; so may everything under
+``runtime`` (what the run found on its machine: the data path, the precision flags)."""
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -417,4 +417,8 @@ def resume_mismatches(saved: dict[str, Any], current: dict[str, Any]) -> list[st
     would change the parameters' trajectory if the run were resumed with them."""
     a, b = _flatten(saved), _flatten(current)
     keys = sorted(set(a) | set(b))
-    return [k for k in keys if k not in RESUMABLE_CHANGES and a.get(k) != b.get(k)]
+    return [
+        k
+        for k in keys
+        if k not in RESUMABLE_CHANGES and not k.startswith("runtime.") and a.get(k) != b.get(k)
+    ]

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from ..estimators import direction
+from ..precision import apply_precision_policy
 from . import checkpoint as ckpt
 from .config import ConfigError, DataConfig, TrainConfig, config_dict, resume_mismatches
 from .data import MinibatchSampler, TargetSamples, load_target_data
@@ -181,12 +182,14 @@ def run_experiment(
                 if isinstance(saved.get("training_samples_on_device"), bool):
                     on_device = saved["training_samples_on_device"]
                     break
+    # Process-global precision flags, set once before any model is built and recorded.
+    precision = apply_precision_policy(settings.train.torch_dtype, device).as_dict()
     configs = {}
     for name, run_dir in dirs.items():
         train = dataclasses.replace(settings.train, estimator=name, device=device.type)
         run_config = config_dict(exp.name, train, settings.data, settings.params)
         run_config["preset"] = settings.preset
-        run_config["runtime"] = {"training_samples_on_device": on_device}
+        run_config["runtime"] = {"training_samples_on_device": on_device, "precision": precision}
         if settings.resume:
             _check_resume(run_dir, run_config)
         configs[name] = (train, run_config)

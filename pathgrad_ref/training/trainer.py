@@ -9,12 +9,29 @@ One step, on every data-parallel rank ``r`` of ``W``:
 2. ``loss, _ = estimator(flow, target, batch)``; ``loss.backward()``;
 3. average the gradients over the ranks (:func:`~.distributed.average_gradients`);
 4. if the loss (averaged over ranks) or the global gradient norm is not finite, skip the update
-   and count it; otherwise clip the gradient norm, take the Adam step and feed the loss to the
-   plateau schedule.
+   and count it; otherwise clip the gradient norm, take the Adam step and track the loss for
+   the plateau schedule.
 
-The interval sums (loss, gradient norm) stay on the device and are read at evaluation; the one
-host read of a steady-state step is the flag "loss and gradient finite", because a skipped step
-must leave Adam's moments and step count untouched (the plateau schedule reads the loss too).
+No step reads a value on the host. A skipped step must leave Adam's moments and step count
+untouched: where torch has a fused Adam kernel for the device (CUDA; the CPU from torch 2.4),
+the flag "loss or gradient not finite" goes to the kernel as ``found_inf`` (as
+``torch.amp.GradScaler`` uses it) and the kernel skips the update on the device. Elsewhere
+(older torch on the CPU) the step reads the flag on the host (:func:`read_finite`) and does not
+call Adam. The loop's bookkeeping stays on the device (:class:`_DeviceCounters`): the interval
+sums of loss and gradient norm, the counts of skipped steps (in a row, longest run, total) and
+the plateau schedule's running minimum of the loss and the finite steps since it. They are read
+in one transfer every ``STOP_VOTE_EVERY`` steps and at evaluation, checkpoint and stop steps
+(:meth:`Trainer.check`). Consequences, all deliberate:
+
+- ``max_nonfinite`` is checked at those reads, so a run with that many non-finite steps in a
+  row stops up to ``STOP_VOTE_EVERY - 1`` steps later than the step that reached it; the
+  parameters are still those of the last good step (skipped steps change nothing).
+- The plateau schedule counts its patience in finite steps, as before, but lowers the rate
+  only at steps that are multiples of ``STOP_VOTE_EVERY`` (when the finite steps since the
+  minimum exceed the patience; the count then restarts), i.e. up to ``STOP_VOTE_EVERY - 1``
+  steps after :class:`torch.optim.lr_scheduler.ReduceLROnPlateau` would have. The new rate is
+  ``max(lr · lr_factor, lr_min)``. Decisions are taken at fixed step numbers only, so a resumed
+  run still retraces an uninterrupted one.
 
 Every ``eval_every`` steps rank 0 evaluates (:func:`~.evaluation.evaluate`) on
 ``eval_samples`` fresh flow samples from a stream seeded by the step (so evaluation never
@@ -31,6 +48,7 @@ rank and the loop's counters.
 
 from __future__ import annotations
 
+import math
 import signal
 import threading
 import time
@@ -42,10 +60,12 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.torch_version import TorchVersion
 
 from .._validation import check_finite, per_call_finite_check
 from ..estimators import compile_estimator, direction, get_estimator
 from ..flows.base import Flow
+from ..precision import apply_precision_policy
 from ..targets.base import Target
 from . import checkpoint as ckpt
 from .config import ConfigError, TrainConfig
@@ -68,7 +88,31 @@ from .report import MetricRecord, MetricsLog, describe, plot_run
 # Random streams of a rank (the third argument of stream_seed).
 _BATCH_STREAM, _INDEX_STREAM, _EVAL_STREAM, _NOISE_STREAM = 0, 1, 2, 3
 STOP_VOTE_EVERY = 10
-"""Under ``torchrun``, steps between the ranks' votes on stopping (signal or time limit)."""
+"""Steps between the ranks' votes on stopping under ``torchrun`` (signal or time limit), and
+between the reads of the on-device counters (non-finite steps, plateau schedule)."""
+
+
+def skips_on_device(device: torch.device) -> bool:
+    """Whether ``torch.optim.Adam(fused=True)`` runs on ``device`` in this torch, so that a
+    non-finite step is skipped by the kernel (``found_inf``) without a host read: CUDA always
+    (torch >= 2.2), the CPU from torch 2.4 (the first with a fused CPU kernel)."""
+    if device.type == "cuda":
+        return True
+    return device.type == "cpu" and TorchVersion(torch.__version__) >= "2.4"
+
+
+def read_finite(finite: Tensor) -> bool:
+    """The host read of the fallback path (no fused Adam for the device): whether the 0-d bool
+    ``finite`` is true. One synchronisation per step; a separate function so that device tests
+    can stand in for it."""
+    return bool(finite)
+
+
+def device_generator(device: torch.device, seed: int) -> torch.Generator:
+    """A random stream for sampling on ``device``, seeded with ``seed``. The ``meta`` device
+    has no streams (nor values); its samplers take a CPU generator, which stands in there."""
+    where = torch.device("cpu") if device.type == "meta" else device
+    return torch.Generator(device=where).manual_seed(seed)
 
 
 class TrainingError(RuntimeError):
@@ -118,34 +162,87 @@ class StopSignals:
                 signal.signal(s, h)
 
 
+def _scalar(value: float, dtype: torch.dtype, device: torch.device) -> Tensor:
+    return torch.tensor(value, dtype=dtype, device=device)
+
+
 class _Interval:
-    """Sums over the finite steps since the last evaluation: loss and gradient norm as float64
-    tensors on the device (no host read per step), step time on the host."""
+    """Sums since the last evaluation: loss, gradient norm and the number ``n`` of finite
+    steps as tensors on the device (no host read per step); on the host the number of all steps
+    (finite or skipped) and their wall time, counter reads included (a read waits for the
+    device work the steps queued, so the time is the steps' own on a GPU too)."""
 
     def __init__(self, device: torch.device, state: dict[str, Any] | None = None) -> None:
         s = state or {}
-        self.loss = torch.tensor(float(s.get("loss", 0.0)), dtype=torch.float64, device=device)
-        self.grad_norm = torch.tensor(
-            float(s.get("grad_norm", 0.0)), dtype=torch.float64, device=device
-        )
+        self.loss = _scalar(float(s.get("loss", 0.0)), torch.float64, device)
+        self.grad_norm = _scalar(float(s.get("grad_norm", 0.0)), torch.float64, device)
+        self.n = _scalar(int(s.get("n", 0)), torch.int64, device)
         self.step_time = float(s.get("step_time", 0.0))
-        self.n = int(s.get("n", 0))
+        # Checkpoints before the skipped steps were timed hold only "n".
+        self.n_steps = int(s.get("n_steps", s.get("n", 0)))
+
+    def add(self, loss: Tensor, grad_norm: Tensor, finite: Tensor) -> None:
+        """Add a step's loss and gradient norm (0-d float64) if ``finite`` (0-d bool)."""
+        self.loss = self.loss + torch.where(finite, loss, 0.0)
+        self.grad_norm = self.grad_norm + torch.where(finite, grad_norm, 0.0)
+        self.n = self.n + finite
 
     def state(self) -> dict[str, float | int]:
+        loss, grad_norm, n = torch.stack(
+            [self.loss, self.grad_norm, self.n.to(torch.float64)]
+        ).tolist()
         return {
-            "loss": float(self.loss),
-            "grad_norm": float(self.grad_norm),
+            "loss": loss,
+            "grad_norm": grad_norm,
+            "n": int(n),
             "step_time": self.step_time,
-            "n": self.n,
+            "n_steps": self.n_steps,
         }
 
     def means(self) -> dict[str, float | None]:
-        n = self.n
+        s = self.state()
+        n, n_steps = int(s["n"]), self.n_steps
         return {
-            "loss": float(self.loss) / n if n else None,
-            "grad_norm": float(self.grad_norm) / n if n else None,
-            "step_time_s": self.step_time / n if n else None,
+            "loss": s["loss"] / n if n else None,
+            "grad_norm": s["grad_norm"] / n if n else None,
+            "step_time_s": self.step_time / n_steps if n_steps else None,
         }
+
+
+class _DeviceCounters:
+    """The loop's per-step bookkeeping as 0-d device tensors, updated without host reads:
+    non-finite steps in a row (``consecutive``), the longest such run (``longest``), all
+    skipped steps (``skipped``), and for the plateau schedule the lowest finite loss
+    (``best``, ``+inf`` before the first) and the finite steps since it (``bad``)."""
+
+    KEYS = ("consecutive", "longest", "skipped", "best", "bad")
+
+    def __init__(self, device: torch.device, state: dict[str, Any] | None = None) -> None:
+        s = state or {}
+        self.consecutive = _scalar(int(s.get("consecutive", 0)), torch.int64, device)
+        self.longest = _scalar(int(s.get("longest", 0)), torch.int64, device)
+        self.skipped = _scalar(int(s.get("skipped", 0)), torch.int64, device)
+        self.bad = _scalar(int(s.get("bad", 0)), torch.int64, device)
+        self.best = _scalar(float(s.get("best", math.inf)), torch.float64, device)
+
+    def update(self, loss: Tensor, finite: Tensor) -> None:
+        """Count a step with 0-d float64 ``loss`` and 0-d bool ``finite``."""
+        self.consecutive = torch.where(finite, 0, self.consecutive + 1)
+        self.longest = torch.maximum(self.longest, self.consecutive)
+        self.skipped = self.skipped + ~finite
+        # A new minimum is any lower loss (absolute threshold 0): the relative default of
+        # ReduceLROnPlateau misjudges negative losses, as the φ⁴ KL without log Z is.
+        improved = finite & (loss < self.best)
+        self.best = torch.where(improved, loss, self.best)
+        self.bad = torch.where(improved, 0, self.bad + finite)
+
+    def restart_plateau(self) -> None:
+        self.bad = torch.zeros_like(self.bad)
+
+    def state(self) -> dict[str, float | int]:
+        """The counters on the host (one transfer)."""
+        values = torch.stack([getattr(self, k).to(torch.float64) for k in self.KEYS]).tolist()
+        return {k: v if k == "best" else int(v) for k, v in zip(self.KEYS, values, strict=True)}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -221,6 +318,8 @@ class Trainer:
         self.ctx = ctx if ctx is not None else DistContext()
         self.device = device
         self.dtype = config.torch_dtype
+        # Process-global flags (TF32 off for float32 on a GPU), set before any model work.
+        self.precision = apply_precision_policy(self.dtype, device)
         self.flow = flow.to(device=device, dtype=self.dtype)
         self.target = target
         self.estimator = (
@@ -245,26 +344,13 @@ class Trainer:
             )
         self.local_batch = config.batch_size // world
         self.params = trainable(self.flow)
-        self.optimizer = torch.optim.Adam(self.params, lr=config.lr)
-        self.scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None
-        if config.lr_schedule == "plateau":
-            # An absolute threshold of 0: any new minimum of the loss counts as progress. (The
-            # default relative threshold misjudges negative losses, as the φ⁴ KL without
-            # log Z is.)
-            self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                self.optimizer,
-                mode="min",
-                factor=config.lr_factor,
-                patience=config.lr_patience,
-                threshold=0.0,
-                threshold_mode="abs",
-                min_lr=config.lr_min,
-            )
+        self.skip_on_device = skips_on_device(device)
+        """Non-finite steps are skipped by the fused Adam kernel (no host read), else after
+        :func:`read_finite`."""
+        self.optimizer = torch.optim.Adam(self.params, lr=config.lr, fused=self.skip_on_device)
         rank = self.ctx.rank
         self.generators = {
-            "batch": torch.Generator(device=device).manual_seed(
-                stream_seed(config.seed, rank, _BATCH_STREAM)
-            )
+            "batch": device_generator(device, stream_seed(config.seed, rank, _BATCH_STREAM))
         }
         self.sampler: MinibatchSampler | None = None
         if self.direction == "forward":
@@ -294,6 +380,8 @@ class Trainer:
 
         self.step = 0
         self.checkpoint_step: int | None = None
+        self.counters = _DeviceCounters(device)
+        # Host copies of the counters as of the last check().
         self.consecutive_nonfinite = 0
         self.n_skipped = 0
         self.elapsed = 0.0  # seconds in the training loop, over all resumed segments
@@ -325,10 +413,11 @@ class Trainer:
             return self.sampler.draw(self.local_batch)
         return self.flow.base.sample(self.local_batch, self.generators["batch"])
 
-    def _train_step(self) -> tuple[Tensor, Tensor, bool]:
+    def _train_step(self) -> tuple[Tensor, Tensor, Tensor]:
         """One step; returns ``(loss, grad_norm, finite)``: the loss averaged over ranks and
-        the global gradient norm before clipping (0-d float64 device tensors) and whether the
-        update was applied."""
+        the global gradient norm before clipping (0-d float64 device tensors) and whether both
+        are finite, i.e. whether the update was applied (0-d bool device tensor). No host read
+        where :attr:`skip_on_device`."""
         batch = self._draw_batch()
         self.optimizer.zero_grad(set_to_none=True)
         loss, _ = self.estimator(self.flow, self.target, batch)
@@ -343,20 +432,53 @@ class Trainer:
             norm = torch.zeros((), dtype=torch.float64, device=self.device)
         loss_mean = all_reduce_sum(loss.detach().to(torch.float64).reshape(1), self.ctx)[0]
         loss_mean = loss_mean / self.ctx.world_size
-        # The one host read of the step: a skipped step must not touch Adam's state.
-        finite = bool(torch.isfinite(loss_mean) & torch.isfinite(norm))
-        if finite:
-            clip = self.config.clip_norm
-            if clip is not None:
-                # Scale by 1 (exactly) below the threshold: no host read of the norm.
-                scale = torch.where(norm > clip, clip / (norm + 1e-6), torch.ones_like(norm))
-                for g in grads:
-                    g.mul_(scale.to(g.dtype))
+        finite = torch.isfinite(loss_mean) & torch.isfinite(norm)
+        clip = self.config.clip_norm
+        if clip is not None:
+            # Scale by 1 (exactly) below the threshold: no host read of the norm. (A non-finite
+            # norm gives 1; that step is skipped anyway.)
+            scale = torch.where(norm > clip, clip / (norm + 1e-6), torch.ones_like(norm))
+            for g in grads:
+                g.mul_(scale.to(g.dtype))
+        if self.skip_on_device:
+            # The fused kernel leaves parameters, moments and step count as they are where
+            # found_inf is 1 (the protocol of torch.amp.GradScaler).
+            self.optimizer.found_inf = (~finite).to(torch.float32)  # type: ignore[attr-defined]
             self.optimizer.step()
-            if self.scheduler is not None:
-                self.scheduler.step(float(loss_mean))
+        elif read_finite(finite):
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return loss_mean, norm, finite
+
+    def _record(self, loss: Tensor, grad_norm: Tensor, finite: Tensor) -> None:
+        """The device-side bookkeeping of a step (:class:`_Interval`, :class:`_DeviceCounters`);
+        no host read."""
+        self.interval.add(loss, grad_norm, finite)
+        self.counters.update(loss, finite)
+
+    def check(self, plateau: bool) -> None:
+        """Read the on-device counters (one transfer) into :attr:`n_skipped` and
+        :attr:`consecutive_nonfinite`; raise :class:`TrainingError` if a run of
+        ``max_nonfinite`` non-finite steps in a row has occurred; if ``plateau`` (only at steps
+        that are multiples of ``STOP_VOTE_EVERY``, so that resumed runs decide alike) and the
+        plateau schedule is on, lower the rate when the finite steps since the lowest loss
+        exceed ``lr_patience``."""
+        cfg = self.config
+        c = self.counters.state()
+        self.consecutive_nonfinite = int(c["consecutive"])
+        self.n_skipped = int(c["skipped"])
+        if int(c["longest"]) >= cfg.max_nonfinite:
+            raise TrainingError(
+                f"{int(c['longest'])} steps in a row with a non-finite loss or gradient, "
+                f"found at step {self.step} (counted on the device, read every "
+                f"{STOP_VOTE_EVERY} steps); the parameters are those of the last good step. "
+                "Try a lower train.lr, gradient clipping (train.clip_norm) or train.dtype "
+                "float64, or raise train.max_nonfinite"
+            )
+        if plateau and cfg.lr_schedule == "plateau" and int(c["bad"]) > cfg.lr_patience:
+            for group in self.optimizer.param_groups:
+                group["lr"] = max(float(group["lr"]) * cfg.lr_factor, cfg.lr_min)
+            self.counters.restart_plateau()
 
     def _stop_vote(self, over_time: bool, boundary: bool) -> tuple[int, bool]:
         """``(signal number or 0, over time)`` agreed by all ranks. Alone: every step, no
@@ -376,9 +498,7 @@ class Trainer:
     def evaluate(self) -> MetricRecord:
         """Metrics at the current parameters (see the module docstring), as a flat record."""
         cfg = self.config
-        gen = torch.Generator(device=self.device).manual_seed(
-            stream_seed(cfg.seed, 0, _EVAL_STREAM, self.step)
-        )
+        gen = device_generator(self.device, stream_seed(cfg.seed, 0, _EVAL_STREAM, self.step))
         record: MetricRecord = {
             "step": self.step,
             "elapsed_s": self.elapsed,
@@ -417,7 +537,7 @@ class Trainer:
                 index = torch.randint(len(store), (self.local_batch,), generator=gen)
                 batches.append(store.gather(index).to(device=self.device, dtype=self.dtype))
         else:
-            gen = torch.Generator(device=self.device).manual_seed(seed)
+            gen = device_generator(self.device, seed)
             batches = [
                 self.flow.base.sample(self.local_batch, gen) for _ in range(cfg.grad_var_batches)
             ]
@@ -437,17 +557,19 @@ class Trainer:
         if not self.ctx.is_main or path is None:
             self.checkpoint_step = self.step
             return
+        counters = self.counters.state()
         state = {
             "format_version": ckpt.FORMAT_VERSION,
             "step": self.step,
             "world_size": self.ctx.world_size,
             "model": self.flow.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else {},
+            "scheduler": {"best": counters["best"], "num_bad_steps": counters["bad"]},
             "rng": {"generators": gens, "global": glob},
             "loop": {
-                "consecutive_nonfinite": self.consecutive_nonfinite,
-                "n_skipped": self.n_skipped,
+                "consecutive_nonfinite": counters["consecutive"],
+                "longest_nonfinite": counters["longest"],
+                "n_skipped": counters["skipped"],
                 "elapsed": self.elapsed,
                 "interval": self.interval.state(),
             },
@@ -469,8 +591,8 @@ class Trainer:
         try:
             self.flow.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
-            if self.scheduler is not None:
-                self.scheduler.load_state_dict(state["scheduler"])
+            self._keep_optimizer_mode()
+            plateau = state["scheduler"]
             rank = self.ctx.rank
             ckpt.set_generator_states(self.generators, state["rng"]["generators"][rank])
             ckpt.set_global_rng_state(state["rng"]["global"][rank])
@@ -483,6 +605,31 @@ class Trainer:
         self.n_skipped = int(loop["n_skipped"])
         self.elapsed = float(loop["elapsed"])
         self.interval = _Interval(self.device, loop["interval"])
+        self.counters = _DeviceCounters(
+            self.device,
+            {
+                "consecutive": self.consecutive_nonfinite,
+                "longest": int(loop.get("longest_nonfinite", self.consecutive_nonfinite)),
+                "skipped": self.n_skipped,
+                # Checkpoints of ReduceLROnPlateau (before the on-device schedule) name the
+                # count num_bad_epochs.
+                "best": float(plateau.get("best", math.inf)),
+                "bad": int(plateau.get("num_bad_steps", plateau.get("num_bad_epochs", 0))),
+            },
+        )
+
+    def _keep_optimizer_mode(self) -> None:
+        """After loading a saved optimizer state: keep this run's fused choice (the saved
+        param groups carry the writer's) and put the step counts where that mode keeps them
+        (float32 on the parameter's device when fused, as torch's own loading does)."""
+        for group in self.optimizer.param_groups:
+            group["fused"] = self.skip_on_device
+            for p in group["params"]:
+                st = self.optimizer.state.get(p)
+                if st and isinstance(st.get("step"), Tensor) and self.skip_on_device:
+                    st["step"] = st["step"].to(dtype=torch.float32, device=p.device)
+                elif st and isinstance(st.get("step"), Tensor):
+                    st["step"] = st["step"].to(device="cpu")
 
     # ------------------------------------------------------------------ the loop
 
@@ -505,8 +652,9 @@ class Trainer:
         (also written to ``summary.json`` by rank 0), whose ``status`` is ``completed``,
         ``stopped`` (time limit), ``interrupted`` (signal; ``signal`` names it) or ``failed``.
         ``resume`` continues from ``run_dir/checkpoint.pt`` if it exists. Raises
-        :class:`TrainingError` after ``max_nonfinite`` skipped steps in a row, :class:`HardStop`
-        on a second stop signal."""
+        :class:`TrainingError` once ``max_nonfinite`` skipped steps in a row have occurred (at
+        the next read of the device counters, see the module docstring), :class:`HardStop` on a
+        second stop signal."""
         # The estimators' per-call finiteness test reads a flag back from the device (a host
         # synchronisation, and a graph break when compiled) at every step; base samples are
         # finite by construction and target samples were checked once, in __init__.
@@ -546,27 +694,10 @@ class Trainer:
             stop = over_time
             while self.step < cfg.steps and not stop:
                 t0 = time.perf_counter()
-                loss, norm, finite = self._train_step()
+                self._record(*self._train_step())
                 self.step += 1
-                dt = time.perf_counter() - t0
-                if finite:
-                    self.consecutive_nonfinite = 0
-                    self.interval.loss += loss
-                    self.interval.grad_norm += norm
-                    self.interval.n += 1
-                    self.interval.step_time += dt
-                else:
-                    self.consecutive_nonfinite += 1
-                    self.n_skipped += 1
-                    if self.consecutive_nonfinite >= cfg.max_nonfinite:
-                        status, reason = "failed", "nonfinite"
-                        raise TrainingError(
-                            f"{self.consecutive_nonfinite} steps in a row with a non-finite loss "
-                            f"or gradient (last loss {float(loss)}, gradient norm {float(norm)}) "
-                            f"at step {self.step}; the parameters are those of the last good "
-                            "step. Try a lower train.lr, gradient clipping (train.clip_norm) or "
-                            "train.dtype float64, or raise train.max_nonfinite"
-                        )
+                self.interval.step_time += time.perf_counter() - t0
+                self.interval.n_steps += 1
                 self.elapsed = elapsed_at_start + (time.perf_counter() - segment_start)
                 if bar is not None:
                     bar.update(1)
@@ -576,6 +707,16 @@ class Trainer:
                 boundary = at_eval or at_ckpt or self.step >= cfg.steps
                 signum, over_time = self._stop_vote(over_time, boundary)
                 stop = bool(signum) or over_time
+                at_check = self.step % STOP_VOTE_EVERY == 0
+                if at_check or boundary or stop:
+                    t1 = time.perf_counter()
+                    try:
+                        self.check(plateau=at_check)
+                    except TrainingError:
+                        status, reason = "failed", "nonfinite"
+                        raise
+                    # The read waits for the queued device work of the steps: step time.
+                    self.interval.step_time += time.perf_counter() - t1
                 if at_eval or stop or self.step >= cfg.steps:
                     _sync(self.device)
                     if main:
@@ -639,6 +780,7 @@ class Trainer:
             "train_time_s": self.elapsed,
             "mean_step_time_s": sum(times) / len(times) if times else None,
             "n_skipped": self.n_skipped,
+            "nonfinite_skip": "fused Adam (found_inf)" if self.skip_on_device else "host read",
             "initial": records[0] if records else {},
             "final": self.last_eval,
             "best_ess_reverse": max(ess) if ess else None,
@@ -647,6 +789,7 @@ class Trainer:
             "data": self.data.metadata if self.data is not None else None,
             "device": str(self.device),
             "dtype": self.config.dtype,
+            "precision": self.precision.as_dict(),
             "world_size": self.ctx.world_size,
             "torch": torch.__version__,
             "config": self.run_config,
