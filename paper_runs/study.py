@@ -161,9 +161,10 @@ def render_results() -> Path:
     ]
     for study in studies:
         for v in verdicts(study):
+            figures = v["figures"].replace("|", "\\|")  # ⟨|M|⟩ inside a table cell
             lines.append(
                 f"| {v['claim']} | `{study['spec']['name']}` | `{v['estimator']}` | "
-                f"**{v['verdict']}** | {v['figures']} |"
+                f"**{v['verdict']}** | {figures} |"
             )
     lines += ["", CLAIM_4, ""]
     for study in studies:

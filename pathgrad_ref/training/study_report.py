@@ -300,7 +300,8 @@ def markdown(study: dict[str, Any], *, heading: str = "#", image_dir: str = "") 
             ref_text = f" (reference {fmt(ref['value'])}" + (
                 f" ± {fmt(ref['err'], 2)})" if ref.get("err") else ", exact)"
             )
-        rows.append((f"final {name}{ref_text}", f"final_{o}", False))
+        # "|" would end the table cell (⟨|M|⟩/V)
+        rows.append((f"final {name}{ref_text}".replace("|", "\\|"), f"final_{o}", False))
     names = list(est)
     lines += [
         "",
