@@ -12,7 +12,10 @@ Two host reads are deliberate and are stood in for by :func:`meta_mode`:
   stand-in checks that the status is a ``(3,)`` bool tensor on the solver's device, counts the
   call and reports success;
 - the finiteness check of an input batch (``check_batch``), while it reads a value: its shape,
-  dtype and device checks still run, only the value read is skipped.
+  dtype and device checks still run, only the value read is skipped;
+- the naive forward oracles' check that the pull-back inverts the flow
+  (:func:`pathgrad_ref.estimators.naive.check_pullback`): the stand-in checks that the residual
+  is on ``meta`` and counts the call.
 
 Reuse, e.g. for trainer steps::
 
@@ -34,6 +37,7 @@ import torch
 from torch import Tensor
 
 import pathgrad_ref._validation as validation
+import pathgrad_ref.estimators.naive as naive
 import pathgrad_ref.flows.base as flows_base
 from pathgrad_ref.flows.implicit import STATUS_FIELDS, status_check
 
@@ -46,6 +50,7 @@ class MetaReads:
 
     bisection: int = 0
     batch_checks: int = 0
+    pullback_checks: int = 0
 
 
 def _reads_a_value(err: BaseException) -> bool:
@@ -78,8 +83,19 @@ def meta_mode() -> Iterator[MetaReads]:
 
         return check
 
+    real_pullback = naive.check_pullback
+
+    def pullback(residual: Tensor, x: Tensor) -> None:
+        if residual.device.type != "meta":
+            real_pullback(residual, x)
+            return
+        if x.device.type != "meta":
+            raise AssertionError(f"pull-back residual on meta, its target on {x.device}")
+        reads.pullback_checks += 1
+
     with ExitStack() as stack:
         stack.enter_context(status_check(bisection_status))
+        stack.enter_context(mock.patch.object(naive, "check_pullback", pullback))
         for module in (validation, flows_base):
             real = getattr(module, "check_batch", None)
             if real is not None:

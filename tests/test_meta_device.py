@@ -26,6 +26,7 @@ from support import SETUPS, make_setup
 from torch import Tensor
 
 from pathgrad_ref.estimators import ESTIMATORS
+from pathgrad_ref.flows import Flow
 from pathgrad_ref.flows.implicit import (
     BisectionError,
     bisection_iterations,
@@ -44,10 +45,14 @@ K = 3
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _n_inverse_solves(setup: str, name: str) -> int:
+def _n_layers(flow: Flow) -> int:
+    return len(flow.layers)
+
+
+def _n_inverse_solves(setup: str, name: str, flow: Flow) -> int:
     """Bisections per call: one per U(1) layer wherever the estimator runs the inverse flow."""
     runs_inverse = name.startswith("forward") or name == "reverse-path-dropin"
-    return 4 if setup == "u1-gauge" and runs_inverse else 0
+    return _n_layers(flow) if setup == "u1-gauge" and runs_inverse else 0
 
 
 # --- every estimator on every flow, on meta --------------------------------------------------
@@ -69,7 +74,7 @@ def test_estimator_forward_and_backward_on_meta(setup: str, name: str) -> None:
         assert p.grad.device == META and p.grad.shape == p.shape, pname
     # The stand-ins were used exactly where expected: no other host read exists (it would
     # have raised on meta).
-    assert reads.bisection == _n_inverse_solves(setup, name)
+    assert reads.bisection == _n_inverse_solves(setup, name, flow)
 
 
 def test_flow_sampling_and_inverse_on_meta() -> None:
@@ -79,7 +84,7 @@ def test_flow_sampling_and_inverse_on_meta() -> None:
         x, log_q = flow.sample(3)
         z, log_q_inv = flow.inverse(x)
     assert x.device == z.device == log_q.device == log_q_inv.device == META
-    assert reads.bisection == 4
+    assert reads.bisection == _n_layers(flow)
 
 
 # --- a planted wrong-device tensor is caught ---------------------------------------------------
@@ -452,7 +457,7 @@ def test_trainer_steps_on_meta(
             trainer._record(loss, norm, finite)
     assert flag_reads == (3 if skip == "host" else 0)
     runs_inverse = setup == "u1-gauge" and estimator.startswith("forward")
-    assert reads.bisection == (3 * 4 if runs_inverse else 0)
+    assert reads.bisection == (3 * _n_layers(trainer.flow) if runs_inverse else 0)
     for t in (loss, norm, finite, trainer.interval.loss, trainer.interval.n):
         assert t.device == META and t.shape == ()
     assert all(getattr(trainer.counters, k).device == META for k in trainer.counters.KEYS)

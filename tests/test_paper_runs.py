@@ -360,9 +360,12 @@ def test_auto_device(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_presets_are_complete(scripts: dict[str, ModuleType]) -> None:
-    """Both presets exist everywhere and the paper presets hold the paper's settings."""
+    """The quick and paper presets exist everywhere, every study's preset exists in its
+    experiment, and the paper presets hold the paper's settings."""
     for module in scripts.values():
-        assert set(module.EXPERIMENT.presets) == {"quick", "paper"}
+        assert {"quick", "paper"} <= set(module.EXPERIMENT.presets)
+    for spec in load_script("study").STUDIES.values():
+        assert spec.preset in scripts[spec.experiment].EXPERIMENT.presets, spec.name
     phi4 = scripts["phi4"].PRESETS["paper"]
     assert phi4["lattice"] == (16, 8) and (phi4["kappa"], phi4["lam"]) == (0.3, 0.022)
     assert phi4["n_couplings"] == 8 and phi4["hidden"] == (1000,) * 4

@@ -152,6 +152,18 @@ def _pullback_residual(o: _Oracle, x: Tensor, z: Tensor) -> Tensor:
     return diff.flatten(1).abs().amax(1)
 
 
+def check_pullback(residual: Tensor, x: Tensor) -> None:
+    """``AssertionError`` unless ``max |T(z*) − x| ≤ sqrt(eps) · max(1, max |x|)`` (residual shape
+    ``(N,)``): rounding of a deep flow and bisection tolerances lie far below that bound, a wrong
+    inverse far above. One host read (the meta-device tests stand in for it)."""
+    tol = math.sqrt(torch.finfo(x.dtype).eps) * max(1.0, float(x.abs().max()))
+    if float(residual.max()) > tol:
+        raise AssertionError(
+            f"pull-back failed: max |T(T^-1(x)) - x| = {float(residual.max()):.3e} > {tol:.1e}; "
+            "the flow's inverse does not invert its forward map"
+        )
+
+
 def _pullback(o: _Oracle, x: Tensor) -> tuple[Tensor, Tensor]:
     """``(z*, J_0)`` per sample: the root ``T_θ(z*) = x``, and the dense Jacobian there, both
     detached. The root's *value* comes from the flow's own inverse (the one piece the oracle
@@ -159,15 +171,7 @@ def _pullback(o: _Oracle, x: Tensor) -> tuple[Tensor, Tensor]:
     inverse fails loudly instead of silently moving the oracle's evaluation point."""
     with torch.no_grad():
         z, _ = o.flow.inverse(x)
-    residual = _pullback_residual(o, x, z)
-    # sqrt(eps)-level: rounding of a deep flow and bisection tolerances lie far below it; a
-    # wrong inverse lies far above.
-    tol = math.sqrt(torch.finfo(x.dtype).eps) * max(1.0, float(x.abs().max()))
-    if float(residual.max()) > tol:
-        raise AssertionError(
-            f"pull-back failed: max |T(T^-1(x)) - x| = {float(residual.max()):.3e} > {tol:.1e}; "
-            "the flow's inverse does not invert its forward map"
-        )
+    check_pullback(_pullback_residual(o, x, z), x)
     zf = _flat(z)
     return zf, vmap(o.jacobian, in_dims=(None, 0))(o.params, zf).detach()
 
