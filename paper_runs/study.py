@@ -132,9 +132,9 @@ CLAIM_4 = (
     "4. **Cost**: the fast path costs about 4/3 of the standard step and less than "
     "Algorithms 2 and 3. Measured in `benchmarks/` (ratios of interleaved training steps in one "
     "run), not redone here: see [benchmarks/RESULTS.md](../benchmarks/RESULTS.md). The step "
-    "times in the study tables below come from runs that shared two cores with each other and "
-    "with other work (the load average is given per study): they order the estimators but are "
-    "not a cost measurement."
+    "times in the study tables below come from runs that shared two cores with each other (two "
+    "at a time) and, for these committed results, with other work on the machine: they order "
+    "the estimators but are not a cost measurement."
 )
 
 READING = """## Reading the verdicts
@@ -156,6 +156,13 @@ READING = """## Reading the verdicts
 
 
 def render_results() -> Path:
+    """Write ``paper_runs/RESULTS.md`` (:func:`results_markdown`)."""
+    out = HERE / "RESULTS.md"
+    out.write_text(results_markdown())
+    return out
+
+
+def results_markdown() -> str:
     """``paper_runs/RESULTS.md`` from the committed ``paper_runs/results/*/study.json``."""
     studies = []
     for name in STUDIES:
@@ -193,9 +200,7 @@ def render_results() -> Path:
     missing = [n for n in STUDIES if not (RESULTS_DIR / n / "study.json").exists()]
     if missing:
         lines += ["", "Not yet committed: " + ", ".join(f"`{m}`" for m in missing), ""]
-    out = HERE / "RESULTS.md"
-    out.write_text("\n".join(lines))
-    return out
+    return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -240,6 +240,9 @@ def _record_wall_time(run_dir: Path, cmd: Sequence[str], seconds: float, code: i
         "wall_s": seconds,
         "exit_code": code,
         "commit": _git_commit(Path(cmd[1]).parent),
+        # Other work on the machine slows runs unevenly: wall and step times compare fairly
+        # only when this stays below the core count.
+        "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
     write_json(path, [*(previous if isinstance(previous, list) else []), entry])
 
@@ -279,12 +282,21 @@ def collect(spec: StudySpec, root: Path) -> list[dict[str, Any]]:
             keep = set(CURVE_KEYS) | set(observables) | {f"{o}_err" for o in observables}
             keep |= {f"{o}_n_eff" for o in observables}
             curve = [{k: v for k, v in rec.items() if k in keep} for rec in records]
-            wall = None
+            wall, load = None, None
             if (run_dir / "invocations.json").exists():
                 calls = json.loads((run_dir / "invocations.json").read_text())
-                wall = sum(c["wall_s"] for c in calls) if isinstance(calls, list) else None
+                if isinstance(calls, list) and calls:
+                    wall = sum(c["wall_s"] for c in calls)
+                    load = calls[-1].get("load_average_1m")
             runs.append(
-                {"estimator": e, "seed": s, "summary": summary, "curve": curve, "wall_s": wall}
+                {
+                    "estimator": e,
+                    "seed": s,
+                    "summary": summary,
+                    "curve": curve,
+                    "wall_s": wall,
+                    "load_average_1m": load,
+                }
             )
     return runs
 
@@ -415,6 +427,7 @@ def summarise(
         "spec": {**asdict(spec), "estimators": list(spec.estimators), "seeds": list(spec.seeds)},
         "hardware": hardware,
         "equal_time_s": equal_time,
+        "load_average_1m": aggregate([r.get("load_average_1m") for r in runs]),
         "observables": observables,
         "references": references,
         "estimators": estimators,
@@ -459,7 +472,4 @@ def hardware_info() -> dict[str, Any]:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-        # Other work on the machine slows runs unevenly: step and wall times compare fairly
-        # only when this is low (below the core count).
-        "load_average_1_5_15m": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }

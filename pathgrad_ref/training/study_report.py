@@ -254,7 +254,7 @@ def markdown(study: dict[str, Any], *, heading: str = "#", image_dir: str = "") 
     """``study.md``: the claim, settings, verdicts, the table across seeds, every seed's
     final values and the plots (``image_dir`` is prefixed to the image paths)."""
     spec, hw, est = study["spec"], study["hardware"], study["estimators"]
-    load = ", ".join(fmt(x, 2) for x in hw.get("load_average_1_5_15m") or [])
+    load = study.get("load_average_1m") or {}
     seeds = ", ".join(str(s) for s in spec["seeds"])
     lines = [
         f"{heading} Study `{spec['name']}`: {spec['experiment']}, preset `{spec['preset']}`",
@@ -265,7 +265,12 @@ def markdown(study: dict[str, Any], *, heading: str = "#", image_dir: str = "") 
         f"- seeds: {seeds} (every seed is reported); hardware: {hw.get('cpu')}, "
         f"{hw.get('cores')} cores, torch {hw.get('torch')}"
         + (f", GPU {hw['gpu']}" if hw.get("gpu") else ", no GPU")
-        + (f"; load average (1, 5, 15 min) when aggregated: {load}" if load else ""),
+        + (
+            f"; load average (1 min) as each run ended: median {fmt(load['median'], 2)}, "
+            f"max {fmt(load['max'], 2)}"
+            if load.get("median") is not None
+            else ""
+        ),
     ]
     if spec.get("gpu_command"):
         lines.append(f"- paper size on a GPU: `{spec['gpu_command']}`")
@@ -334,12 +339,13 @@ def markdown(study: dict[str, Any], *, heading: str = "#", image_dir: str = "") 
             f"{'–' if f.get('reliable') is None else ('yes' if f['reliable'] else 'no')} |"
         )
     lines.append("")
-    for png, caption in (
-        ("ess.png", "reverse ESS against step and wall time (median, band: min–max over seeds)"),
-        ("nll.png", "held-out and training NLL, held-out forward ESS"),
-        ("gradvar.png", "gradient variance along training"),
-    ):
-        lines.append(f"![{caption}]({image_dir}{png})")
+    captions = {
+        "ess.png": "reverse ESS against step and wall time (median, band: min–max over seeds)",
+        "nll.png": "held-out and training NLL, held-out forward ESS",
+        "gradvar.png": "gradient variance along training",
+    }
+    for png in plot_names(study):
+        lines.append(f"![{captions[png]}]({image_dir}{png})")
     return "\n".join(lines) + "\n"
 
 
@@ -419,6 +425,20 @@ def _log_if_wide(ax: Any, study: dict[str, Any], key: str) -> None:
             ax.set_ylim(top=1.5)  # an ESS is at most 1
 
 
+def _has(study: dict[str, Any], key: str) -> bool:
+    return any(key in rec for run in study["runs"] for rec in run["curve"])
+
+
+def plot_names(study: dict[str, Any]) -> list[str]:
+    """The files :func:`plot` writes for this record."""
+    names = ["ess.png"]
+    if _has(study, "nll_train"):
+        names.append("nll.png")
+    if _has(study, "grad_var_path"):
+        names.append("gradvar.png")
+    return names
+
+
 def plot(study: dict[str, Any], out_dir: Path) -> list[Path]:
     """``ess.png``, and where the record has the values ``nll.png`` and ``gradvar.png``."""
     import matplotlib
@@ -450,8 +470,7 @@ def plot(study: dict[str, Any], out_dir: Path) -> list[Path]:
         fig.savefig(written[-1], dpi=110)
         plt.close(fig)
 
-        has_train = any(r["curve"] and "nll_train" in r["curve"][-1] for r in study["runs"])
-        if has_train:
+        if "nll.png" in plot_names(study):
             fig, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
             _plot_band(axes[0], study, "nll", "step", suffix=" held-out")
             _plot_band(axes[0], study, "nll_train", "step", style="--", suffix=" train")
@@ -469,7 +488,7 @@ def plot(study: dict[str, Any], out_dir: Path) -> list[Path]:
             plt.close(fig)
 
         gv_runs = [r for r in study["runs"] if any("grad_var_path" in c for c in r["curve"])]
-        if gv_runs:
+        if "gradvar.png" in plot_names(study):
             trained = [e for e in study["estimators"] if any(r["estimator"] == e for r in gv_runs)]
             fig, axes = plt.subplots(
                 1,
