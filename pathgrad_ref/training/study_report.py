@@ -461,7 +461,7 @@ def plot(study: dict[str, Any], out_dir: Path) -> list[Path]:
             ax.set_ylabel("reverse ESS")
             _log_if_wide(ax, study, "ess_reverse")
             ax.grid(alpha=0.3)
-        if study.get("equal_time_s") is not None:
+        if study.get("equal_time_s") is not None and len(study["estimators"]) > 1:
             axes[1].axvline(study["equal_time_s"], color="k", lw=0.8, ls=":", label="equal time")
         axes[0].legend(fontsize=8)
         axes[1].legend(fontsize=8)
