@@ -132,9 +132,9 @@ CLAIM_4 = (
     "4. **Cost**: the fast path costs about 4/3 of the standard step and less than "
     "Algorithms 2 and 3. Measured in `benchmarks/` (ratios of interleaved training steps in one "
     "run), not redone here: see [benchmarks/RESULTS.md](../benchmarks/RESULTS.md). The step "
-    "times in the study tables below come from runs that shared two cores with each other (two "
-    "at a time) and, for these committed results, with other work on the machine: they order "
-    "the estimators but are not a cost measurement."
+    "times in the study tables below come from runs that shared the two cores two at a time "
+    "(the load average as each run ended is given per study): they order the estimators but "
+    "are not a cost measurement."
 )
 
 READING = """## Reading the verdicts
