@@ -1,5 +1,5 @@
 """Studies over seeds: the paper's claims, path against standard gradients, tested at a scale a
-2-core CPU finishes in about an hour (all studies together).
+2-core CPU finishes in about half an hour (all studies together, two runs at a time).
 
     python paper_runs/study.py gmm-reverse                 # one study (resumes if killed)
     python paper_runs/study.py all --workers 2             # every study, two runs at a time
@@ -178,7 +178,7 @@ def results_markdown() -> str:
         "Each study trains every estimator with every seed (4 seeds, all reported) and "
         "aggregates across seeds; the verdict rules are fixed in "
         "`pathgrad_ref/training/study_report.py` (a difference counts when it exceeds two "
-        "combined standard errors). The scale is what a 2-core CPU does in about an hour for "
+        "combined standard errors). The scale is what a 2-core CPU does in about half an hour for "
         "all studies together; each study names the paper-size command for a GPU.",
         "",
         "## Verdicts",
