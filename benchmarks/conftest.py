@@ -20,6 +20,9 @@ import harness
 import pytest
 import torch
 
+from pathgrad_ref.training.config import ConfigError
+from pathgrad_ref.training.trainer import resolve_device
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("pathgrad-bench", "pathgrad-ref runtime benchmarks")
@@ -51,27 +54,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def _requested_device(config: pytest.Config) -> torch.device:
-    """The ``--device`` option, or ``pytest.UsageError`` naming what is wrong with it."""
-    name = config.getoption("--device")
+    """The ``--device`` option (checked as the training runs check it), or
+    ``pytest.UsageError`` naming what is wrong with it: never a silent fall-back to the CPU."""
     try:
-        dev = torch.device(name)
-    except RuntimeError as err:
+        return resolve_device(config.getoption("--device"))
+    except ConfigError as err:
         raise pytest.UsageError(
-            f"--device: expected a torch device (cpu, cuda), got {name!r}"
-        ) from err
-    if dev.type not in ("cpu", "cuda"):
-        raise pytest.UsageError(f"--device: expected cpu or cuda[:index], got {name!r}")
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise pytest.UsageError(
-                f"--device {name} requested but CUDA is not available (torch {torch.__version__}, "
-                f"built with CUDA {torch.version.cuda}): refusing to run the GPU benchmarks"
-            )
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise pytest.UsageError(
-                f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) are visible"
-            )
-    return dev
+            f"--device: {err.message}; refusing to run the benchmarks elsewhere"
+        ) from None
 
 
 def pytest_configure(config: pytest.Config) -> None:

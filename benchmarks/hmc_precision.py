@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from pathgrad_ref.samplers import hmc_sample
+from pathgrad_ref.samplers import HMCResult, hmc_sample
 from pathgrad_ref.samplers.diagnostics import integrated_autocorrelation_time
 from pathgrad_ref.samplers.hmc import leapfrog
 from pathgrad_ref.targets import Phi4, Target, U1Gauge
@@ -105,17 +105,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "targets": {},
     }
     for name, (target, obs, period, exact) in _setups().items():
-        pilot = hmc_sample(
-            target,
-            args.chains,
-            n_chains=args.chains,
-            step_size=0.1,
-            n_leapfrog=args.leapfrog,
-            n_therm=args.therm,
-            periodic=period,
-            adapt_step_size=True,
-            generator=torch.Generator().manual_seed(12345),
-        )
+        pilot = _pilot(target, period, args, seed=12345)
         eps = pilot.step_size
         rows: dict[str, list[dict[str, Any]]] = {"float64": [], "float32": []}
         for rep in range(args.repeats):
@@ -190,21 +180,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ]
     out["energy_error_paper_lattices"] = {}
     for name, target, period in paper:
-        pilot = hmc_sample(
-            target,
-            args.chains,
-            n_chains=args.chains,
-            step_size=0.1,
-            n_leapfrog=args.leapfrog,
-            n_therm=args.therm,
-            periodic=period,
-            adapt_step_size=True,
-            generator=torch.Generator().manual_seed(54321),
-        )
+        pilot = _pilot(target, period, args, seed=54321)
         err = _energy_error(target, pilot.final_state, pilot.step_size, args.leapfrog, 8)
         out["energy_error_paper_lattices"][name] = {"step_size": pilot.step_size, **err}
         print(f"{name}: eps={pilot.step_size:.4f} {err}", flush=True)
     return out
+
+
+def _pilot(target: Target, period: float | None, args: argparse.Namespace, seed: int) -> HMCResult:
+    """A float64 run with step-size adaptation: its step size and final (thermalised) state."""
+    return hmc_sample(
+        target,
+        args.chains,
+        n_chains=args.chains,
+        step_size=0.1,
+        n_leapfrog=args.leapfrog,
+        n_therm=args.therm,
+        periodic=period,
+        adapt_step_size=True,
+        generator=torch.Generator().manual_seed(seed),
+    )
 
 
 def _line(name: str, e: dict[str, Any]) -> str:

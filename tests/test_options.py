@@ -4,7 +4,6 @@ error messages and resume checks all come from it, and every flag an error names
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import math
 import os
@@ -12,11 +11,11 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 import torch
+from script_support import ROOT, SCRIPTS, load_script
 
 from pathgrad_ref.training import Experiment, build_parser
 from pathgrad_ref.training.cli import flags, resolve, with_flags
@@ -31,21 +30,10 @@ from pathgrad_ref.training.config import (
 from pathgrad_ref.training.data import MinibatchSampler
 from pathgrad_ref.training.report import fmt
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = ("gmm", "phi4", "u1")
-
 pytestmark = [
     pytest.mark.filterwarnings("ignore:series of .* too short:RuntimeWarning"),
     pytest.mark.usefixtures("one_thread"),
 ]
-
-
-def load_script(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"opt_{name}", ROOT / "paper_runs" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")

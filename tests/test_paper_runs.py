@@ -7,7 +7,6 @@ few steps on tiny lattices so that the whole module runs in seconds on a CPU.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -20,14 +19,12 @@ from types import ModuleType
 import pytest
 import torch
 import torch.multiprocessing as mp
+from script_support import SCRIPTS, error_of, load_script
 from torch import Tensor
 
 from pathgrad_ref.training import Experiment, Trainer, build_parser, resolve_device
 from pathgrad_ref.training import checkpoint as ckpt
 from pathgrad_ref.training.config import ConfigError
-
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = ("gmm", "phi4", "u1")
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:series of .* too short:RuntimeWarning"),
@@ -47,16 +44,6 @@ TINY = {
 }
 
 
-def load_script(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        f"paper_runs_{name}", ROOT / "paper_runs" / f"{name}.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def scripts() -> dict[str, ModuleType]:
     return {name: load_script(name) for name in SCRIPTS}
@@ -69,18 +56,6 @@ def tiny(name: str, tmp_path: Path, *extra: str) -> list[str]:
 def run(script: ModuleType, argv: list[str]) -> int:
     code: int = script.main(argv)
     return code
-
-
-def error_of(script: ModuleType, argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
-    """Run ``argv``, expect exit code 2 and return the single stderr line."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as info:
-        script.main(argv)
-    assert info.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert "\n" not in err and "Traceback" not in err, err
-    assert err.startswith(f"paper_runs/{script.EXPERIMENT.name}.py: error: "), err
-    return err
 
 
 # ---------------------------------------------------------------- runs and their files

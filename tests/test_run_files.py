@@ -5,7 +5,6 @@ checkpoint loadable."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 from collections.abc import Callable
@@ -15,12 +14,11 @@ from typing import IO, Any
 
 import pytest
 import torch
+from script_support import error_of, load_script
 
 from pathgrad_ref.training import checkpoint as ckpt
 from pathgrad_ref.training.config import ConfigError
 from pathgrad_ref.training.files import atomic_write
-
-ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:series of .* too short:RuntimeWarning"),
@@ -41,14 +39,6 @@ PHI4 = [
 ]  # fmt: skip
 
 
-def load_script(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"rf_{name}", ROOT / "paper_runs" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def gmm() -> ModuleType:
     return load_script("gmm")
@@ -61,17 +51,6 @@ def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
         for p in sorted(folder.rglob("*"))
         if p.is_file()
     }
-
-
-def error_of(script: ModuleType, argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as info:
-        script.main(argv)
-    assert info.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert "\n" not in err and "Traceback" not in err, err
-    assert err.startswith(f"paper_runs/{script.EXPERIMENT.name}.py: error: "), err
-    return err
 
 
 def truncate(p: Path) -> None:

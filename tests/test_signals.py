@@ -5,7 +5,6 @@ uninterrupted run. A second signal stops at once with the last checkpoint loadab
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import random
@@ -15,19 +14,17 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 import torch
 import torch.multiprocessing as mp
+from script_support import ROOT, load_script
 from torch import Tensor
 
 from pathgrad_ref.training import Trainer
 from pathgrad_ref.training import checkpoint as ckpt
 from pathgrad_ref.training.trainer import HardStop, StopSignals
-
-ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -36,16 +33,6 @@ ARGS = [
     "--checkpoint-every", "7", "--dtype", "float64", "--no-progress", "--n-test-samples", "64",
     "--dim", "2", "--n-couplings", "2", "--hidden", "8", "--threads", "1",
 ]  # fmt: skip
-
-
-def load_script(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        f"runs_{name}", ROOT / "paper_runs" / f"{name}.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def model(path: Path) -> dict[str, Tensor]:

@@ -268,10 +268,7 @@ def test_quick_verdict_checks_ess_observables_and_time() -> None:
 def test_committed_results_are_rendered_from_their_json() -> None:
     """``paper_runs/RESULTS.md`` is exactly what ``study.py --render`` makes of the committed
     ``paper_runs/results/*/study.json``: no figure in it is typed by hand."""
-    import importlib.util
+    from script_support import load_script
 
-    spec = importlib.util.spec_from_file_location("study_script", ROOT / "paper_runs/study.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    assert module.results_markdown() == (ROOT / "paper_runs" / "RESULTS.md").read_text()
+    committed = (ROOT / "paper_runs" / "RESULTS.md").read_text()
+    assert load_script("study").results_markdown() == committed

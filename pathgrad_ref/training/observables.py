@@ -16,10 +16,10 @@ When is a reweighted estimate trustworthy? :func:`reliable` asks for two things:
 
 - ``N_eff = ESS · N ≥ RELIABLE_EFFECTIVE_SAMPLES`` (1000). The error bar above is computed
   from the weights themselves; it only describes the estimate when the tail of the weight
-  distribution has been sampled, which a few hundred effective samples do not guarantee (the
-  8×8, κ = 0.3 φ⁴ flow of an earlier quick preset, at ``N_eff ≈ 290``, sat 3–5σ off its HMC
-  reference at every evaluation). At 1000 the relative error of a Gaussian error bar is about
-  ``1/sqrt(2 N_eff) ≈ 2%``.
+  distribution has been sampled, which a few hundred effective samples do not guarantee: the
+  8×8, κ = 0.3 φ⁴ flow of an earlier quick preset (``python paper_runs/phi4.py --kappa 0.3``),
+  at ``N_eff ≈ 290``, sat 3–5σ off its HMC reference at every evaluation. At 1000 the relative
+  error of a Gaussian error bar is about ``1/sqrt(2 N_eff) ≈ 2%``.
 - where held-out target samples exist, forward ESS ``≥ RELIABLE_FORWARD_ESS`` (0.01). The
   reverse ESS is blind to regions where ``q_θ ≈ 0`` but ``p`` is not (flow samples never go
   there); the forward ESS, on samples of ``p``, is not: below 1% the flow misses part of the

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from .report import fmt
+from .study import quantile
 
 Z = 2.0  # how many combined standard errors a difference must exceed
 
@@ -112,9 +113,7 @@ _VARIANCE_KEYS = {
 
 
 def _median(xs: Sequence[float]) -> float:
-    s = sorted(xs)
-    m = len(s) // 2
-    return s[m] if len(s) % 2 else 0.5 * (s[m - 1] + s[m])
+    return quantile(sorted(xs), 0.5)
 
 
 QUICK_MIN_ESS = 0.2
