@@ -1,19 +1,25 @@
 """Studies over seeds: the paper's claims, path against standard gradients, tested at a scale a
-2-core CPU finishes in about half an hour (all studies together, two runs at a time).
+2-core CPU finishes in about an hour (all studies together, two runs at a time).
 
-    python paper_runs/study.py gmm-reverse                 # one study (resumes if killed)
-    python paper_runs/study.py all --workers 2             # every study, two runs at a time
-    python paper_runs/study.py phi4-reverse --commit       # also copy into paper_runs/results/
-    python paper_runs/study.py --render                    # re-render paper_runs/RESULTS.md
+    python paper_runs/study.py all                          # every study; prints the expected time
+    python paper_runs/study.py gmm-reverse                  # one study (resumes if killed)
+    python paper_runs/study.py all --commit --why "…"      # also copy into paper_runs/results/
+    python paper_runs/study.py --render                     # re-render paper_runs/RESULTS.md
 
 Every study is fixed here, before it runs: experiment, preset (defined in the experiment's
-script, with the reasons for its sizes), estimators and seeds. Each (estimator, seed) is an
-ordinary training run in ``runs/studies/<study>/<estimator>/seed<k>/``, trained by the
-experiment's own script with ``--resume``: a killed study picks up where it stopped and reuses
-finished runs. The study then writes ``study.json`` (aggregates and every run's curves),
-``study.md`` (verdicts and tables) and plots next to the runs. ``--commit`` copies the JSON and
-plots to ``paper_runs/results/<study>/`` and regenerates ``paper_runs/RESULTS.md`` from the
-committed JSON alone.
+script, with the reasons for its sizes), estimators and seeds; the verdict rules are fixed in
+``paper_runs/studies/rules.py``. Each (estimator, seed) is an ordinary training run in
+``runs/studies/<study>/<estimator>/seed<k>/``, trained by the experiment's own script with
+``--resume``: a killed study picks up where it stopped and reuses finished runs. The study then
+writes ``study.json`` (provenance, aggregates and every run's curves), ``study.md`` (verdicts
+and tables) and plots next to the runs. ``--commit`` copies the JSON and plots to
+``paper_runs/results/<study>/`` (a replaced record goes into the new one's ``history`` with
+``--why``) and regenerates ``paper_runs/RESULTS.md`` from the committed JSON alone.
+
+Sizes: 8 seeds per study (the rules' minimum). The training sizes of the presets are those of
+the 4-seed studies, unchanged, so that no setting was re-tuned after their outcomes were seen:
+the committed step and wall times put all studies at 8 seeds, two runs at a time, at about 45
+minutes on the 2-core machine (``--dry-run`` prints the estimate per study).
 """
 
 from __future__ import annotations
@@ -21,27 +27,39 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from pathgrad_ref.training.files import write_json
-from pathgrad_ref.training.study import (
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+from studies import rules  # noqa: E402
+from studies.provenance import history_entry  # noqa: E402
+from studies.report import markdown, plot, provenance_lines, verdict_rows  # noqa: E402
+from studies.running import (  # noqa: E402
     StudyError,
     StudyInterruptedError,
     StudySpec,
     collect,
-    hardware_info,
+    run_state,
     run_study,
+    study_provenance,
     summarise,
+    with_aggregates,
 )
-from pathgrad_ref.training.study_report import markdown, plot, verdicts
 
-HERE = Path(__file__).resolve().parent
+from pathgrad_ref.training.files import write_json  # noqa: E402
+
+ROOT = HERE.parent
 RESULTS_DIR = HERE / "results"
+BENCHMARKS = ROOT / "benchmarks" / "results" / "table2-cpu.json"
 REVERSE = ("reverse-standard", "reverse-path-fast", "reverse-path-dropin")
 FORWARD = ("forward-standard", "forward-path-fast", "forward-path-gdreg")
-SEEDS = (0, 1, 2, 3)
+SEEDS = tuple(range(rules.MIN_SEEDS))
 
 STUDIES: dict[str, StudySpec] = {
     s.name: s
@@ -67,6 +85,18 @@ STUDIES: dict[str, StudySpec] = {
             claim="forward KL from a finite set of 1,000 target samples: maximum likelihood "
             "overfits (held-out NLL rises above the training NLL, held-out forward ESS falls), "
             "the forward path gradients far less.",
+            gpu_command="python paper_runs/gmm.py --preset paper --device cuda "
+            "--compare forward-standard,forward-path-fast,forward-path-gdreg",
+        ),
+        StudySpec(
+            name="gmm-forward-10k",
+            experiment="gmm",
+            preset="study-forward-10k",
+            estimators=FORWARD,
+            seeds=SEEDS,
+            claim="forward KL at the paper's sample count, 10,000 training and 10,000 held-out "
+            "samples: the forward path gradient reaches a higher held-out forward ESS and "
+            "overfits less than maximum likelihood.",
             gpu_command="python paper_runs/gmm.py --preset paper --device cuda "
             "--compare forward-standard,forward-path-fast,forward-path-gdreg",
         ),
@@ -102,8 +132,9 @@ STUDIES: dict[str, StudySpec] = {
                 estimators=("reverse-path-fast",),
                 seeds=(0,),
                 claim=f"the default command, `python paper_runs/{exp}.py`, learns within about "
-                "3 minutes on a 2-core CPU: reverse ESS ≥ 0.2 and the reweighted observables "
-                "within 3σ of their references.",
+                "2 minutes on a 2-core CPU (target samples included): reverse ESS ≥ 0.2 and "
+                "the reweighted observables within 3σ of their references.",
+                fresh_cache=True,
             )
             for exp in ("gmm", "phi4", "u1")
         ),
@@ -111,15 +142,48 @@ STUDIES: dict[str, StudySpec] = {
 }
 
 
-def finish(spec: StudySpec, root: Path, *, commit: bool) -> dict[str, object]:
+# A study without a committed record is estimated from a committed one (its runs' wall times
+# times a factor): the 10k forward study trains like the 1k one (same steps and batch) and
+# evaluates the training NLL on 10 times as many samples.
+ESTIMATE_FROM = {"gmm-forward-10k": ("gmm-forward", 1.2)}
+
+
+def expected_seconds(spec: StudySpec, root: Path, workers: int) -> float | None:
+    """Expected wall time of the runs of ``spec`` still to train: per estimator the median
+    wall time of a run in the committed record (or the one :data:`ESTIMATE_FROM` names, times
+    its factor), summed over the runs to train and divided by ``workers``."""
+    source, factor = ESTIMATE_FROM.get(spec.name, (spec.name, 1.0))
+    path = RESULTS_DIR / source / "study.json"
+    if not path.exists():
+        return None
+    record = json.loads(path.read_text())
+    total = 0.0
+    for e in spec.estimators:
+        walls = [r["wall_s"] for r in record["runs"] if r["estimator"] == e and r.get("wall_s")]
+        if not walls:
+            return None
+        todo = sum(run_state(spec.run_dir(root, e, s)) != "completed" for s in spec.seeds)
+        total += statistics.median(walls) * factor * todo
+    return total / workers
+
+
+def finish(spec: StudySpec, root: Path, *, commit: bool, why: str | None) -> dict[str, Any]:
     """Collect, aggregate, write ``study.json``, ``study.md`` and the plots; with ``commit``
-    also copy them to ``paper_runs/results/<study>/``."""
-    study = summarise(spec, collect(spec, root), hardware_info())
+    also copy them to ``paper_runs/results/<study>/``, recording the record it replaces in
+    ``history`` (``why`` says why)."""
+    runs = collect(spec, root)
+    history: list[dict[str, Any]] = []
+    dest = RESULTS_DIR / spec.name
+    if commit and (dest / "study.json").exists():
+        if not why:
+            raise StudyError(f'{dest / "study.json"} exists: say why it is replaced with --why "…"')
+        previous = json.loads((dest / "study.json").read_text())
+        history = [*(previous.get("history") or []), history_entry(previous, why)]
+    study = summarise(spec, runs, study_provenance(spec, runs, HERE), history)
     write_json(root / "study.json", study)
     plot(study, root)
     (root / "study.md").write_text(markdown(study))
     if commit:
-        dest = RESULTS_DIR / spec.name
         dest.mkdir(parents=True, exist_ok=True)
         for f in ("study.json", "ess.png", "nll.png", "gradvar.png"):
             if (root / f).exists():
@@ -128,30 +192,51 @@ def finish(spec: StudySpec, root: Path, *, commit: bool) -> dict[str, object]:
     return study
 
 
-CLAIM_4 = (
-    "4. **Cost**: the fast path costs about 4/3 of the standard step and less than "
-    "Algorithms 2 and 3. Measured in `benchmarks/` (ratios of interleaved training steps in one "
-    "run), not redone here: see [benchmarks/RESULTS.md](../benchmarks/RESULTS.md). The step "
-    "times in the study tables below come from runs that shared the two cores two at a time "
-    "(the load average as each run ended is given per study): they order the estimators but "
-    "are not a cost measurement."
-)
+def cost_claim() -> str:
+    """Claim 4 (cost), with its figures read from ``benchmarks/results/table2-cpu.json``:
+    the medians over rounds of the step-time ratios of the eager (not compiled) entries."""
+    entries = json.loads(BENCHMARKS.read_text())["entries"]
+
+    def span(setups: Sequence[str], factor: str) -> str:
+        xs = [
+            e["factors"][factor]["median"]
+            for e in entries.values()
+            if e["setup"] in setups and not e.get("compiled") and factor in e["factors"]
+        ]
+        lo, hi = min(xs), max(xs)
+        return f"{lo:.2f}" if f"{lo:.2f}" == f"{hi:.2f}" else f"{lo:.2f}–{hi:.2f}"
+
+    fast = "reverse-path-fast / reverse-standard"
+    dropin = "reverse-path-dropin / reverse-path-fast"
+    return (
+        "**Cost** (claim 4, measured in `benchmarks/`, not by the studies): the fast path's "
+        "reverse training step costs "
+        f"{span(('gmm', 'phi4'), fast)}× the standard step for the coupling flows (GMM, φ⁴) and "
+        f"{span(('u1',), fast)}× for U(1); the drop-in Algorithm 2 costs "
+        f"{span(('gmm', 'phi4'), dropin)}× and {span(('u1',), dropin)}× the fast path "
+        "(medians over interleaved rounds, eager, float32, CPU; rendered from "
+        "`benchmarks/results/table2-cpu.json`, see "
+        "[benchmarks/RESULTS.md](../benchmarks/RESULTS.md)). The step times in the study "
+        "tables come from runs that shared the two cores two at a "
+        "time: they order the estimators but are not a cost measurement."
+    )
+
 
 READING = """## Reading the verdicts
 
-- The verdicts follow the rules stated in `pathgrad_ref/training/study_report.py`, fixed before
-  the studies ran; nothing was re-run or re-tuned after looking at an outcome. Where a rule says
-  *inconclusive*, the tables still show every number, KL divergences included, which resolve
-  smaller differences than the ESS does.
-- `reverse-path-dropin` (Algorithm 2) computes the same gradient as `reverse-path-fast` to
-  rounding, so with the same seeds it retraces the same training curve; it differs in cost only.
-- Claim 2 is about `q → p`. In the forward study with 1,000 training samples every flow moves
-  away from `p` on held-out data (its held-out NLL rises), so that verdict tests the variance
+- The rules are in `paper_runs/studies/rules.py` (its docstring is the statement): one-sided
+  Mann–Whitney U or Wilcoxon signed-rank tests over seeds from `scipy.stats`, Holm's
+  correction over the claims of each study, significance level 0.05, effect sizes with 95 %
+  bootstrap intervals over seeds, values from the last 3 evaluations, at least 8 seeds.
+- *pending re-run*: the committed record does not meet the rules' design (fewer than 8 seeds,
+  or the old clock that counted evaluation as training for an equal-time claim). Its tests
+  are computed and shown, but they back no verdict.
+- `reverse-path-dropin` (Algorithm 2) and `forward-path-gdreg` (Algorithm 3) compute the fast
+  path's gradient to rounding, so with the same seeds they retrace its training curve; they are
+  reported at their own cost, not tested as further evidence.
+- Claim 2 is about `q → p`. In a forward study with 1,000 training samples the flows move away
+  from `p` on held-out data (their held-out NLL rises), so there the variance rule is applied
   outside the claim's premise; it is reported as the rule computes it.
-- The U(1) study's flow is small (12 layers, 4 tan transforms, conv [8, 8]) and its KL(q‖p)
-  levels off within the first few hundred steps for every estimator (see its table and plot):
-  `q` stays far from `p`, where the path gradient's advantage is expected to be small. The
-  paper-size command is given for a GPU.
 """
 
 
@@ -162,44 +247,96 @@ def render_results() -> Path:
     return out
 
 
-def results_markdown() -> str:
-    """``paper_runs/RESULTS.md`` from the committed ``paper_runs/results/*/study.json``."""
-    studies = []
+def committed_studies() -> list[dict[str, Any]]:
+    """The committed records of :data:`STUDIES`, in order, with their aggregates recomputed
+    from their runs under the current rules."""
+    out = []
     for name in STUDIES:
         path = RESULTS_DIR / name / "study.json"
         if path.exists():
-            studies.append(json.loads(path.read_text()))
+            out.append(with_aggregates(json.loads(path.read_text())))
+    return out
+
+
+def results_markdown() -> str:
+    """``paper_runs/RESULTS.md`` from the committed ``paper_runs/results/*/study.json``."""
+    studies = committed_studies()
+    claims = [s for s in studies if s["spec"]["preset"] != "quick"]
+    quick = [s for s in studies if s["spec"]["preset"] == "quick"]
     lines = [
         "# Results: the paper's claims, path against standard gradients",
         "",
         "<!-- generated by `python paper_runs/study.py --render` from paper_runs/results/*/"
         "study.json; do not edit by hand -->",
         "",
-        "Each study trains every estimator with every seed (4 seeds, all reported) and "
-        "aggregates across seeds; the verdict rules are fixed in "
-        "`pathgrad_ref/training/study_report.py` (a difference counts when it exceeds two "
-        "combined standard errors). The scale is what a 2-core CPU does in about half an hour for "
-        "all studies together; each study names the paper-size command for a GPU.",
+        f"Each study trains every estimator with every seed (at least {rules.MIN_SEEDS} under "
+        "the rules, all reported) and tests the paper's claims with the rules of "
+        "`paper_runs/studies/rules.py`, fixed before the studies under them run. Each study "
+        "names the paper-size command for a GPU.",
         "",
+    ]
+    pending = [s["spec"]["name"] for s in claims if len(s["spec"]["seeds"]) < rules.MIN_SEEDS]
+    old = [s["spec"]["name"] for s in studies if rules.time_key(s) != "train_time_s"]
+    if pending or old:
+        lines += [
+            "**Status: the re-run is pending.** "
+            + (
+                f"The committed records of {', '.join(f'`{n}`' for n in pending)} have fewer "
+                f"than {rules.MIN_SEEDS} seeds. "
+                if pending
+                else ""
+            )
+            + (
+                f"Those of {', '.join(f'`{n}`' for n in old)} carry the old clock (the time "
+                "axis counts evaluation and checkpoints as training). "
+                if old
+                else ""
+            )
+            + "They are old-rule data: rendered below under the new rules, their verdicts read "
+            "*pending re-run* wherever the data cannot back one. Re-run with "
+            '`python paper_runs/study.py all --commit --why "…"`.',
+            "",
+        ]
+    lines += [
         "## Verdicts",
         "",
-        "| claim | study | estimator | verdict | figures |",
-        "|---|---|---|---|---|",
+        "| claim | study | estimator | verdict | test | effect (95 % bootstrap interval) |",
+        "|---|---|---|---|---|---|",
     ]
-    for study in studies:
-        for v in verdicts(study):
-            figures = v["figures"].replace("|", "\\|")  # ⟨|M|⟩ inside a table cell
-            lines.append(
-                f"| {v['claim']} | `{study['spec']['name']}` | `{v['estimator']}` | "
-                f"**{v['verdict']}** | {figures} |"
-            )
-    lines += ["", CLAIM_4, "", READING]
-    for study in studies:
-        name = study["spec"]["name"]
-        lines.append(markdown(study, heading="##", image_dir=f"results/{name}/"))
+    for study in claims:
+        for v in verdict_rows(study):
+            note = f" ({v['note']})" if v["note"] else ""
+            cells = [
+                v["claim"],
+                f"`{study['spec']['name']}`",
+                f"`{v['estimator']}`",
+                f"**{v['verdict']}**{note}",
+                v["test"],
+                v["effect"],
+            ]
+            lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    lines += ["", cost_claim(), ""]
     missing = [n for n in STUDIES if not (RESULTS_DIR / n / "study.json").exists()]
     if missing:
-        lines += ["", "Not yet committed: " + ", ".join(f"`{m}`" for m in missing), ""]
+        lines += ["Not yet committed: " + ", ".join(f"`{m}`" for m in missing), ""]
+    lines += [READING, "## Presets meet their targets", ""]
+    lines += [
+        "Not a claim of the paper: each experiment's default command (`python paper_runs/"
+        "<experiment>.py`) is checked against targets of its own, fixed in "
+        "`paper_runs/studies/rules.py`.",
+        "",
+    ]
+    for study in quick:
+        for q in rules.quick_targets(study):
+            lines.append(
+                f"- `{study['spec']['name']}` (`{q['estimator']}`): {q['target']}: "
+                f"**{q['verdict']}** ({q['figures']})"
+            )
+        lines += [f"  {x}" for x in provenance_lines(study)]
+    lines.append("")
+    for study in claims:
+        name = study["spec"]["name"]
+        lines.append(markdown(study, heading="##", image_dir=f"results/{name}/"))
     return "\n".join(lines)
 
 
@@ -220,6 +357,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--commit", action="store_true", help="copy results to paper_runs/results/")
     p.add_argument("--render", action="store_true", help="re-render paper_runs/RESULTS.md")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--why", help="with --commit: why a committed record is replaced (kept in its history)"
+    )
+    p.add_argument(
+        "--dry-run", action="store_true", help="print the expected time per study and stop"
+    )
     return p
 
 
@@ -234,6 +377,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error(f"--workers: expected an integer >= 1, got {args.workers}")
     if not names and not args.render:
         p.error("name a study (or 'all'), or pass --render")
+    total = 0.0
+    for name in names:
+        seconds = expected_seconds(STUDIES[name], Path(args.out) / name, args.workers)
+        total += seconds or 0.0
+        print(f"{name}: expected {'unknown' if seconds is None else f'{seconds / 60:.1f} min'}")
+    if names:
+        print(f"expected total: about {total / 60:.0f} min with {args.workers} run(s) at a time")
+    if args.dry_run:
+        return 0
     for name in names:
         spec = STUDIES[name]
         root = Path(args.out) / name
@@ -245,7 +397,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 workers=args.workers,
                 progress=not args.no_progress,
             )
-            finish(spec, root, commit=args.commit)
+            finish(spec, root, commit=args.commit, why=args.why)
         except StudyError as e:
             print(f"{p.prog}: error: {e}", file=sys.stderr)
             return 1

@@ -1,16 +1,18 @@
-"""Studies: several estimators × several seeds of one experiment and preset, run as separate
-training runs, then aggregated across seeds.
+"""Running and collecting studies: several estimators × several seeds of one experiment and
+preset, run as separate training runs, then gathered into one study record (``study.json``).
 
 A :class:`StudySpec` fixes everything before anything runs (experiment, preset, estimators,
 seeds, the claim it tests); :func:`run_study` trains every (estimator, seed) that has not
 finished, each in its own process (``python paper_runs/<experiment>.py … --resume``), so a
 killed study resumes where it stopped and finished runs are reused; :func:`collect` reads the
-runs' ``summary.json`` and ``metrics.jsonl``; :func:`summarise` aggregates them into the
-JSON-ready study record (``study.json``) from which :mod:`.study_report` draws every table,
-plot and verdict, so committed results can be re-rendered without re-running anything.
+runs' ``summary.json``, ``metrics.jsonl`` and ``invocations.json`` (the exact commands, the
+commit they ran at and the load); :func:`summarise` makes the JSON-ready study record, with its
+provenance, from which :mod:`.rules` and :mod:`.report` draw every verdict, table and plot, so
+committed results re-render without re-running anything.
 
 Aggregates (:func:`aggregate`) give every seed's value together with mean ± standard error and
-median with quartiles, because ESS across seeds is often skewed.
+median with quartiles, because ESS across seeds is often skewed. They are for the tables only;
+the verdicts come from per-seed values (:mod:`.rules`).
 """
 
 from __future__ import annotations
@@ -29,13 +31,19 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .files import RunFileError, read_json, write_json
-from .report import read_jsonl
+from pathgrad_ref.training.files import RunFileError, read_json, write_json
+from pathgrad_ref.training.report import read_jsonl
+
+from .provenance import git_commit, git_dirty, load_average, now, provenance
 
 # Keys of an evaluation record kept in ``study.json`` (the curves the plots need).
 CURVE_KEYS = (
     "step",
     "elapsed_s",
+    "train_time_s",
+    "eval_time_s",
+    "checkpoint_time_s",
+    "wall_time_s",
     "ess_reverse",
     "ess_reverse_err",
     "ess_forward",
@@ -58,6 +66,9 @@ class StudySpec:
       ``seeds``: training seeds (the target samples are shared: same data seed).
     - ``claim``: what the study tests, in one sentence; ``gpu_command``: the paper-size
       command for a GPU, printed next to the CPU result.
+    - ``fresh_cache``: every run makes its own target samples (``--cache-dir`` in its run
+      folder), so that its wall time includes them (the quick presets' targets).
+    - ``extra_args``: appended to every run's command.
     """
 
     name: str
@@ -67,6 +78,7 @@ class StudySpec:
     seeds: tuple[int, ...]
     claim: str
     gpu_command: str = ""
+    fresh_cache: bool = False
     extra_args: tuple[str, ...] = field(default_factory=tuple)
 
     def run_dir(self, root: Path, estimator: str, seed: int) -> Path:
@@ -121,6 +133,7 @@ def run_command(
         str(run_dir),
         "--resume",
         "--no-progress",
+        *(["--cache-dir", str(run_dir / "cache")] if spec.fresh_cache else []),
         *spec.extra_args,
     ]
 
@@ -239,23 +252,14 @@ def _record_wall_time(run_dir: Path, cmd: Sequence[str], seconds: float, code: i
         "command": [Path(cmd[0]).name, *cmd[1:]],
         "wall_s": seconds,
         "exit_code": code,
-        "commit": _git_commit(Path(cmd[1]).parent),
+        "commit": git_commit(Path(cmd[1]).parent),
+        "dirty": git_dirty(Path(cmd[1]).parent),
+        "finished": now(),
         # Other work on the machine slows runs unevenly: wall and step times compare fairly
         # only when this stays below the core count.
-        "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "load_average_1m": load_average(),
     }
     write_json(path, [*(previous if isinstance(previous, list) else []), entry])
-
-
-def _git_commit(folder: Path) -> str | None:
-    """The commit checked out where the training script lives (``None`` outside git)."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, timeout=10
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
 
 
 # ---------------------------------------------------------------------------------- collecting
@@ -265,8 +269,9 @@ _REDO = "re-run the study to redo this run"
 
 
 def collect(spec: StudySpec, root: Path) -> list[dict[str, Any]]:
-    """One entry per completed run: ``estimator``, ``seed``, ``summary`` and the evaluation
-    ``curve`` (records restricted to :data:`CURVE_KEYS` and the observables)."""
+    """One entry per completed run: ``estimator``, ``seed``, ``summary``, the evaluation
+    ``curve`` (records restricted to :data:`CURVE_KEYS` and the observables) and the run's
+    ``invocations`` (command, wall time, exit code, commit, dirty flag, load)."""
     runs = []
     for e in spec.estimators:
         for s in spec.seeds:
@@ -282,20 +287,19 @@ def collect(spec: StudySpec, root: Path) -> list[dict[str, Any]]:
             keep = set(CURVE_KEYS) | set(observables) | {f"{o}_err" for o in observables}
             keep |= {f"{o}_n_eff" for o in observables}
             curve = [{k: v for k, v in rec.items() if k in keep} for rec in records]
-            wall, load = None, None
+            calls: list[dict[str, Any]] = []
             if (run_dir / "invocations.json").exists():
-                calls = json.loads((run_dir / "invocations.json").read_text())
-                if isinstance(calls, list) and calls:
-                    wall = sum(c["wall_s"] for c in calls)
-                    load = calls[-1].get("load_average_1m")
+                loaded = json.loads((run_dir / "invocations.json").read_text())
+                calls = loaded if isinstance(loaded, list) else []
             runs.append(
                 {
                     "estimator": e,
                     "seed": s,
                     "summary": summary,
                     "curve": curve,
-                    "wall_s": wall,
-                    "load_average_1m": load,
+                    "invocations": calls,
+                    "wall_s": sum(c["wall_s"] for c in calls) if calls else None,
+                    "load_average_1m": calls[-1].get("load_average_1m") if calls else None,
                 }
             )
     return runs
@@ -350,126 +354,107 @@ def aggregate(values: Sequence[Any]) -> dict[str, Any]:
     return out
 
 
-def value_at_time(curve: Sequence[dict[str, Any]], key: str, t: float) -> float | None:
-    """``key`` of the last evaluation at training time ``≤ t`` (``None`` if there is none)."""
-    best: float | None = None
-    for rec in curve:
-        elapsed, v = rec.get("elapsed_s"), rec.get(key)
-        if isinstance(elapsed, (int, float)) and elapsed <= t and isinstance(v, (int, float)):
-            best = float(v)
-    return best
-
-
-def _final(run: dict[str, Any], key: str) -> Any:
-    for rec in reversed(run["curve"]):
-        if rec.get(key) is not None:
-            return rec[key]
-    return None
-
-
 def _best(run: dict[str, Any], key: str) -> Any:
     xs = _finite(rec.get(key) for rec in run["curve"])
     return max(xs) if xs else None
 
 
 def summarise(
-    spec: StudySpec, runs: Sequence[dict[str, Any]], hardware: dict[str, Any]
+    spec: StudySpec,
+    runs: Sequence[dict[str, Any]],
+    study_provenance: dict[str, Any],
+    history: Sequence[dict[str, Any]] = (),
 ) -> dict[str, Any]:
-    """The study record: the spec, the hardware, per estimator the aggregates of final and best
-    reverse ESS, forward ESS, NLL (held-out and training), KL, observables, step and train time,
-    reverse ESS at equal wall time, and every run's curve."""
-    by_est = {e: [r for r in runs if r["estimator"] == e] for e in spec.estimators}
-    train_times = {
-        e: aggregate([r["summary"].get("train_time_s") for r in rs])["median"]
-        for e, rs in by_est.items()
-    }
-    finite_times = _finite(train_times.values())
-    equal_time = min(finite_times) if finite_times else None
+    """The study record: the spec; the provenance (:func:`study_provenance`) and ``history``
+    of the records it replaced; every run's curve, summary figures and invocations; and the
+    table aggregates (:func:`with_aggregates`)."""
+    runs_out = [
+        {
+            "estimator": r["estimator"],
+            "seed": r["seed"],
+            "status": r["summary"].get("status"),
+            "steps_done": r["summary"].get("steps_done"),
+            "train_time_s": r["summary"].get("train_time_s"),
+            "eval_time_s": r["summary"].get("eval_time_s"),
+            "wall_s": r.get("wall_s"),
+            "mean_step_time_s": r["summary"].get("mean_step_time_s"),
+            "final": {
+                k: v
+                for k, v in (r["summary"].get("final") or {}).items()
+                if not isinstance(v, (dict, list))
+            },
+            "curve": r["curve"],
+            "invocations": r.get("invocations") or [],
+        }
+        for r in runs
+    ]
     observables: dict[str, str] = {}
+    references: dict[str, Any] = {}
     for r in runs:
         observables.update(r["summary"].get("observables") or {})
+        references.update(r["summary"].get("references") or {})
+    record: dict[str, Any] = {
+        "format": "pathgrad-ref study 2",
+        "spec": {**asdict(spec), "estimators": list(spec.estimators), "seeds": list(spec.seeds)},
+        "provenance": study_provenance,
+        "history": list(history),
+        "observables": observables,
+        "references": references,
+        "load_average_1m": aggregate([r.get("load_average_1m") for r in runs]),
+        "runs": runs_out,
+    }
+    return with_aggregates(record)
+
+
+def with_aggregates(record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` with ``clock``, ``equal_time_s`` and the per-estimator table aggregates
+    (re)computed from its runs' curves (final values as :func:`.rules.final_value`)."""
+    from .rules import equal_time, final_value, time_key, value_at_time
+
+    clock = time_key(record)
+    t = equal_time(record)
+    observables = record.get("observables") or {}
     estimators: dict[str, Any] = {}
-    for e, rs in by_est.items():
-        entry: dict[str, Any] = {
-            "seeds": [r["seed"] for r in rs],
-            "final_ess_reverse": aggregate([_final(r, "ess_reverse") for r in rs]),
-            "final_ess_reverse_err": aggregate([_final(r, "ess_reverse_err") for r in rs]),
-            "best_ess_reverse": aggregate([_best(r, "ess_reverse") for r in rs]),
-            "final_ess_forward": aggregate([_final(r, "ess_forward") for r in rs]),
-            "final_nll": aggregate([_final(r, "nll") for r in rs]),
-            "final_nll_train": aggregate([_final(r, "nll_train") for r in rs]),
-            "final_kl_reverse": aggregate([_final(r, "kl_reverse") for r in rs]),
-            "final_kl_forward": aggregate([_final(r, "kl_forward") for r in rs]),
-            "step_time_s": aggregate([r["summary"].get("mean_step_time_s") for r in rs]),
-            "train_time_s": aggregate([r["summary"].get("train_time_s") for r in rs]),
-            "wall_s": aggregate([r.get("wall_s") for r in rs]),
-            "steps": aggregate([r["summary"].get("steps_done") for r in rs]),
-        }
-        gap = [
-            (h - t) if isinstance(h, (int, float)) and isinstance(t, (int, float)) else None
-            for h, t in zip(
+    for e in record["spec"]["estimators"]:
+        rs = [r for r in record["runs"] if r["estimator"] == e]
+        entry: dict[str, Any] = {"seeds": [r["seed"] for r in rs]}
+        for key in (
+            "ess_reverse",
+            "ess_forward",
+            "nll",
+            "nll_train",
+            "kl_reverse",
+            "kl_forward",
+            *observables,
+        ):
+            entry[f"final_{key}"] = aggregate([final_value(r["curve"], key) for r in rs])
+        entry["best_ess_reverse"] = aggregate([_best(r, "ess_reverse") for r in rs])
+        gaps = [
+            (h - t_) if h is not None and t_ is not None else None
+            for h, t_ in zip(
                 entry["final_nll"]["values"], entry["final_nll_train"]["values"], strict=True
             )
         ]
-        entry["final_nll_gap"] = aggregate(gap)
-        if equal_time is not None:
+        entry["final_nll_gap"] = aggregate(gaps)
+        entry["step_time_s"] = aggregate([r.get("mean_step_time_s") for r in rs])
+        entry["train_time_s"] = aggregate([r.get("train_time_s") for r in rs])
+        if t is not None:
             entry["ess_reverse_at_equal_time"] = aggregate(
-                [value_at_time(r["curve"], "ess_reverse", equal_time) for r in rs]
+                [value_at_time(r["curve"], "ess_reverse", t, clock) for r in rs]
             )
-        for o in observables:
-            entry[f"final_{o}"] = aggregate([_final(r, o) for r in rs])
         estimators[e] = entry
-    references: dict[str, Any] = {}
-    for r in runs:
-        references.update(r["summary"].get("references") or {})
-    return {
-        "format": "pathgrad-ref study 1",
-        "spec": {**asdict(spec), "estimators": list(spec.estimators), "seeds": list(spec.seeds)},
-        "hardware": hardware,
-        "equal_time_s": equal_time,
-        "load_average_1m": aggregate([r.get("load_average_1m") for r in runs]),
-        "observables": observables,
-        "references": references,
-        "estimators": estimators,
-        "runs": [
-            {
-                "estimator": r["estimator"],
-                "seed": r["seed"],
-                "status": r["summary"].get("status"),
-                "steps_done": r["summary"].get("steps_done"),
-                "train_time_s": r["summary"].get("train_time_s"),
-                "wall_s": r.get("wall_s"),
-                "mean_step_time_s": r["summary"].get("mean_step_time_s"),
-                "final": {
-                    k: v
-                    for k, v in (r["summary"].get("final") or {}).items()
-                    if not isinstance(v, (dict, list))
-                },
-                "curve": r["curve"],
-            }
-            for r in runs
-        ],
-    }
+    return {**record, "clock": clock, "equal_time_s": t, "estimators": estimators}
 
 
-def hardware_info() -> dict[str, Any]:
-    """What the numbers were measured on: processor, cores, torch version, GPU if any."""
-    import platform
-
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-    }
+def study_provenance(
+    spec: StudySpec, runs: Sequence[dict[str, Any]], folder: Path
+) -> dict[str, Any]:
+    """The study's provenance (:func:`.provenance.provenance` at collection time, with the
+    study command), plus what its runs recorded: every commit and dirty flag they ran at and
+    their exact commands."""
+    prov = provenance(folder, [["python", "paper_runs/study.py", spec.name]])
+    calls = [c for r in runs for c in (r.get("invocations") or [])]
+    prov["run_commits"] = sorted({str(c.get("commit")) for c in calls})
+    prov["runs_dirty"] = sorted({str(c.get("dirty")) for c in calls})
+    prov["run_commands"] = [c["command"] for c in calls]
+    return prov

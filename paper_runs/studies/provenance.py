@@ -1,0 +1,87 @@
+"""Where a result came from: the commit (and whether the tree had uncommitted changes), the
+torch and Python versions, the hardware, the machine's load, the date and the exact commands.
+
+Every record a study or a diagnosis writes carries :func:`provenance` under ``"provenance"``;
+replacing a committed record appends to its ``"history"`` (:func:`history_entry`).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+
+def _git(folder: Path, *args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], cwd=folder, capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def git_commit(folder: Path) -> str | None:
+    """The commit checked out at ``folder`` (``None`` outside git)."""
+    return _git(folder, "rev-parse", "HEAD") or None
+
+
+def git_dirty(folder: Path) -> bool | None:
+    """Whether tracked files differ from the commit (``None`` outside git)."""
+    status = _git(folder, "status", "--porcelain", "--untracked-files=no")
+    return None if status is None else bool(status)
+
+
+def hardware_info() -> dict[str, Any]:
+    """Processor, core count and GPU (if torch sees one)."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
+
+
+def load_average() -> float | None:
+    """The 1-minute load average (``None`` where the OS has none)."""
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+
+
+def now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def provenance(folder: Path, commands: Sequence[Sequence[str]]) -> dict[str, Any]:
+    """``commit``, ``dirty``, ``torch``, ``python``, ``hardware``, ``load_average_1m``, ``date``
+    (UTC) and ``commands`` (each an argument list, as run)."""
+    import torch
+
+    return {
+        "commit": git_commit(folder),
+        "dirty": git_dirty(folder),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "hardware": hardware_info(),
+        "load_average_1m": load_average(),
+        "date": now(),
+        "commands": [list(c) for c in commands],
+    }
+
+
+def history_entry(previous: dict[str, Any], why: str) -> dict[str, Any]:
+    """What a replaced record was: its date and commit (from its provenance) and why it was
+    replaced."""
+    prov = previous.get("provenance") or {}
+    return {"date": prov.get("date"), "commit": prov.get("commit"), "why": why}

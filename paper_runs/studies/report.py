@@ -1,0 +1,408 @@
+"""Tables and plots of a study record (``study.json``, see :mod:`.running`), with the verdicts
+of :mod:`.rules`.
+
+Everything here is a function of the record alone, so committed study results re-render
+without re-running anything.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pathgrad_ref.training.report import fmt
+
+from . import rules
+from .running import quantile
+
+
+def _median(xs: Sequence[float]) -> float:
+    return quantile(sorted(xs), 0.5)
+
+
+def _pm(agg: dict[str, Any]) -> str:
+    if agg.get("mean") is None:
+        return "–"
+    if agg.get("se") is None:
+        return fmt(agg["mean"])
+    return f"{fmt(agg['mean'])} ± {fmt(agg['se'], 2)}"
+
+
+def _cell(agg: dict[str, Any] | None, skewed: bool = False) -> str:
+    if not agg or agg.get("mean") is None:
+        return "–"
+    if skewed:
+        return f"{fmt(agg['median'])} [{fmt(agg['q25'])}, {fmt(agg['q75'])}]"
+    return _pm(agg)
+
+
+def clock_text(study: dict[str, Any]) -> str:
+    """What the time axis and the equal-time comparison measure."""
+    if rules.time_key(study) == "train_time_s":
+        return "training time = the training steps' own time (evaluation and checkpoints excluded)"
+    return (
+        "**old clock**: the records carry only `elapsed_s`, which counts evaluation and "
+        "checkpoints as training; equal-time comparisons from it await the re-run"
+    )
+
+
+def provenance_lines(study: dict[str, Any]) -> list[str]:
+    """The record's provenance and history as Markdown bullet points."""
+    prov = study.get("provenance") or {}
+    hw = prov.get("hardware") or study.get("hardware") or {}
+    lines = []
+    if prov.get("reconstructed"):
+        lines.append(f"- provenance (reconstructed after the fact): {prov['reconstructed']}")
+    dirty = prov.get("dirty")
+    dirty_text = {True: " (uncommitted changes)", False: " (clean tree)"}.get(dirty, "")
+    lines.append(
+        f"- code commit: `{prov.get('commit') or 'not recorded'}`{dirty_text}; torch "
+        f"{prov.get('torch') or hw.get('torch') or '–'}, Python "
+        f"{prov.get('python') or hw.get('python') or '–'}; {hw.get('cpu', '–')}, "
+        f"{hw.get('cores', '–')} cores" + (f", GPU {hw['gpu']}" if hw.get("gpu") else ", no GPU")
+    )
+    load = study.get("load_average_1m") or {}
+    lines.append(
+        f"- date: {prov.get('date') or 'not recorded'}"
+        + (
+            f"; load average (1 min) as each run ended: median {fmt(load['median'], 2)}, "
+            f"max {fmt(load['max'], 2)}"
+            if load.get("median") is not None
+            else ""
+        )
+    )
+    commands = prov.get("commands") or []
+    if commands:
+        lines.append("- commands: " + "; ".join(f"`{' '.join(c)}`" for c in commands))
+    runs = prov.get("run_commands") or []
+    if runs:
+        lines.append(
+            f"- every run's exact command is in the JSON ({len(runs)} invocations), e.g. "
+            f"`{' '.join(runs[0])}`"
+        )
+    for h in study.get("history") or []:
+        lines.append(
+            f"- replaced: the record of {h.get('date') or '–'} (commit `{h.get('commit')}`): "
+            f"{h.get('why')}"
+        )
+    return lines
+
+
+def verdict_rows(study: dict[str, Any]) -> list[dict[str, str]]:
+    """One row per claim (:func:`.rules.decide`): claim, estimator, verdict, p-values, effect."""
+    out = []
+    for c in rules.decide(study):
+        out.append(
+            {
+                "claim": f"{c.number}. {c.text}",
+                "estimator": c.estimator,
+                "verdict": c.verdict,
+                "test": f"p = {c.p_for:.2g}, Holm {c.p_for_holm:.2g} (against: Holm "
+                f"{c.p_against_holm:.2g}); {c.n_seeds} seeds",
+                "effect": c.effect,
+                "figures": c.figures,
+                "note": c.note,
+            }
+        )
+    return out
+
+
+def markdown(study: dict[str, Any], *, heading: str = "#", image_dir: str = "") -> str:
+    """``study.md``: the claim, provenance, verdicts, the table across seeds, every seed's
+    final values and the plots (``image_dir`` is prefixed to the image paths)."""
+    spec, est = study["spec"], study["estimators"]
+    seeds = ", ".join(str(s) for s in spec["seeds"])
+    lines = [
+        f"{heading} Study `{spec['name']}`: {spec['experiment']}, preset `{spec['preset']}`",
+        "",
+        f"*Claim tested*: {spec['claim']}",
+        "",
+        f"- command: `python paper_runs/study.py {spec['name']}`; seeds: {seeds} (every seed "
+        "is reported)",
+        *provenance_lines(study),
+        f"- clock: {clock_text(study)}",
+    ]
+    if spec.get("gpu_command"):
+        lines.append(f"- paper size on a GPU: `{spec['gpu_command']}`")
+    if study.get("equal_time_s") is not None and len(spec["estimators"]) > 1:
+        lines.append(
+            f"- equal training time t* = {fmt(study['equal_time_s'])} s (the smallest median "
+            "final training time of the estimators)"
+        )
+    quick = spec.get("preset") == "quick"
+    lines += ["", "**Targets**" if quick else "**Verdicts**", ""]
+    if quick:
+        for q in rules.quick_targets(study):
+            lines.append(
+                f"- {q['target']} — `{q['estimator']}`: **{q['verdict']}** ({q['figures']})"
+            )
+    else:
+        rows = verdict_rows(study)
+        for v in rows:
+            note = f" — {v['note']}" if v["note"] else ""
+            lines.append(
+                f"- {v['claim']} — `{v['estimator']}`: **{v['verdict']}**{note}. {v['test']}; "
+                f"effect {v['effect']}. Per seed: {v['figures']}"
+            )
+        if not rows:
+            lines.append("- (this study tests no claim by itself)")
+        for t in rules.same_trajectory(study):
+            at = t.get(f"ess_reverse_at_equal_time[{t['estimator']}]")
+            fast_at = t.get(f"ess_reverse_at_equal_time[{t['retraces']}]")
+            lines.append(
+                f"- `{t['estimator']}` retraces `{t['retraces']}` (same gradient to rounding; "
+                "not tested separately): largest per-seed difference at equal steps in reverse "
+                f"ESS {fmt(t['max_abs_difference_ess_reverse'])}, forward ESS "
+                f"{fmt(t['max_abs_difference_ess_forward'])}, held-out NLL "
+                f"{fmt(t['max_abs_difference_nll'])}; at its own cost, its reverse ESS at t* is "
+                f"{fmt(at)} (mean over seeds) against {fmt(fast_at)} for `{t['retraces']}`"
+            )
+    rows_spec: list[tuple[str, str, bool]] = [
+        ("final reverse ESS", "final_ess_reverse", True),
+        ("best reverse ESS", "best_ess_reverse", True),
+        ("reverse ESS at equal training time", "ess_reverse_at_equal_time", True),
+        ("final forward ESS (held-out)", "final_ess_forward", True),
+        ("final NLL (held-out)", "final_nll", False),
+        ("final NLL (training set)", "final_nll_train", False),
+        ("NLL gap (held-out − train)", "final_nll_gap", False),
+        ("final KL(q‖p)", "final_kl_reverse", False),
+        ("final KL(p‖q)", "final_kl_forward", False),
+        ("mean step time [ms]", "step_time_s", False),
+        ("training time [s]", "train_time_s", False),
+    ]
+    for o, name in study.get("observables", {}).items():
+        ref = study.get("references", {}).get(o)
+        ref_text = ""
+        if ref:
+            ref_text = f" (reference {fmt(ref['value'])}" + (
+                f" ± {fmt(ref['err'], 2)})" if ref.get("err") else ", exact)"
+            )
+        # "|" would end the table cell (⟨|M|⟩/V)
+        rows_spec.append((f"final {name}{ref_text}".replace("|", "\\|"), f"final_{o}", False))
+    names = list(est)
+    lines += [
+        "",
+        f"Across seeds: mean ± standard error; ESS as median [first quartile, third quartile]; "
+        f"final values are means over the last {rules.K} evaluations.",
+        "",
+        "| | " + " | ".join(f"`{n}`" for n in names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
+    for title, key, skewed in rows_spec:
+        cells = []
+        for n in names:
+            agg = est[n].get(key)
+            if key == "step_time_s" and agg and agg.get("mean") is not None:
+                agg = {k: (v * 1e3 if isinstance(v, float) else v) for k, v in agg.items()}
+            cells.append(_cell(agg, skewed))
+        if all(c == "–" for c in cells):
+            continue
+        lines.append(f"| {title} | " + " | ".join(cells) + " |")
+    lines += ["", "Every seed (last evaluation):", ""]
+    lines += ["| estimator | seed | steps | reverse ESS | forward ESS | NLL | reliable |"]
+    lines += ["|---|---|---|---|---|---|---|"]
+    for run in study["runs"]:
+        f = run.get("final") or {}
+        ess = fmt(f.get("ess_reverse"))
+        if f.get("ess_reverse_err") is not None:
+            ess += f" ± {fmt(f['ess_reverse_err'], 1)}"
+        lines.append(
+            f"| `{run['estimator']}` | {run['seed']} | {run.get('steps_done')} | {ess} | "
+            f"{fmt(f.get('ess_forward'))} | {fmt(f.get('nll'))} | "
+            f"{'–' if f.get('reliable') is None else ('yes' if f['reliable'] else 'no')} |"
+        )
+    lines.append("")
+    captions = {
+        "ess.png": "reverse ESS against step and training time (median, band: min–max over seeds)",
+        "nll.png": "held-out and training NLL, held-out forward ESS",
+        "gradvar.png": "gradient variance along training",
+    }
+    for png in plot_names(study):
+        lines.append(f"![{captions[png]}]({image_dir}{png})")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------- plots
+
+
+def _series(
+    runs: Sequence[dict[str, Any]], key: str, x: str
+) -> list[tuple[list[float], list[float]]]:
+    out = []
+    for run in runs:
+        pts = [
+            (float(r[x]), float(r[key]))
+            for r in run["curve"]
+            if isinstance(r.get(x), (int, float))
+            and isinstance(r.get(key), (int, float))
+            and math.isfinite(r[key])
+        ]
+        if pts:
+            out.append(([p[0] for p in pts], [p[1] for p in pts]))
+    return out
+
+
+def _band(
+    series: list[tuple[list[float], list[float]]], grid: list[float]
+) -> tuple[list[float], list[float], list[float]]:
+    """Median, min and max over runs on ``grid``, each run held at its last value ≤ x."""
+    med, lo, hi = [], [], []
+    for g in grid:
+        vals = []
+        for xs, ys in series:
+            v = None
+            for xv, yv in zip(xs, ys, strict=True):
+                if xv <= g:
+                    v = yv
+            if v is not None:
+                vals.append(v)
+        if vals:
+            med.append(_median(vals))
+            lo.append(min(vals))
+            hi.append(max(vals))
+        else:
+            med.append(math.nan)
+            lo.append(math.nan)
+            hi.append(math.nan)
+    return med, lo, hi
+
+
+def _time_label(study: dict[str, Any]) -> str:
+    if rules.time_key(study) == "train_time_s":
+        return "training time [s] (steps only)"
+    return "elapsed time [s] (old clock: evaluation included)"
+
+
+def _plot_band(
+    ax: Any, study: dict[str, Any], key: str, x: str, *, style: str = "-", suffix: str = ""
+) -> bool:
+    drawn = False
+    for i, e in enumerate(study["estimators"]):
+        runs = [r for r in study["runs"] if r["estimator"] == e]
+        series = _series(runs, key, x)
+        if not series:
+            continue
+        grid = sorted({v for xs, _ in series for v in xs})
+        med, lo, hi = _band(series, grid)
+        color = f"C{i}"
+        ax.plot(grid, med, style, color=color, label=f"{e}{suffix}")
+        ax.fill_between(grid, lo, hi, color=color, alpha=0.2, linewidth=0)
+        drawn = True
+    return drawn
+
+
+def _log_if_wide(ax: Any, study: dict[str, Any], key: str) -> None:
+    vals = [
+        r[key]
+        for run in study["runs"]
+        for r in run["curve"]
+        if isinstance(r.get(key), (int, float)) and r[key] > 0
+    ]
+    if vals and max(vals) / min(vals) > 100:
+        ax.set_yscale("log")
+        if key.startswith("ess"):
+            ax.set_ylim(top=1.5)  # an ESS is at most 1
+
+
+def _has(study: dict[str, Any], key: str) -> bool:
+    return any(key in rec for run in study["runs"] for rec in run["curve"])
+
+
+def plot_names(study: dict[str, Any]) -> list[str]:
+    """The files :func:`plot` writes for this record."""
+    names = ["ess.png"]
+    if _has(study, "nll_train"):
+        names.append("nll.png")
+    if _has(study, "grad_var_path"):
+        names.append("gradvar.png")
+    return names
+
+
+def plot(study: dict[str, Any], out_dir: Path) -> list[Path]:
+    """``ess.png``, and where the record has the values ``nll.png`` and ``gradvar.png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name = study["spec"]["name"]
+    written: list[Path] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a plot that warns is a plot that is wrong
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+        for ax, x, xlabel in (
+            (axes[0], "step", "step"),
+            (axes[1], rules.time_key(study), _time_label(study)),
+        ):
+            _plot_band(ax, study, "ess_reverse", x)
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel("reverse ESS")
+            _log_if_wide(ax, study, "ess_reverse")
+            ax.grid(alpha=0.3)
+        if study.get("equal_time_s") is not None and len(study["estimators"]) > 1:
+            axes[1].axvline(study["equal_time_s"], color="k", lw=0.8, ls=":", label="equal time")
+        axes[0].legend(fontsize=8)
+        axes[1].legend(fontsize=8)
+        fig.suptitle(f"{name}: reverse ESS (median over seeds, band: min–max)")
+        written.append(out_dir / "ess.png")
+        fig.savefig(written[-1], dpi=110)
+        plt.close(fig)
+
+        if "nll.png" in plot_names(study):
+            fig, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+            _plot_band(axes[0], study, "nll", "step", suffix=" held-out")
+            _plot_band(axes[0], study, "nll_train", "step", style="--", suffix=" train")
+            axes[0].set_ylabel("NLL")
+            _plot_band(axes[1], study, "ess_forward", "step")
+            axes[1].set_ylabel("forward ESS (held-out)")
+            _log_if_wide(axes[1], study, "ess_forward")
+            for ax in axes:
+                ax.set_xlabel("step")
+                ax.grid(alpha=0.3)
+                ax.legend(fontsize=7)
+            fig.suptitle(f"{name}: held-out (solid) and training (dashed) NLL")
+            written.append(out_dir / "nll.png")
+            fig.savefig(written[-1], dpi=110)
+            plt.close(fig)
+
+        gv_runs = [r for r in study["runs"] if any("grad_var_path" in c for c in r["curve"])]
+        if "gradvar.png" in plot_names(study):
+            trained = [e for e in study["estimators"] if any(r["estimator"] == e for r in gv_runs)]
+            fig, axes = plt.subplots(
+                1,
+                len(trained),
+                figsize=(4.2 * len(trained), 3.8),
+                squeeze=False,
+                constrained_layout=True,
+            )
+            for ax, e in zip(axes[0], trained, strict=True):
+                runs = [r for r in gv_runs if r["estimator"] == e]
+                sub_runs: list[dict[str, Any]] = []
+                sub = {"estimators": {"standard": 0, "path": 0}, "runs": sub_runs}
+                for kind in ("standard", "path"):
+                    for r in runs:
+                        sub_runs.append(
+                            {
+                                "estimator": kind,
+                                "curve": [
+                                    {"step": c["step"], "v": c.get(f"grad_var_{kind}")}
+                                    for c in r["curve"]
+                                ],
+                            }
+                        )
+                _plot_band(ax, sub, "v", "step")
+                ax.set_yscale("log")
+                ax.set_xlabel("step")
+                ax.set_ylabel(r"total gradient variance $\sum_k \mathrm{Var}[g_k]$")
+                ax.set_title(f"trained with {e}", fontsize=9)
+                ax.grid(alpha=0.3)
+                ax.legend(fontsize=8)
+            fig.suptitle(f"{name}: gradient variance at the same θ", fontsize=10)
+            written.append(out_dir / "gradvar.png")
+            fig.savefig(written[-1], dpi=110)
+            plt.close(fig)
+    return written
