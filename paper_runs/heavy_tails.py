@@ -113,7 +113,7 @@ def train(
         idx = torch.randint(0, train_x.shape[0], (args.batch_size,), generator=gen)
         opt.zero_grad(set_to_none=True)
         loss, _ = est(flow, target, train_x[idx])
-        loss.backward()
+        torch.autograd.backward(loss)
         grads = [p.grad for p in params if p.grad is not None]
         norm = float(
             torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))

@@ -27,7 +27,7 @@ def _pm(agg: dict[str, Any]) -> str:
     if agg.get("mean") is None:
         return "–"
     if agg.get("se") is None:
-        return fmt(agg["mean"])
+        return str(fmt(agg["mean"]))
     return f"{fmt(agg['mean'])} ± {fmt(agg['se'], 2)}"
 
 
@@ -57,7 +57,11 @@ def provenance_lines(study: dict[str, Any]) -> list[str]:
     if prov.get("reconstructed"):
         lines.append(f"- provenance (reconstructed after the fact): {prov['reconstructed']}")
     dirty = prov.get("dirty")
-    dirty_text = {True: " (uncommitted changes)", False: " (clean tree)"}.get(dirty, "")
+    dirty_text = (
+        {True: " (uncommitted changes)", False: " (clean tree)"}.get(dirty, "")
+        if isinstance(dirty, bool)
+        else ""
+    )
     lines.append(
         f"- code commit: `{prov.get('commit') or 'not recorded'}`{dirty_text}; torch "
         f"{prov.get('torch') or hw.get('torch') or '–'}, Python "

@@ -446,9 +446,9 @@ def decide(study: dict[str, Any]) -> list[Claim]:
         if n_seeds < MIN_SEEDS:
             reasons.append(f"{n_seeds} seeds < {MIN_SEEDS}")
         if c.needs_clock and old_clock:
-            reasons.append("old clock (evaluation counted as training)")
+            reasons.append("old clock, which counts evaluation as training")
         if reasons:
-            c.note = "no verdict: " + " and ".join(reasons) + f" (the tests alone give {c.verdict})"
+            c.note = "no verdict: " + " and ".join(reasons) + f"; the tests alone give {c.verdict}"
             c.verdict = PENDING
     return cs
 
@@ -476,9 +476,9 @@ def same_trajectory(study: dict[str, Any]) -> list[dict[str, Any]]:
                 if r["estimator"] == fast
             }
             diffs = [
-                abs(v - theirs[s])
+                abs(v - w)
                 for s, v in mine.items()
-                if v is not None and theirs.get(s) is not None
+                if v is not None and (w := theirs.get(s)) is not None
             ]
             entry[f"max_abs_difference_{key}"] = max(diffs) if diffs else None
         if t is not None:
@@ -499,15 +499,16 @@ def quick_targets(study: dict[str, Any]) -> list[dict[str, str]]:
     fresh = bool(study["spec"].get("fresh_cache"))
     for run in study["runs"]:
         f = run.get("final") or {}
-        ess = f.get("ess_reverse")
-        ok = _number(ess) and ess >= QUICK_MIN_ESS and f.get("reliable") is True
+        ess: Any = f.get("ess_reverse")
+        ok = _number(ess) and float(ess) >= QUICK_MIN_ESS and f.get("reliable") is True
         figures = [f"reverse ESS {_fmt(ess)} ± {_fmt(f.get('ess_reverse_err'), 1)}"]
         for o, label_ in (study.get("observables") or {}).items():
-            ref, value, err = refs.get(o) or {}, f.get(o), f.get(f"{o}_err")
+            ref, value = refs.get(o) or {}, f.get(o)
+            err: Any = f.get(f"{o}_err")
             if not _number(value) or not _number(ref.get("value")):
                 ok = False
                 continue
-            sigma = math.hypot(err if _number(err) else math.nan, ref.get("err") or 0.0)
+            sigma = math.hypot(float(err) if _number(err) else math.nan, ref.get("err") or 0.0)
             pull = (value - ref["value"]) / sigma if sigma > 0 else math.inf
             ok = ok and abs(pull) <= 3.0
             figures.append(f"{label_} {_fmt(value)} vs {_fmt(ref['value'])} ({pull:+.1f}σ)")
