@@ -13,14 +13,21 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from torch import Tensor
 
-from pathgrad_ref.flows import Flow, real_nvp
-from pathgrad_ref.targets import GaussianMixture, Target
-from pathgrad_ref.training import Experiment, Observable, Param, int_list
-from pathgrad_ref.training import main as training_main
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+from studies.compare import compare  # noqa: E402
+
+from pathgrad_ref.flows import Flow, real_nvp  # noqa: E402
+from pathgrad_ref.targets import GaussianMixture, Target  # noqa: E402
+from pathgrad_ref.training import Experiment, Observable, Param, int_list  # noqa: E402
+from pathgrad_ref.training import main as training_main  # noqa: E402
 
 PARAMS = (
     Param("dim", int, "dimension d of the mixture (2^d components)", "D"),
@@ -146,7 +153,8 @@ EXPERIMENT = Experiment(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return training_main(EXPERIMENT, argv)
+    compared = compare(EXPERIMENT.name, Path(__file__), argv)
+    return training_main(EXPERIMENT, argv) if compared is None else compared
 
 
 if __name__ == "__main__":

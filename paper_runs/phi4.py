@@ -17,15 +17,22 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from pathgrad_ref.flows import Flow, z2_nice
-from pathgrad_ref.targets import Phi4, Target
-from pathgrad_ref.training import ConfigError, Experiment, Observable, Param, int_list
-from pathgrad_ref.training import main as training_main
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+from studies.compare import compare  # noqa: E402
+
+from pathgrad_ref.flows import Flow, z2_nice  # noqa: E402
+from pathgrad_ref.targets import Phi4, Target  # noqa: E402
+from pathgrad_ref.training import ConfigError, Experiment, Observable, Param, int_list  # noqa: E402
+from pathgrad_ref.training import main as training_main  # noqa: E402
 
 PARAMS = (
     Param("lattice", int_list, "lattice shape T,L (periodic)", "T,L"),
@@ -176,7 +183,8 @@ EXPERIMENT = Experiment(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return training_main(EXPERIMENT, argv)
+    compared = compare(EXPERIMENT.name, Path(__file__), argv)
+    return training_main(EXPERIMENT, argv) if compared is None else compared
 
 
 if __name__ == "__main__":

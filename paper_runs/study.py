@@ -261,8 +261,8 @@ def committed_studies() -> list[dict[str, Any]]:
 def results_markdown() -> str:
     """``paper_runs/RESULTS.md`` from the committed ``paper_runs/results/*/study.json``."""
     studies = committed_studies()
-    claims = [s for s in studies if s["spec"]["preset"] != "quick"]
-    quick = [s for s in studies if s["spec"]["preset"] == "quick"]
+    claims = [s for s in studies if not rules.is_preset_check(s)]
+    quick = [s for s in studies if rules.is_preset_check(s)]
     lines = [
         "# Results: the paper's claims, path against standard gradients",
         "",

@@ -19,19 +19,26 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from torch import Tensor
 
-from pathgrad_ref.flows import Flow, u1_flow
-from pathgrad_ref.targets import Target, U1Gauge
-from pathgrad_ref.targets.u1 import (
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+from studies.compare import compare  # noqa: E402
+
+from pathgrad_ref.flows import Flow, u1_flow  # noqa: E402
+from pathgrad_ref.targets import Target, U1Gauge  # noqa: E402
+from pathgrad_ref.targets.u1 import (  # noqa: E402
     exact_average_plaquette,
     exact_log_z,
     exact_topological_susceptibility,
 )
-from pathgrad_ref.training import Experiment, Observable, Param, int_list
-from pathgrad_ref.training import main as training_main
+from pathgrad_ref.training import Experiment, Observable, Param, int_list  # noqa: E402
+from pathgrad_ref.training import main as training_main  # noqa: E402
 
 PARAMS = (
     Param("L", int, "lattice size L (L × L, periodic; divisible by 4)", "L"),
@@ -177,7 +184,8 @@ EXPERIMENT = Experiment(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return training_main(EXPERIMENT, argv)
+    compared = compare(EXPERIMENT.name, Path(__file__), argv)
+    return training_main(EXPERIMENT, argv) if compared is None else compared
 
 
 if __name__ == "__main__":

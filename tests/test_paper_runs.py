@@ -125,23 +125,25 @@ def test_hmc_samples_are_cached_between_runs(
     assert ref["source"] == "target samples" and ref["err"] > 0
 
 
-def test_compare_writes_a_table(scripts: dict[str, ModuleType], tmp_path: Path) -> None:
+def test_compare_runs_a_one_seed_study(scripts: dict[str, ModuleType], tmp_path: Path) -> None:
+    """``--compare`` trains each estimator with one seed through the study machinery and
+    renders the study's tables and plots (one comparison system)."""
     names = ["reverse-standard", "reverse-path-fast", "forward-standard"]
     out = tmp_path / "cmp"
-    argv = tiny("gmm", tmp_path, "--compare", ",".join(names), "--out", str(out))
+    argv = tiny("gmm", tmp_path, "--compare", ",".join(names), "--seed", "3", "--out", str(out))
     assert run(scripts["gmm"], argv) == 0
     for n in names:
-        assert (out / n / "summary.json").exists()
-        assert json.loads((out / n / "config.json").read_text())["train"]["estimator"] == n
-    rows = json.loads((out / "comparison.json").read_text())["rows"]
-    assert [r["estimator"] for r in rows] == names
-    assert all(r["steps"] == 4 for r in rows)
-    table = (out / "comparison.md").read_text()
-    assert table.count("\n| ") >= len(names) + 1 and "reference" in table
-    assert (out / "comparison.png").stat().st_size > 0
-    # Same seed and data: every estimator starts from the same flow and the same evaluation.
-    first = [json.loads((out / n / "metrics.jsonl").read_text().splitlines()[0]) for n in names]
-    assert len({r["ess_reverse"] for r in first}) == 1 and len({r["nll"] for r in first}) == 1
+        run_dir = out / n / "seed3"
+        assert json.loads((run_dir / "summary.json").read_text())["steps_done"] == 4
+        config = json.loads((run_dir / "config.json").read_text())
+        assert config["train"]["estimator"] == n and config["train"]["seed"] == 3
+    study = json.loads((out / "study.json").read_text())
+    assert study["spec"]["estimators"] == names and study["spec"]["seeds"] == [3]
+    assert study["provenance"]["commands"][0][:2] == ["python", "paper_runs/gmm.py"]
+    table = (out / "study.md").read_text()
+    assert "one seed: no claim is tested" in table
+    assert table.count("\n| `") >= len(names)  # every run in the per-seed table
+    assert (out / "ess.png").stat().st_size > 10_000
 
 
 def test_resume_after_a_kill_matches_an_uninterrupted_run(

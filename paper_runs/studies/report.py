@@ -136,9 +136,11 @@ def markdown(study: dict[str, Any], *, heading: str = "#", image_dir: str = "") 
             f"- equal training time t* = {fmt(study['equal_time_s'])} s (the smallest median "
             "final training time of the estimators)"
         )
-    quick = spec.get("preset") == "quick"
+    quick = rules.is_preset_check(study)
     lines += ["", "**Targets**" if quick else "**Verdicts**", ""]
-    if quick:
+    if len(spec["seeds"]) < 2 and not quick:
+        lines.append("- one seed: no claim is tested (`paper_runs/study.py` runs the studies)")
+    elif quick:
         for q in rules.quick_targets(study):
             lines.append(
                 f"- {q['target']} — `{q['estimator']}`: **{q['verdict']}** ({q['figures']})"

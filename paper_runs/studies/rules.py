@@ -492,6 +492,12 @@ def same_trajectory(study: dict[str, Any]) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------------------------- presets
 
 
+def is_preset_check(study: dict[str, Any]) -> bool:
+    """Whether the record checks a quick preset's targets (``<experiment>-quick``) rather
+    than the paper's claims."""
+    return bool(study["spec"]["name"].endswith("-quick"))
+
+
 def quick_targets(study: dict[str, Any]) -> list[dict[str, str]]:
     """A quick preset's targets, per run (module docstring)."""
     out = []
