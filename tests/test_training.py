@@ -653,3 +653,29 @@ def test_nonfinite_training_samples_are_refused_where_they_are_made() -> None:
     cfg = TrainConfig(estimator="forward-standard", steps=1, dtype="float64", progress=False)
     with pytest.raises(ValueError, match="training samples of the target: expected finite"):
         Trainer(real_nvp(2, n_couplings=2, hidden=(8,)), target, cfg, device=CPU, data=data)
+
+
+def test_plot_band_is_median_and_quantiles_of_held_curves() -> None:
+    """The study helper against numpy: each curve held at its last value at or before the grid
+    point, then median and quantiles over the curves present there."""
+    import numpy as np
+
+    from pathgrad_ref.training.plots import band, series
+
+    rng = np.random.default_rng(0)
+    curves = [
+        (sorted(rng.uniform(0, 10, 6).tolist()), rng.normal(size=6).tolist()) for _ in range(5)
+    ]
+    grid, med, lo, hi = band(curves, (0.25, 0.75))
+    assert grid == sorted({x for xs, _ in curves for x in xs})
+    for g, m, a, b in zip(grid, med, lo, hi, strict=True):
+        held = [ys[max(i for i, x in enumerate(xs) if x <= g)] for xs, ys in curves if xs[0] <= g]
+        assert m == pytest.approx(np.median(held))
+        assert (a, b) == pytest.approx(tuple(np.quantile(held, [0.25, 0.75])))
+    records = [
+        {"step": 0, "v": 1.0},
+        {"step": 1, "v": float("nan")},
+        {"step": 2},
+        {"step": 3, "v": 2},
+    ]
+    assert series(records, "v") == ([0.0, 3.0], [1.0, 2.0])

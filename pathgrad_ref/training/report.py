@@ -143,162 +143,6 @@ class MetricsLog:
             self._file = None
 
 
-def _series(
-    records: Sequence[MetricRecord], key: str, x: str = "step"
-) -> tuple[list[float], list[float]]:
-    """``(x values, key values)`` over the records where both are finite numbers."""
-    xs, ys = [], []
-    for r in records:
-        v, t = r.get(key), r.get(x)
-        if isinstance(v, (int, float)) and isinstance(t, (int, float)) and math.isfinite(v):
-            xs.append(float(t))
-            ys.append(float(v))
-    return xs, ys
-
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _legend(ax: Any) -> None:
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize="small")
-
-
-def _fit_after_start(
-    ax: Any, xs: Sequence[float], ys: Sequence[float], errs: Sequence[float] | None = None
-) -> None:
-    """Scale the y axis to the values (with their error bars) after step 0: the untrained
-    flow's are far off and would flatten the curve; the legend gives the step-0 value."""
-    e = errs if errs is not None else [0.0] * len(ys)
-    later = [(y - d, y + d) for x, y, d in zip(xs, ys, e, strict=True) if x > 0]
-    if len(later) < 2:
-        return
-    lo, hi = min(a for a, _ in later), max(b for _, b in later)
-    pad = 0.08 * (hi - lo) if hi > lo else 0.05 * max(abs(hi), 1e-12)
-    ax.set_ylim(lo - pad, hi + pad)
-
-
-def _log_if_decades(ax: Any, ys: Sequence[float]) -> None:
-    """Log scale when the (positive) values span more than a decade."""
-    if ys and min(ys) > 0 and max(ys) / min(ys) > 10:
-        ax.set_yscale("log")
-
-
-def plot_run(
-    records: Sequence[MetricRecord],
-    out_dir: str | os.PathLike[str],
-    observables: Sequence[Observable] = (),
-    references: Mapping[str, Mapping[str, Any]] | None = None,
-    title: str = "",
-    log_z_known: bool = False,
-    loss_label: str = "",
-) -> list[Path]:
-    """Write ``ess.png``, ``loss.png``, ``nll.png`` (if NLL was measured) and
-    ``observables.png`` (one panel per observable, its reference as a line with the error
-    band) against the step. Where ``log Z`` is known the KL divergences get their own panel
-    (log scale where they span decades), apart from the training loss (``loss_label`` says
-    what it is). Returns the files."""
-    plt = _pyplot()
-    out = Path(out_dir)
-    written: list[Path] = []
-
-    def save(fig: Any, name: str) -> None:
-        fig.suptitle(title)
-        fig.tight_layout()
-        fig.savefig(out / name, dpi=110)
-        plt.close(fig)
-        written.append(out / name)
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for key, label in (
-        ("ess_reverse", "reverse ESS (flow samples)"),
-        ("ess_forward", "forward ESS (target samples)"),
-    ):
-        xs, ys = _series(records, key)
-        if xs:
-            axes[0].plot(xs, ys, marker=".", label=label)
-            pos = [(x, y) for x, y in zip(xs, ys, strict=True) if y > 0]
-            if pos:
-                axes[1].semilogy(*zip(*pos, strict=True), marker=".", label=label)
-    axes[0].set(xlabel="step", ylabel="ESS", ylim=(0, 1.02))
-    # Forward ESS of a flow that misses part of the target can be 1e-300: show the useful range.
-    axes[1].set(xlabel="step", ylabel="ESS (log scale)", ylim=(1e-4, 1.5))
-    _legend(axes[0])
-    save(fig, "ess.png")
-
-    kl_keys = [k for k in ("kl_reverse", "kl_forward") if _series(records, k)[0]]
-    n_panels = 2 if log_z_known and kl_keys else 1
-    fig, axes = plt.subplots(1, n_panels, figsize=(5.5 * n_panels, 4), squeeze=False)
-    ax = axes[0][0]
-    xs, ys = _series(records, "loss")
-    if xs:
-        ax.plot(xs, ys, marker=".", label="mean since the last evaluation")
-    ax.set(xlabel="step", ylabel="training loss (estimator's objective)")
-    ax.set_title(f"loss = {loss_label}" if loss_label else "", fontsize="small")
-    _legend(ax)
-    if n_panels == 2:
-        ax = axes[0][1]
-        every: list[float] = []
-        for key, label in (
-            ("kl_reverse", "KL(q‖p) on flow samples"),
-            ("kl_forward", "KL(p‖q) on target samples"),
-        ):
-            xs, ys = _series(records, key)
-            if xs:
-                ax.plot(xs, ys, marker=".", label=label)
-                every += ys
-        ax.set(xlabel="step", ylabel="KL divergence (exact log Z)")
-        _log_if_decades(ax, every)
-        _legend(ax)
-    save(fig, "loss.png")
-
-    xs, ys = _series(records, "nll")
-    if xs:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        ax.plot(xs, ys, marker=".", label=f"step 0: {fmt(ys[0])}" if xs[0] == 0 else None)
-        ax.set(xlabel="step", ylabel="NLL (held-out target samples)")
-        _fit_after_start(ax, xs, ys)
-        _legend(ax)
-        save(fig, "nll.png")
-
-    if observables:
-        n = len(observables)
-        fig, axes = plt.subplots(1, n, figsize=(4.5 * n, 4), squeeze=False)
-        for ax, o in zip(axes[0], observables, strict=True):
-            xs, ys = _series(records, o.name)
-            err_at = dict(zip(*_series(records, f"{o.name}_err"), strict=True))
-            if xs:
-                errs = [err_at.get(x, 0.0) for x in xs]  # no error where it is not estimable
-                label = "flow, reweighted" + (f" (step 0: {fmt(ys[0])})" if xs[0] == 0 else "")
-                ax.errorbar(xs, ys, yerr=errs, marker=".", capsize=2, label=label)
-                bad = {rec["step"] for rec in records if rec.get("reliable") is False}
-                if bad & set(xs):
-                    pts = [(x, y) for x, y in zip(xs, ys, strict=True) if x in bad]
-                    ax.plot(
-                        *zip(*pts, strict=True), "o", mfc="none", mec="r", ms=8,
-                        label="unreliable (N_eff < 1000 or fwd-ESS < 0.01)",
-                    )  # fmt: skip
-                _fit_after_start(ax, xs, ys, errs)
-            ref = (references or {}).get(o.name) or {}
-            value, err = ref.get("value"), float(ref.get("err") or 0.0)
-            if isinstance(value, (int, float)) and math.isfinite(value):
-                ax.axhline(value, color="k", ls="--", label=str(ref.get("source", "reference")))
-                if err > 0:
-                    ax.axhspan(value - err, value + err, color="k", alpha=0.15, lw=0)
-                lo, hi = ax.get_ylim()
-                ax.set_ylim(min(lo, value - 2 * err), max(hi, value + 2 * err))
-            ax.set(xlabel="step", ylabel=o.tex or o.label)
-            _legend(ax)
-        save(fig, "observables.png")
-    return written
-
-
 def comparison_rows(summaries: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """One flat row per run: estimator, steps, times, final and best metrics, observables."""
     rows = []
@@ -381,16 +225,18 @@ def write_comparison(
     md += comparison_markdown(rows, references)
     atomic_write(out / "comparison.md", md.encode())
     write_json(out / "comparison.json", {"rows": rows, "references": references or {}})
-    plt = _pyplot()
+    from .plots import legend, pyplot, series
+
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for name, records in histories.items():
-        xs, ys = _series(records, "ess_reverse")
+        xs, ys = series(records, "ess_reverse")
         axes[0].plot(xs, ys, marker=".", label=name)
-        ts, ys = _series(records, "ess_reverse", x="elapsed_s")
+        ts, ys = series(records, "ess_reverse", x="elapsed_s")
         axes[1].plot(ts, ys, marker=".", label=name)
     axes[0].set(xlabel="step", ylabel="reverse ESS", ylim=(0, 1.02))
     axes[1].set(xlabel="wall time [s]", ylabel="reverse ESS", ylim=(0, 1.02))
-    _legend(axes[0])
+    legend(axes[0])
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(out / "comparison.png", dpi=110)

@@ -83,7 +83,8 @@ from .distributed import (
 from .evaluation import evaluate, gradient_noise, references
 from .files import unusable, write_json
 from .observables import Observable
-from .report import MetricRecord, MetricsLog, describe, plot_run
+from .plots import plot_run
+from .report import MetricRecord, MetricsLog, describe
 
 # Random streams of a rank (the third argument of stream_seed).
 _BATCH_STREAM, _INDEX_STREAM, _EVAL_STREAM, _NOISE_STREAM = 0, 1, 2, 3
