@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .observables import Observable
+from .evaluation import Observable
 from .report import fmt
 
 Curve = tuple[list[float], list[float]]
