@@ -3,7 +3,7 @@
 
     python paper_runs/gmm.py                          # quick preset: d = 6, a few minutes on a CPU
     python paper_runs/gmm.py --preset paper --device cuda
-    python paper_runs/gmm.py --compare reverse-standard,reverse-path-fast,forward-path-fast
+    python paper_runs/gmm.py --estimator forward-path-fast --seed 1
 
 The mixture has an exact sampler: forward-KL estimators train on its samples (10,000 training
 and 10,000 held-out samples by default, as in the paper). Run with ``--help`` for every option.

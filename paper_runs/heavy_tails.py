@@ -49,6 +49,7 @@ from studies.provenance import provenance  # noqa: E402
 from pathgrad_ref.estimators import get_estimator  # noqa: E402
 from pathgrad_ref.flows import real_nvp  # noqa: E402
 from pathgrad_ref.targets import GaussianMixture  # noqa: E402
+from pathgrad_ref.training import plots  # noqa: E402
 
 OUT = HERE / "results" / "heavy-tails"
 WRITE_UP = HERE / "heavy_tails.md"
@@ -187,11 +188,7 @@ def _pct(x: float | None) -> str:
 def plot(record: dict[str, Any], path: Path) -> Path:
     """Norms along training (every step, light; window medians and maxima, bold) and the
     tail of their distribution over the second half of training (log–log survival function)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = plots.pyplot()
     steps = record["settings"]["steps"]
     fig, axes = plt.subplots(
         2,
@@ -233,11 +230,11 @@ def plot(record: dict[str, Any], path: Path) -> Path:
         top.set_xlabel("step")
         top.set_ylabel(r"$\|g\|_2$ before clipping")
         top.set_title(estimator, fontsize=10)
-        top.legend(fontsize=7)
+        plots.legend(top)
         top.grid(alpha=0.3)
         bottom.set_xlabel(r"$\|g\|_2$ (second half of training)")
         bottom.set_ylabel(r"fraction of steps with a larger norm")
-        bottom.legend(fontsize=7)
+        plots.legend(bottom)
         bottom.grid(alpha=0.3)
     fig.suptitle("GMM forward KL: per-batch gradient norms along training")
     fig.savefig(path, dpi=110)

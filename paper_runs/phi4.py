@@ -3,7 +3,7 @@
     python paper_runs/phi4.py                         # quick preset: 8×8 lattice, CPU
     python paper_runs/phi4.py --preset paper --device cuda
     torchrun --nproc_per_node 4 paper_runs/phi4.py --preset paper
-    python paper_runs/phi4.py --preset paper --compare reverse-standard,reverse-path-fast
+    python paper_runs/phi4.py --preset paper --estimator reverse-standard
 
 Action ``S(φ) = Σ_x [−2κ Σ_μ φ_x φ_{x+μ̂} + (1 − 2λ) φ_x² + λ φ_x⁴]`` on a periodic lattice;
 the paper's setting is 16 × 8, κ = 0.3, λ = 0.022 (broken phase, two modes ±M). Target samples

@@ -2,7 +2,7 @@
 
     python paper_runs/u1.py                           # quick preset: 8×8, β = 1, CPU
     python paper_runs/u1.py --preset paper --device cuda
-    python paper_runs/u1.py --preset paper --compare reverse-standard,reverse-path-fast
+    python paper_runs/u1.py --preset paper --estimator reverse-standard
 
 Wilson action ``S = −β Σ_x cos P(x)`` on a periodic L × L lattice of link angles; the flow is a
 stack of gauge-equivariant couplings with mixtures of tan transforms on plaquettes over a

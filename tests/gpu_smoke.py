@@ -19,15 +19,14 @@ The checks:
   the CPU (max relative difference, must be <= 1e-9); and ``estimator-f32/<setup>``: the
   float32 fast-path gradient on CUDA against float64 on the CPU (<= 2e-3).
 - ``syncs/...``: host synchronisations counted with ``torch.cuda.set_sync_debug_mode``
-  (:func:`pathgrad_ref.syncs.count_host_syncs`) in steady state: a U(1) inverse (one per
+  (``tests/syncs.py``) in steady state: a U(1) inverse (one per
   bisection, i.e. per layer), HMC trajectories (none), and the trainer's steps (batch,
   estimator, backward, clipping, fused Adam skipping non-finite steps on the device, on-device
   counters and plateau schedule) of the fast-path estimators on φ⁴ (none) and U(1) (one per
   bisection in the inverse direction, none in the reverse one).
 - ``paper_runs/<script>``: a few training steps of each script with ``--device cuda``, a
   forward-KL estimator so that the target-sample path (HMC on the GPU) runs; ``resume``:
-  continuing the φ⁴ CUDA run from its checkpoint; ``compare``: two estimators under
-  ``--compare``.
+  continuing the φ⁴ CUDA run from its checkpoint.
 - ``table2``: ``benchmarks/table2.py --device cuda --scale small`` with few rounds.
 - ``torchrun-nccl``: ``torchrun --nproc_per_node 2`` with NCCL (needs 2 GPUs).
 """
@@ -258,7 +257,7 @@ def _estimator_f32_check(setup: str) -> Callable[[argparse.Namespace], str]:
 
 def _count(fn: Callable[[], object], repeats: int = 3) -> tuple[float, list[str]]:
     """Syncs per call of ``fn`` in steady state (after two warm-up calls)."""
-    from pathgrad_ref.syncs import count_host_syncs
+    from syncs import count_host_syncs
 
     for _ in range(2):
         fn()
@@ -392,20 +391,6 @@ def check_resume(args: argparse.Namespace) -> str:
     return f"phi4 run resumed from step 5 to 10 on {args.device}; {fig}"
 
 
-def check_compare(args: argparse.Namespace) -> str:
-    out = Path(args.work) / "runs" / "compare"
-    fig = _run(
-        _train_cmd(
-            "phi4", out, args, "--compare", "reverse-standard,reverse-path-fast", "--overwrite"
-        ),
-        args,
-        "compare",
-    )
-    for name in ("reverse-standard", "reverse-path-fast"):
-        _summary(out / name, args)
-    return f"phi4 --compare reverse-standard,reverse-path-fast; {fig}"
-
-
 def check_table2(args: argparse.Namespace) -> str:
     out = Path(args.work) / "table2"
     cmd = [
@@ -493,7 +478,6 @@ def all_checks() -> list[Check]:
         )
     checks += [
         Check("resume", "resume a CUDA run from its checkpoint", check_resume),
-        Check("compare", "--compare of two estimators on cuda", check_compare),
         Check("table2", "benchmarks/table2.py --scale small on cuda", check_table2),
         Check("torchrun-nccl", "torchrun --nproc_per_node 2 with nccl", check_torchrun),
     ]

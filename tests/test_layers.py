@@ -111,6 +111,23 @@ def test_score_step_needs_grad_input() -> None:
         lay.forward_and_score(x, x)
 
 
+class _DetachingMLP(MLP):
+    """A conditioner that cuts its input from the graph: the failure the score step must name."""
+
+    def forward(self, b: torch.Tensor) -> torch.Tensor:
+        return super().forward(b.detach())
+
+
+def test_score_step_raises_on_broken_graph() -> None:
+    m = checkerboard_mask(SHAPE, 1)
+    n = int(m.sum())
+    lay = AffineCoupling(m, _DetachingMLP(m.numel() - n, 2 * n, (8,), "tanh")).double()
+    x = torch.randn(3, *SHAPE, dtype=torch.float64, requires_grad=True)
+    for step in (lay.forward_and_score, lay.inverse_and_score):
+        with pytest.raises(RuntimeError, match=r"graph from the passive half b .* is broken"):
+            step(x, torch.randn_like(x))
+
+
 def test_masks() -> None:
     cb = checkerboard_mask((4, 6), 0)
     # every active site has only passive nearest neighbours, on the periodic lattice

@@ -118,8 +118,6 @@ def test_command_line_errors_name_the_flag(
     )
     assert "--time-limit: expected a duration" in error_line(phi4, ["--time-limit", "x"], capsys)
     assert "give one of them" in error_line(phi4, ["--resume", "--overwrite"], capsys)
-    both = ["--estimator", "reverse-standard", "--compare", "reverse-standard,reverse-path-fast"]
-    assert "give one of them" in error_line(phi4, both, capsys)
 
 
 def test_odd_lattice_with_checkerboard_mask_is_refused(
@@ -188,15 +186,15 @@ def test_importing_the_library_does_not_import_training() -> None:
     assert done.returncode == 0, done.stderr
 
 
-def test_compared_estimators_share_the_data_path(
+def test_a_resumed_run_keeps_its_data_path(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, experiments: dict[str, Experiment]
 ) -> None:
-    """Whether the training samples live on the device is decided once for a comparison (a
-    decision that would flip between estimators, as free memory does, must not)."""
+    """Whether the training samples live on the device is decided at the start and recorded;
+    a resumed run keeps that choice (its index stream lives where the samples do) even when
+    the free memory would now decide otherwise."""
     from pathgrad_ref.training import main
 
-    answers = iter([False, True, False, True])
-    monkeypatch.setattr(MinibatchSampler, "fits", staticmethod(lambda *a, **k: next(answers)))
+    monkeypatch.setattr(MinibatchSampler, "fits", staticmethod(lambda *a, **k: False))
     seen: list[bool] = []
     init = MinibatchSampler.__init__
 
@@ -205,25 +203,23 @@ def test_compared_estimators_share_the_data_path(
         seen.append(self.on_device)
 
     monkeypatch.setattr(MinibatchSampler, "__init__", spy)
-    out = tmp_path / "cmp"
+    out = tmp_path / "run"
     argv = [
-        "--compare", "forward-standard,forward-path-fast", "--steps", "2", "--batch-size", "8",
+        "--estimator", "forward-path-fast", "--steps", "2", "--batch-size", "8",
         "--eval-every", "2", "--eval-samples", "16", "--n-train-samples", "32",
         "--n-test-samples", "16", "--dim", "2", "--n-couplings", "2", "--hidden", "4",
         "--no-progress", "--dtype", "float64", "--out", str(out),
     ]  # fmt: skip
     assert main(experiments["gmm"], argv) == 0
-    assert seen == [False, False]
-    for name in ("forward-standard", "forward-path-fast"):
-        config = json.loads((out / name / "config.json").read_text())
-        runtime = config["runtime"]
-        assert runtime["training_samples_on_device"] is False
-        # The precision policy set at the start (TF32 off), recorded for the record only.
-        assert (runtime["precision"]["matmul"], runtime["precision"]["conv"]) == ("ieee", "ieee")
+    assert seen == [False]
+    runtime = json.loads((out / "config.json").read_text())["runtime"]
+    assert runtime["training_samples_on_device"] is False
+    # The precision policy set at the start (TF32 off), recorded for the record only.
+    assert (runtime["precision"]["matmul"], runtime["precision"]["conv"]) == ("ieee", "ieee")
     # Resumed when the samples would now fit: the index stream stays where it was.
     monkeypatch.setattr(MinibatchSampler, "fits", staticmethod(lambda *a, **k: True))
     assert main(experiments["gmm"], [*argv, "--resume", "--steps", "4"]) == 0
-    assert seen == [False] * 4
+    assert seen == [False, False]
 
 
 def test_on_device_sampler_draws_indices_where_the_samples_are() -> None:

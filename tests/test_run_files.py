@@ -16,7 +16,7 @@ import pytest
 import torch
 from script_support import error_of, load_script
 
-from pathgrad_ref.training import checkpoint as ckpt
+from pathgrad_ref.training import files as ckpt
 from pathgrad_ref.training.config import ConfigError
 from pathgrad_ref.training.files import atomic_write
 

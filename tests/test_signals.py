@@ -23,7 +23,7 @@ from script_support import ROOT, load_script
 from torch import Tensor
 
 from pathgrad_ref.training import Trainer
-from pathgrad_ref.training import checkpoint as ckpt
+from pathgrad_ref.training import files as ckpt
 from pathgrad_ref.training.trainer import HardStop, StopSignals
 
 pytestmark = pytest.mark.usefixtures("one_thread")

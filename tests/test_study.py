@@ -440,6 +440,7 @@ def test_tiny_study_end_to_end_killed_and_resumed(tmp_path: Path) -> None:
     runs = collect(spec, tmp_path)
     study = summarise(spec, runs, study_provenance(spec, runs, ROOT))
     assert all(r["steps_done"] == 1500 for r in study["runs"])
+    assert study["clock"] == "train_time_s"  # the training steps' own time
     curve = study["runs"][0]["curve"]
     assert [c["step"] for c in curve] == [0, 500, 1000, 1500]
     assert all(c["grad_var_standard"] > 0 and c["grad_var_path"] > 0 for c in curve)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ from pathgrad_ref.training import (
     sample_mean,
     save_sample_set,
 )
-from pathgrad_ref.training import checkpoint as ckpt
+from pathgrad_ref.training import files as ckpt
 from pathgrad_ref.training.config import ConfigError, resume_mismatches
 from pathgrad_ref.training.data import generate_hmc
 from pathgrad_ref.training.distributed import DistContext, shutdown, stream_seed
@@ -43,7 +44,7 @@ from pathgrad_ref.training.trainer import STOP_VOTE_EVERY
 
 F64 = torch.float64
 CPU = torch.device("cpu")
-TIMING_KEYS = {"elapsed_s", "step_time_s"}
+TIMING_KEYS = {"train_time_s", "eval_time_s", "checkpoint_time_s", "wall_time_s", "step_time_s"}
 
 # Short HMC runs give unreliable τ_int estimates, which the sampler says.
 pytestmark = [
@@ -174,7 +175,7 @@ def test_atomic_checkpoint_round_trip(tmp_path: Path) -> None:
     g = torch.Generator().manual_seed(5)
     state = {
         "format_version": ckpt.FORMAT_VERSION,
-        **{k: {} for k in ("step", "world_size", "model", "optimizer", "scheduler", "loop")},
+        **{k: {} for k in ("step", "world_size", "model", "optimizer", "loop")},
         "rng": ckpt.generator_states({"batch": g}),
         "global": ckpt.global_rng_state(),
         "x": [1, 2.5, None, "s"],
@@ -190,7 +191,7 @@ def test_atomic_checkpoint_round_trip(tmp_path: Path) -> None:
     with pytest.raises(KeyError, match="index"):
         ckpt.set_generator_states({"index": g2}, loaded["rng"])
     torch.save({"format_version": 999}, tmp_path / "other.pt")
-    with pytest.raises(ConfigError, match=r"other\.pt: is not a pathgrad_ref"):
+    with pytest.raises(ConfigError, match=r"other\.pt: has format 999; this version reads"):
         ckpt.load_checkpoint(tmp_path / "other.pt")
 
 
@@ -386,56 +387,92 @@ def test_nonfinite_steps_are_skipped_then_stop() -> None:
     assert all(torch.equal(before[k], after[k]) for k in before), "skipped steps must not update"
 
 
-def test_resume_from_a_checkpoint_of_the_per_step_schedule(tmp_path: Path) -> None:
-    """A checkpoint written before the on-device bookkeeping (ReduceLROnPlateau's state,
-    unfused Adam with host step counts, no longest-run counter) resumes, and the saved
-    schedule state is taken over."""
-    trainer = make_trainer(tmp_path, "reverse-path-fast", steps=5)
-    trainer.train()
+def test_a_checkpoint_of_another_format_is_refused(tmp_path: Path) -> None:
+    """A checkpoint of the format before the clock (no training, evaluation and checkpoint
+    times) cannot resume this run: an error naming the file and both formats, not a guess."""
+    make_trainer(tmp_path, "reverse-path-fast", steps=5).train()
     path = tmp_path / ckpt.CHECKPOINT_NAME
     state = torch.load(path, weights_only=True)
-    state["scheduler"] = {"best": -1.25, "num_bad_epochs": 2, "mode": "min", "patience": 2}
-    del state["loop"]["longest_nonfinite"]
-    for group in state["optimizer"]["param_groups"]:
-        group["fused"] = None
-    for st in state["optimizer"]["state"].values():
-        st["step"] = torch.tensor(float(st["step"]))  # float32 on the CPU, as unfused Adam has
+    state["format_version"] = 1
     torch.save(state, path)
     resumed = make_trainer(tmp_path, "reverse-path-fast", steps=8)
-    resumed.load_checkpoint(path)
-    c = resumed.counters.state()
-    assert (c["best"], c["bad"], c["longest"]) == (-1.25, 2, 0)
-    assert all(g["fused"] == resumed.skip_on_device for g in resumed.optimizer.param_groups)
-    assert resumed.train(resume=True)["steps_done"] == 8
-    assert all(float(st["step"]) == 8 for st in resumed.optimizer.state.values())
+    with pytest.raises(
+        ConfigError, match=r"checkpoint\.pt: has format 1; this version reads format 2"
+    ):
+        resumed.train(resume=True)
 
 
-@pytest.mark.parametrize("skip", ["device", "host"])
-def test_a_nonfinite_step_is_skipped_like_no_step(
-    monkeypatch: pytest.MonkeyPatch, skip: str
+def test_the_clock_counts_training_steps_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """An evaluation and a checkpoint made artificially slow (0.25 s and 0.15 s each) go to
+    ``eval_time_s`` and ``checkpoint_time_s``; ``train_time_s``, which the time limit and the
+    step times use, stays that of the steps; all four clocks survive a resume."""
+    slow_eval, slow_ckpt = 0.25, 0.15
+    original_eval, original_save = Trainer.evaluate, Trainer.save_checkpoint
+
+    def evaluate(self: Trainer) -> dict[str, Any]:
+        time.sleep(slow_eval)
+        return original_eval(self)
+
+    def save(self: Trainer) -> None:
+        time.sleep(slow_ckpt)
+        original_save(self)
+
+    monkeypatch.setattr(Trainer, "evaluate", evaluate)
+    monkeypatch.setattr(Trainer, "save_checkpoint", save)
+    cfg = dict(steps=8, eval_every=2, checkpoint_every=4, eval_samples=64)
+    summary = make_trainer(tmp_path, "reverse-path-fast", **cfg).train()
+    n_eval, n_ckpt = 5, 2  # steps 0, 2, 4, 6, 8; steps 4, 8
+    assert summary["eval_time_s"] >= n_eval * slow_eval
+    assert summary["checkpoint_time_s"] >= n_ckpt * slow_ckpt
+    assert summary["train_time_s"] < slow_eval, "the slow evaluations leaked into the steps"
+    parts = summary["train_time_s"] + summary["eval_time_s"] + summary["checkpoint_time_s"]
+    assert parts <= summary["wall_time_s"] < parts + 1.0
+    assert summary["mean_step_time_s"] == pytest.approx(summary["train_time_s"] / 8)
+    records = [json.loads(s) for s in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    for key in TIMING_KEYS - {"step_time_s"}:
+        values = [r[key] for r in records]
+        assert values == sorted(values) and values[-1] <= summary[key], key
+    assert all(r["step_time_s"] < slow_eval for r in records[1:])
+
+    # Resumed from the checkpoint at step 8 with two more steps: the clocks go on from it.
+    state = ckpt.load_checkpoint(tmp_path / ckpt.CHECKPOINT_NAME)
+    more = make_trainer(tmp_path, "reverse-path-fast", **{**cfg, "steps": 10}).train(resume=True)
+    for kind in ("train", "eval", "checkpoint", "wall"):
+        assert more[f"{kind}_time_s"] > state["loop"]["times"][kind], kind
+    assert more["train_time_s"] < slow_eval
+
+
+def test_the_time_limit_reads_the_training_clock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With evaluations far slower than the limit, a run still takes the steps the limit
+    allows: only training time counts against it."""
+    original_eval = Trainer.evaluate
+
+    def evaluate(self: Trainer) -> dict[str, Any]:
+        time.sleep(0.3)
+        return original_eval(self)
+
+    monkeypatch.setattr(Trainer, "evaluate", evaluate)
+    summary = make_trainer(
+        tmp_path, "reverse-path-fast", steps=6, eval_every=1, time_limit=0.25, eval_samples=64
+    ).train()
+    assert summary["status"] == "completed", "evaluation time was counted against the limit"
+    assert summary["eval_time_s"] > 0.25 * 7
+
+
+def test_a_nonfinite_step_is_skipped_like_no_step() -> None:
     """A NaN in step 4's loss and gradient: the parameters and Adam's state afterwards equal
     those of a run that took no optimiser step at step 4 (its batch still drawn), bit for bit;
-    the counters say one skipped step. ``device``: the fused Adam kernel skips (no host read);
-    ``host``: the fallback that reads the flag (torch < 2.4 on the CPU)."""
-    import pathgrad_ref.training.trainer as trainer_module
-
-    reads: list[bool] = []
-    if skip == "host":
-        monkeypatch.setattr(trainer_module, "skips_on_device", lambda _device: False)
-
-        def counted(finite: Tensor) -> bool:
-            reads.append(bool(finite))
-            return reads[-1]
-
-        monkeypatch.setattr(trainer_module, "read_finite", counted)
+    the counters say one skipped step. The fused Adam kernel skips it (no host read)."""
     cfg = TrainConfig(
         estimator="reverse-path-fast", steps=8, batch_size=16, lr=2e-2, clip_norm=0.5,
         eval_every=100, dtype="float64", progress=False,
     )  # fmt: skip
     bad_step = 4
     flaky = Trainer(small_flow(), FlakyMixture(bad={bad_step - 1}), cfg, device=CPU, log=quiet)
-    assert flaky.skip_on_device == (skip == "device")
     reference = Trainer(small_flow(), FlakyMixture(bad=set()), cfg, device=CPU, log=quiet)
     original = Trainer._train_step
 
@@ -457,9 +494,6 @@ def test_a_nonfinite_step_is_skipped_like_no_step(
         assert all(torch.equal(sa[i][k], sb[i][k]) for k in sa[i]), (i, sa[i]["step"])
         assert float(sa[i]["step"]) == cfg.steps - 1
     assert (flaky.n_skipped, flaky.consecutive_nonfinite) == (1, 0)
-    if skip == "host":
-        # One read per step: the flaky run's 8, then the reference's 7 (no step at step 4).
-        assert reads == [s != bad_step for s in range(1, cfg.steps + 1)] + [True] * 7
     # A run without the skip differs: the comparison can fail.
     plain = Trainer(small_flow(), FlakyMixture(bad=set()), cfg, device=CPU, log=quiet)
     plain.evaluate = lambda: {"step": plain.step}  # type: ignore[method-assign]
@@ -653,3 +687,29 @@ def test_nonfinite_training_samples_are_refused_where_they_are_made() -> None:
     cfg = TrainConfig(estimator="forward-standard", steps=1, dtype="float64", progress=False)
     with pytest.raises(ValueError, match="training samples of the target: expected finite"):
         Trainer(real_nvp(2, n_couplings=2, hidden=(8,)), target, cfg, device=CPU, data=data)
+
+
+def test_plot_band_is_median_and_quantiles_of_held_curves() -> None:
+    """The study helper against numpy: each curve held at its last value at or before the grid
+    point, then median and quantiles over the curves present there."""
+    import numpy as np
+
+    from pathgrad_ref.training.plots import band, series
+
+    rng = np.random.default_rng(0)
+    curves = [
+        (sorted(rng.uniform(0, 10, 6).tolist()), rng.normal(size=6).tolist()) for _ in range(5)
+    ]
+    grid, med, lo, hi = band(curves, (0.25, 0.75))
+    assert grid == sorted({x for xs, _ in curves for x in xs})
+    for g, m, a, b in zip(grid, med, lo, hi, strict=True):
+        held = [ys[max(i for i, x in enumerate(xs) if x <= g)] for xs, ys in curves if xs[0] <= g]
+        assert m == pytest.approx(np.median(held))
+        assert (a, b) == pytest.approx(tuple(np.quantile(held, [0.25, 0.75])))
+    records = [
+        {"step": 0, "v": 1.0},
+        {"step": 1, "v": float("nan")},
+        {"step": 2},
+        {"step": 3, "v": 2},
+    ]
+    assert series(records, "v") == ([0.0, 3.0], [1.0, 2.0])

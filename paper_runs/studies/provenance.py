@@ -65,12 +65,22 @@ def now() -> str:
 
 def provenance(folder: Path, commands: Sequence[Sequence[str]]) -> dict[str, Any]:
     """``commit``, ``dirty``, ``torch``, ``python``, ``hardware``, ``load_average_1m``, ``date``
-    (UTC) and ``commands`` (each an argument list, as run)."""
+    (UTC) and ``commands`` (each an argument list, as run); and where the imported
+    ``pathgrad_ref`` lives with its commit and dirty flag (``library``), which differ from
+    ``folder``'s when the package is installed from another checkout."""
     import torch
 
+    import pathgrad_ref
+
+    library = Path(pathgrad_ref.__file__).resolve().parent
     return {
         "commit": git_commit(folder),
         "dirty": git_dirty(folder),
+        "library": {
+            "path": str(library),
+            "commit": git_commit(library),
+            "dirty": git_dirty(library),
+        },
         "torch": torch.__version__,
         "python": platform.python_version(),
         "hardware": hardware_info(),

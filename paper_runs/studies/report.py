@@ -7,20 +7,14 @@ without re-running anything.
 
 from __future__ import annotations
 
-import math
 import warnings
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pathgrad_ref.training import plots
 from pathgrad_ref.training.report import fmt
 
 from . import rules
-from .running import quantile
-
-
-def _median(xs: Sequence[float]) -> float:
-    return quantile(sorted(xs), 0.5)
 
 
 def _pm(agg: dict[str, Any]) -> str:
@@ -234,83 +228,26 @@ def markdown(study: dict[str, Any], *, heading: str = "#", image_dir: str = "") 
 # ---------------------------------------------------------------------------------- plots
 
 
-def _series(
-    runs: Sequence[dict[str, Any]], key: str, x: str
-) -> list[tuple[list[float], list[float]]]:
-    out = []
-    for run in runs:
-        pts = [
-            (float(r[x]), float(r[key]))
-            for r in run["curve"]
-            if isinstance(r.get(x), (int, float))
-            and isinstance(r.get(key), (int, float))
-            and math.isfinite(r[key])
-        ]
-        if pts:
-            out.append(([p[0] for p in pts], [p[1] for p in pts]))
-    return out
-
-
-def _band(
-    series: list[tuple[list[float], list[float]]], grid: list[float]
-) -> tuple[list[float], list[float], list[float]]:
-    """Median, min and max over runs on ``grid``, each run held at its last value ≤ x."""
-    med, lo, hi = [], [], []
-    for g in grid:
-        vals = []
-        for xs, ys in series:
-            v = None
-            for xv, yv in zip(xs, ys, strict=True):
-                if xv <= g:
-                    v = yv
-            if v is not None:
-                vals.append(v)
-        if vals:
-            med.append(_median(vals))
-            lo.append(min(vals))
-            hi.append(max(vals))
-        else:
-            med.append(math.nan)
-            lo.append(math.nan)
-            hi.append(math.nan)
-    return med, lo, hi
-
-
 def _time_label(study: dict[str, Any]) -> str:
     if rules.time_key(study) == "train_time_s":
         return "training time [s] (steps only)"
     return "elapsed time [s] (old clock: evaluation included)"
 
 
-def _plot_band(
+def _curves(study: dict[str, Any], estimator: str, key: str, x: str) -> list[plots.Curve]:
+    """One curve of ``key`` against ``x`` per run of ``estimator``."""
+    return [plots.series(r["curve"], key, x) for r in study["runs"] if r["estimator"] == estimator]
+
+
+def _values(study: dict[str, Any], key: str) -> list[float]:
+    return [y for e in study["estimators"] for _, ys in _curves(study, e, key, "step") for y in ys]
+
+
+def _bands(
     ax: Any, study: dict[str, Any], key: str, x: str, *, style: str = "-", suffix: str = ""
-) -> bool:
-    drawn = False
+) -> None:
     for i, e in enumerate(study["estimators"]):
-        runs = [r for r in study["runs"] if r["estimator"] == e]
-        series = _series(runs, key, x)
-        if not series:
-            continue
-        grid = sorted({v for xs, _ in series for v in xs})
-        med, lo, hi = _band(series, grid)
-        color = f"C{i}"
-        ax.plot(grid, med, style, color=color, label=f"{e}{suffix}")
-        ax.fill_between(grid, lo, hi, color=color, alpha=0.2, linewidth=0)
-        drawn = True
-    return drawn
-
-
-def _log_if_wide(ax: Any, study: dict[str, Any], key: str) -> None:
-    vals = [
-        r[key]
-        for run in study["runs"]
-        for r in run["curve"]
-        if isinstance(r.get(key), (int, float)) and r[key] > 0
-    ]
-    if vals and max(vals) / min(vals) > 100:
-        ax.set_yscale("log")
-        if key.startswith("ess"):
-            ax.set_ylim(top=1.5)  # an ESS is at most 1
+        plots.plot_band(ax, _curves(study, e, key, x), f"{e}{suffix}", color=f"C{i}", style=style)
 
 
 def _has(study: dict[str, Any], key: str) -> bool:
@@ -328,31 +265,31 @@ def plot_names(study: dict[str, Any]) -> list[str]:
 
 
 def plot(study: dict[str, Any], out_dir: Path) -> list[Path]:
-    """``ess.png``, and where the record has the values ``nll.png`` and ``gradvar.png``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """``ess.png`` (reverse ESS against step and training time), and where the record has the
+    values ``nll.png`` (held-out and training NLL, held-out forward ESS) and ``gradvar.png``
+    (both gradients' summed variance along the runs of each estimator that measured it); each
+    a median over seeds with a min–max band (:mod:`pathgrad_ref.training.plots`)."""
+    plt = plots.pyplot()
     out_dir.mkdir(parents=True, exist_ok=True)
     name = study["spec"]["name"]
     written: list[Path] = []
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a plot that warns is a plot that is wrong
         fig, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+        ess = _values(study, "ess_reverse")
         for ax, x, xlabel in (
             (axes[0], "step", "step"),
             (axes[1], rules.time_key(study), _time_label(study)),
         ):
-            _plot_band(ax, study, "ess_reverse", x)
+            _bands(ax, study, "ess_reverse", x)
             ax.set_xlabel(xlabel)
             ax.set_ylabel("reverse ESS")
-            _log_if_wide(ax, study, "ess_reverse")
+            plots.log_if_decades(ax, ess, decades=2.0)
             ax.grid(alpha=0.3)
         if study.get("equal_time_s") is not None and len(study["estimators"]) > 1:
             axes[1].axvline(study["equal_time_s"], color="k", lw=0.8, ls=":", label="equal time")
-        axes[0].legend(fontsize=8)
-        axes[1].legend(fontsize=8)
+        for ax in axes:
+            plots.legend(ax)
         fig.suptitle(f"{name}: reverse ESS (median over seeds, band: min–max)")
         written.append(out_dir / "ess.png")
         fig.savefig(written[-1], dpi=110)
@@ -360,24 +297,27 @@ def plot(study: dict[str, Any], out_dir: Path) -> list[Path]:
 
         if "nll.png" in plot_names(study):
             fig, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
-            _plot_band(axes[0], study, "nll", "step", suffix=" held-out")
-            _plot_band(axes[0], study, "nll_train", "step", style="--", suffix=" train")
+            _bands(axes[0], study, "nll", "step", suffix=" held-out")
+            _bands(axes[0], study, "nll_train", "step", style="--", suffix=" train")
             axes[0].set_ylabel("NLL")
-            _plot_band(axes[1], study, "ess_forward", "step")
+            _bands(axes[1], study, "ess_forward", "step")
             axes[1].set_ylabel("forward ESS (held-out)")
-            _log_if_wide(axes[1], study, "ess_forward")
+            plots.log_if_decades(axes[1], _values(study, "ess_forward"), decades=2.0)
             for ax in axes:
                 ax.set_xlabel("step")
                 ax.grid(alpha=0.3)
-                ax.legend(fontsize=7)
+                plots.legend(ax)
             fig.suptitle(f"{name}: held-out (solid) and training (dashed) NLL")
             written.append(out_dir / "nll.png")
             fig.savefig(written[-1], dpi=110)
             plt.close(fig)
 
-        gv_runs = [r for r in study["runs"] if any("grad_var_path" in c for c in r["curve"])]
         if "gradvar.png" in plot_names(study):
-            trained = [e for e in study["estimators"] if any(r["estimator"] == e for r in gv_runs)]
+            trained = [
+                e
+                for e in study["estimators"]
+                if any(c[0] for c in _curves(study, e, "grad_var_path", "step"))
+            ]
             fig, axes = plt.subplots(
                 1,
                 len(trained),
@@ -386,27 +326,15 @@ def plot(study: dict[str, Any], out_dir: Path) -> list[Path]:
                 constrained_layout=True,
             )
             for ax, e in zip(axes[0], trained, strict=True):
-                runs = [r for r in gv_runs if r["estimator"] == e]
-                sub_runs: list[dict[str, Any]] = []
-                sub = {"estimators": {"standard": 0, "path": 0}, "runs": sub_runs}
-                for kind in ("standard", "path"):
-                    for r in runs:
-                        sub_runs.append(
-                            {
-                                "estimator": kind,
-                                "curve": [
-                                    {"step": c["step"], "v": c.get(f"grad_var_{kind}")}
-                                    for c in r["curve"]
-                                ],
-                            }
-                        )
-                _plot_band(ax, sub, "v", "step")
+                for i, kind in enumerate(("standard", "path")):
+                    curves = _curves(study, e, f"grad_var_{kind}", "step")
+                    plots.plot_band(ax, curves, kind, color=f"C{i}")
                 ax.set_yscale("log")
                 ax.set_xlabel("step")
                 ax.set_ylabel(r"total gradient variance $\sum_k \mathrm{Var}[g_k]$")
                 ax.set_title(f"trained with {e}", fontsize=9)
                 ax.grid(alpha=0.3)
-                ax.legend(fontsize=8)
+                plots.legend(ax)
             fig.suptitle(f"{name}: gradient variance at the same θ", fontsize=10)
             written.append(out_dir / "gradvar.png")
             fig.savefig(written[-1], dpi=110)

@@ -190,7 +190,7 @@ def run_study(
         cmd = run_command(spec, script, run_dir, estimator, seed)
         with open(run_dir / "train.log", "ab") as out:
             # One thread per run: ``workers`` runs share the cores without oversubscription.
-            env = {**os.environ, "OMP_NUM_THREADS": "1"}
+            env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": _library_path()}
             start = time.perf_counter()
             with lock:
                 if stop.is_set():
@@ -238,6 +238,17 @@ def run_study(
         raise StudyInterruptedError(received[0])
     if failures:
         raise StudyError("runs failed: " + "; ".join(failures))
+
+
+def _library_path() -> str:
+    """``PYTHONPATH`` for the runs: the folder holding the ``pathgrad_ref`` this process
+    imported first, so that every run trains with the same library as the study that
+    records it (not another checkout an editable install may point at)."""
+    import pathgrad_ref
+
+    root = str(Path(pathgrad_ref.__file__).resolve().parents[1])
+    rest = os.environ.get("PYTHONPATH")
+    return root if not rest else os.pathsep.join([root, rest])
 
 
 def _record_wall_time(run_dir: Path, cmd: Sequence[str], seconds: float, code: int) -> None:

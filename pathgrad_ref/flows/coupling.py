@@ -111,8 +111,19 @@ class Coupling(Layer):
         # Differentiating to the intermediate ``b`` needs the eager autograd graph, in which
         # ``b`` is an ancestor of ``res.out``. Under torch.compile it is not (see
         # ``_score_step_functional``), hence the other branch.
+        # ``allow_unused`` only so that a missing path is reported here, by name: a ``None``
+        # VJP means the graph from ``b`` to the output is broken, and dropping the term would
+        # give a wrong score with no error.
         (vjp_b,) = torch.autograd.grad(outputs, b, cotangents, retain_graph=True, allow_unused=True)
-        s_b_new = s_b if vjp_b is None else s_b - vjp_b
+        if vjp_b is None:
+            raise RuntimeError(
+                f"{type(self).__name__}: the autograd graph from the passive half b to the "
+                "layer's output is broken, so the score's VJP term through the conditioner "
+                "cannot be taken. Likely causes: a conditioner that detaches its input or runs "
+                "under torch.no_grad, or a region compiled by torch.compile that hides b "
+                "(compile the whole score step, which takes the torch.func.vjp branch)"
+            )
+        s_b_new = s_b - vjp_b
         return y, log_det, self._merge(s_a_new, s_b_new)
 
     def _score_step_functional(
@@ -123,7 +134,7 @@ class Coupling(Layer):
         A region compiled by ``torch.compile`` becomes one autograd node whose inputs are the
         region's inputs: a tensor made inside it (here ``b``) comes out as a sibling output of
         that node, not as an ancestor of ``res.out``, so ``autograd.grad(res.out, b)`` finds no
-        path and returns ``None`` (with ``allow_unused``): the VJP term would silently vanish.
+        path and returns ``None``, which the eager step reports as a broken graph.
         ``torch.func.vjp`` differentiates the function ``b ↦ (f(a; c(b)), log|det J|)`` itself,
         which the compiler traces into the forward graph: nothing depends on graph structure.
         """

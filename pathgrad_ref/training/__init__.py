@@ -1,23 +1,24 @@
-"""Training runs: the loop, evaluation, checkpoints, target samples, data parallelism and the
+"""Training runs: settings, target samples, the loop, evaluation and the run's records, and the
 command line shared by the scripts in ``paper_runs/``. Imported on its own
-(``import pathgrad_ref`` does not import it).
+(``import pathgrad_ref`` does not import it). A run reads top-down:
 
 ================  ==============================================================
 module            what
 ================  ==============================================================
+``cli``           :func:`main`: the command line of ``paper_runs/*.py``
+``run``           :func:`run_experiment`: checks before writing, samples, trainer
+``experiment``    :class:`Experiment`: what a script defines (target, flow, presets)
 ``config``        every option once: :class:`TrainConfig`, :class:`DataConfig`,
                   :class:`HMCConfig` fields with their flag, help and check
-``experiment``    :class:`Experiment`: what a script defines (target, flow, presets)
-``trainer``       :class:`Trainer`: Adam, schedules, clipping, non-finite steps, signals
-``evaluation``    :func:`evaluate`: ESS, KL, NLL, reweighted observables
-``observables``   :class:`Observable`, importance-reweighted estimates
 ``data``          exact and cached HMC target samples (checksummed), minibatches
-``checkpoint``    ``weights_only`` checkpoints, random-stream states
-``files``         the atomic writer, strict JSON, errors for unusable run files
-``distributed``   ``torchrun`` data parallelism: setup, gradient averaging, per-rank streams
-``report``        ``metrics.jsonl``, number format, plots, comparison tables
-``run``           :func:`run_experiment`: checks before writing, one trainer per estimator
-``cli``           :func:`main`: the command line of ``paper_runs/*.py``
+``trainer``       :class:`Trainer`: Adam, schedules, clipping, non-finite steps,
+                  signals, the clock
+``distributed``   ``torchrun`` data parallelism: gradient averaging, per-rank streams
+``evaluation``    :func:`evaluate`: ESS, KL, NLL, reweighted observables and the
+                  rule for when they can be trusted
+``report``        ``metrics.jsonl``, number format, printed lines
+``plots``         the run plots and helpers for plots of many runs
+``files``         the atomic writer, strict JSON, checkpoints, unusable-file errors
 ================  ==============================================================
 """
 
@@ -33,9 +34,8 @@ from .data import (
     save_sample_set,
 )
 from .distributed import DistContext, average_gradients, init_distributed
-from .evaluation import evaluate
+from .evaluation import Estimate, Observable, evaluate, reweighted_mean, sample_mean
 from .experiment import Experiment, Param, int_list
-from .observables import Estimate, Observable, reweighted_mean, sample_mean
 from .run import run_experiment
 from .trainer import RunInterruptedError, Trainer, TrainingError, resolve_device
 

@@ -23,12 +23,11 @@ from typing import Any, NoReturn
 
 import torch
 
-from ..estimators import ESTIMATORS
 from .config import ConfigError, DataConfig, HMCConfig, Option, TrainConfig, all_options
 from .distributed import init_distributed, shutdown
 from .experiment import Experiment
 from .files import RunFileError
-from .run import Settings, check_run_dirs, check_settings, run_experiment
+from .run import Settings, check_run_dir, check_settings, run_experiment
 from .trainer import HardStop, RunInterruptedError, TrainingError, resolve_device
 
 
@@ -99,20 +98,6 @@ def _shown(v: Any) -> str:
     return str(v)
 
 
-def _estimator_list(text: str) -> list[str]:
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in ESTIMATORS]
-    if not names or unknown:
-        raise argparse.ArgumentTypeError(
-            f"unknown estimator {unknown[0]!r}; expected names from: {', '.join(ESTIMATORS)}"
-            if unknown
-            else "expected a comma-separated list of estimator names"
-        )
-    if len(set(names)) != len(names):
-        raise argparse.ArgumentTypeError(f"estimator listed twice in {text!r}")
-    return names
-
-
 def check_presets(exp: Experiment) -> None:
     """Every preset key names an option of ``exp`` (``ValueError`` otherwise: a script bug)."""
     names = {opt.name for _, opt, _ in all_options()} | {p.name for p in exp.params}
@@ -122,13 +107,9 @@ def check_presets(exp: Experiment) -> None:
             raise ValueError(f"preset {preset!r} of {exp.name!r}: unknown options {unknown}")
 
 
-def build_parser(exp: Experiment) -> argparse.ArgumentParser:
+def build_parser(exp: Experiment) -> _Parser:
     """The parser of ``paper_runs/<exp.name>.py``, generated from the option fields; every
     default is ``None`` and is filled in from the preset by :func:`resolve`."""
-    return _parser(exp)
-
-
-def _parser(exp: Experiment) -> _Parser:
     check_presets(exp)
     p = _Parser(
         prog=f"paper_runs/{exp.name}.py",
@@ -143,13 +124,8 @@ def _parser(exp: Experiment) -> _Parser:
         "paper's architecture and hyperparameters, for a GPU) [default: quick]",
     )  # fmt: skip
     run.add_argument(
-        "--compare", type=_estimator_list, default=None, metavar="A,B,...",
-        help="train each listed estimator with the same seed, data and budget (one after "
-        "the other, in OUT/<estimator>/) and write OUT/comparison.{md,json,png}",
-    )  # fmt: skip
-    run.add_argument(
         "--out", default=None, metavar="DIR",
-        help="run folder [default: runs/<experiment>/<preset>-<estimator or compare>-seed<seed>]",
+        help="run folder [default: runs/<experiment>/<preset>-<estimator>-seed<seed>]",
     )  # fmt: skip
     run.add_argument(
         "--resume", action="store_true",
@@ -212,24 +188,15 @@ def resolve(exp: Experiment, args: argparse.Namespace) -> Settings:
         data = DataConfig(n_train=0, n_test=0, seed=data.seed, cache_dir=data.cache_dir)
     else:
         data = DataConfig(**{**data.__dict__, "hmc": hmc})
-    if args.compare and "estimator" in vars(args) and args.estimator is not None:
-        raise ConfigError(None, "--estimator and --compare: give one of them")
     if args.resume and args.overwrite:
         raise ConfigError(None, "--resume and --overwrite: give one of them")
-    tag = "compare" if args.compare else train.estimator
-    out = (
-        Path(args.out)
-        if args.out
-        else Path("runs", exp.name, f"{args.preset}-{tag}-seed{train.seed}")
-    )
+    default_out = Path("runs", exp.name, f"{args.preset}-{train.estimator}-seed{train.seed}")
     settings = Settings(
         preset=args.preset,
         train=train,
         data=data,
         params={p.name: values[p.name] for p in exp.params},
-        estimators=list(args.compare or [train.estimator]),
-        compare=bool(args.compare),
-        out=out,
+        out=Path(args.out) if args.out else default_out,
         resume=args.resume,
         overwrite=args.overwrite,
         prepare_data=args.prepare_data,
@@ -253,12 +220,12 @@ def main(exp: Experiment, argv: Sequence[str] | None = None) -> int:
     """Entry point of ``paper_runs/<exp.name>.py``; returns the exit code (0 done, 1 training
     failed, 2 bad options or files, ``128 + signum`` interrupted)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = _parser(exp)
+    parser = build_parser(exp)
     args = parser.parse_args(argv)
     try:
         settings = resolve(exp, args)
         device = resolve_device(settings.train.device)
-        check_run_dirs(settings)
+        check_run_dir(settings)
     except ConfigError as e:
         parser.config_error(e, exp)
     if settings.train.threads is not None:

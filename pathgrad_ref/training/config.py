@@ -212,8 +212,8 @@ class TrainConfig:
     )  # fmt: skip
     time_limit: float | None = option(
         None, "--time-limit",
-        "stop with a checkpoint after this much training time, summed over resumed "
-        "segments (e.g. 48h, 90m, 3600)",
+        "stop with a checkpoint after this much training time (the steps alone, without "
+        "evaluation and checkpoints), summed over resumed segments (e.g. 48h, 90m, 3600)",
         parse=parse_duration, check=optional(positive), metavar="T", resumable=True,
     )  # fmt: skip
     seed: int = option(

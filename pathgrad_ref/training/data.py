@@ -25,20 +25,16 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from ..samplers import hmc_sample
 from ..targets.base import Target
-from .config import DTYPES, DataConfig, HMCConfig
-from .distributed import DistContext, barrier, stream_seed
+from .config import DTYPES, HMCConfig
+from .distributed import stream_seed
 from .files import atomic_write, read_json, unusable, write_json
-from .report import fmt
-
-if TYPE_CHECKING:
-    from .experiment import Experiment
 
 Symmetry = Callable[[Tensor, torch.Generator], Tensor]
 """``(samples, generator) -> samples``: a random exact symmetry of the target applied to each
@@ -395,8 +391,8 @@ def cached_hmc_samples(
     rep = meta["report"]
     log(
         f"  {n} samples in {rep['generation_time_s']:.1f} s: acceptance "
-        f"{fmt(rep['acceptance_rate'])}, tau_int {fmt(rep['tau_int'])}, step size "
-        f"{fmt(rep['step_size'])}; cached in {folder}"
+        f"{rep['acceptance_rate']:.3g}, tau_int {float(rep['tau_int'] or math.nan):.3g}, step size "
+        f"{rep['step_size']:.3g}; cached in {folder}"
     )
     return store, meta
 
@@ -463,63 +459,3 @@ class MinibatchSampler:
         if self.device.type == "cuda":
             batch = batch.pin_memory()
         return batch.to(device=self.device, dtype=self.dtype, non_blocking=True)
-
-
-def load_target_data(
-    exp: Experiment,
-    target: Target,
-    data: DataConfig,
-    *,
-    need_train: bool,
-    dtype: torch.dtype,
-    device: torch.device,
-    ctx: DistContext,
-    log: Callable[[str], None],
-    progress: bool,
-) -> TargetSamples | None:
-    """Target samples for a run of ``exp``: exact ones drawn now, HMC ones from the cache
-    (rank 0 generates them if missing while the other ranks wait)."""
-    n_train = data.n_train if need_train else 0
-    if exp.sampler is None or (n_train == 0 and data.n_test == 0):
-        return None
-    if exp.sampler == "exact":
-        return exact_samples(target, n_train, data.n_test, data.seed, dtype)
-    assert data.hmc is not None
-    hmc = data.hmc
-    observable = exp.hmc_observable(target) if exp.hmc_observable is not None else None
-
-    def get(n: int, split: str, quiet: bool) -> tuple[SampleStore | None, dict[str, Any] | None]:
-        if n == 0:
-            return None, None
-        return cached_hmc_samples(
-            target,
-            n,
-            hmc,
-            seed=data.seed,
-            split=split,
-            dtype=dtype,
-            device=device,
-            cache_dir=data.cache_dir,
-            periodic=exp.hmc_periodic,
-            observable=observable,
-            symmetry=exp.symmetry,
-            progress=progress and not quiet,
-            log=(lambda _m: None) if quiet else log,
-            verify=not quiet,
-        )
-
-    test: SampleStore | None = None
-    test_meta: dict[str, Any] | None = None
-    if ctx.is_main:
-        test, test_meta = get(data.n_test, "test", False)
-        train, train_meta = get(n_train, "train", False)
-    barrier(ctx)
-    if not ctx.is_main:
-        train, train_meta = get(n_train, "train", True)
-    meta = {
-        "sampler": "hmc",
-        "target": type(target).__name__,
-        "train": train_meta,
-        "test": test_meta,
-    }
-    return TargetSamples(train, test, meta)

@@ -17,7 +17,7 @@ from torch import Tensor
 from ..flows.base import Flow
 from ..targets.base import Target
 from .data import Symmetry
-from .observables import Observable
+from .evaluation import Observable
 
 Params = Mapping[str, Any]
 

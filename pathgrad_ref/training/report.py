@@ -1,19 +1,16 @@
-"""Run records: ``metrics.jsonl``, JSON files, plots and the comparison of several runs.
-
-Plots use matplotlib with the Agg backend, imported only when a plot is made.
-"""
+"""Run records: ``metrics.jsonl``, the number format, and the lines a run prints."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from .files import atomic_write, jsonable, unusable, write_json
-from .observables import RELIABLE_EFFECTIVE_SAMPLES, RELIABLE_FORWARD_ESS, Observable
+from .evaluation import Observable, unreliable_reason
+from .files import atomic_write, jsonable, unusable
 
 MetricRecord = dict[str, Any]
 
@@ -65,7 +62,9 @@ def describe(
             text += f" (ref {fmt(ref['value'])}{err})"
         parts.append(text)
     if observables and r.get("reliable") is False:
-        parts.append(f"UNRELIABLE reweighting ({unreliable_reason(r)})")
+        parts.append(
+            f"UNRELIABLE reweighting ({unreliable_reason(r.get('n_eff'), r.get('ess_forward'))})"
+        )
     if r.get("step_time_s") is not None:
         parts.append(f"{fmt(1e3 * r['step_time_s'])} ms/step")
     return "  ".join(parts)
@@ -75,18 +74,6 @@ def _pm(r: MetricRecord, key: str) -> str:
     """``value ± error`` of ``key`` (error from ``key + "_err"``, one significant figure)."""
     err = r.get(f"{key}_err")
     return fmt(r.get(key)) + (f" ± {fmt(err, 1)}" if isinstance(err, float) and err > 0 else "")
-
-
-def unreliable_reason(r: Mapping[str, Any]) -> str:
-    """Why :func:`~.observables.reliable` said no, for an evaluation record."""
-    why = []
-    n_eff = r.get("n_eff")
-    if not (isinstance(n_eff, (int, float)) and n_eff >= RELIABLE_EFFECTIVE_SAMPLES):
-        why.append(f"N_eff {fmt(n_eff)} < {RELIABLE_EFFECTIVE_SAMPLES:.0f}")
-    fwd = r.get("ess_forward")
-    if isinstance(fwd, (int, float)) and fwd < RELIABLE_FORWARD_ESS:
-        why.append(f"fwd-ESS {fmt(fwd)} < {RELIABLE_FORWARD_ESS}: q misses part of p")
-    return "; ".join(why)
 
 
 def read_jsonl(path: str | os.PathLike[str]) -> list[MetricRecord]:
@@ -143,256 +130,20 @@ class MetricsLog:
             self._file = None
 
 
-def _series(
-    records: Sequence[MetricRecord], key: str, x: str = "step"
-) -> tuple[list[float], list[float]]:
-    """``(x values, key values)`` over the records where both are finite numbers."""
-    xs, ys = [], []
-    for r in records:
-        v, t = r.get(key), r.get(x)
-        if isinstance(v, (int, float)) and isinstance(t, (int, float)) and math.isfinite(v):
-            xs.append(float(t))
-            ys.append(float(v))
-    return xs, ys
-
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _legend(ax: Any) -> None:
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize="small")
-
-
-def _fit_after_start(
-    ax: Any, xs: Sequence[float], ys: Sequence[float], errs: Sequence[float] | None = None
-) -> None:
-    """Scale the y axis to the values (with their error bars) after step 0: the untrained
-    flow's are far off and would flatten the curve; the legend gives the step-0 value."""
-    e = errs if errs is not None else [0.0] * len(ys)
-    later = [(y - d, y + d) for x, y, d in zip(xs, ys, e, strict=True) if x > 0]
-    if len(later) < 2:
-        return
-    lo, hi = min(a for a, _ in later), max(b for _, b in later)
-    pad = 0.08 * (hi - lo) if hi > lo else 0.05 * max(abs(hi), 1e-12)
-    ax.set_ylim(lo - pad, hi + pad)
-
-
-def _log_if_decades(ax: Any, ys: Sequence[float]) -> None:
-    """Log scale when the (positive) values span more than a decade."""
-    if ys and min(ys) > 0 and max(ys) / min(ys) > 10:
-        ax.set_yscale("log")
-
-
-def plot_run(
-    records: Sequence[MetricRecord],
-    out_dir: str | os.PathLike[str],
-    observables: Sequence[Observable] = (),
-    references: Mapping[str, Mapping[str, Any]] | None = None,
-    title: str = "",
-    log_z_known: bool = False,
-    loss_label: str = "",
-) -> list[Path]:
-    """Write ``ess.png``, ``loss.png``, ``nll.png`` (if NLL was measured) and
-    ``observables.png`` (one panel per observable, its reference as a line with the error
-    band) against the step. Where ``log Z`` is known the KL divergences get their own panel
-    (log scale where they span decades), apart from the training loss (``loss_label`` says
-    what it is). Returns the files."""
-    plt = _pyplot()
-    out = Path(out_dir)
-    written: list[Path] = []
-
-    def save(fig: Any, name: str) -> None:
-        fig.suptitle(title)
-        fig.tight_layout()
-        fig.savefig(out / name, dpi=110)
-        plt.close(fig)
-        written.append(out / name)
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for key, label in (
-        ("ess_reverse", "reverse ESS (flow samples)"),
-        ("ess_forward", "forward ESS (target samples)"),
-    ):
-        xs, ys = _series(records, key)
-        if xs:
-            axes[0].plot(xs, ys, marker=".", label=label)
-            pos = [(x, y) for x, y in zip(xs, ys, strict=True) if y > 0]
-            if pos:
-                axes[1].semilogy(*zip(*pos, strict=True), marker=".", label=label)
-    axes[0].set(xlabel="step", ylabel="ESS", ylim=(0, 1.02))
-    # Forward ESS of a flow that misses part of the target can be 1e-300: show the useful range.
-    axes[1].set(xlabel="step", ylabel="ESS (log scale)", ylim=(1e-4, 1.5))
-    _legend(axes[0])
-    save(fig, "ess.png")
-
-    kl_keys = [k for k in ("kl_reverse", "kl_forward") if _series(records, k)[0]]
-    n_panels = 2 if log_z_known and kl_keys else 1
-    fig, axes = plt.subplots(1, n_panels, figsize=(5.5 * n_panels, 4), squeeze=False)
-    ax = axes[0][0]
-    xs, ys = _series(records, "loss")
-    if xs:
-        ax.plot(xs, ys, marker=".", label="mean since the last evaluation")
-    ax.set(xlabel="step", ylabel="training loss (estimator's objective)")
-    ax.set_title(f"loss = {loss_label}" if loss_label else "", fontsize="small")
-    _legend(ax)
-    if n_panels == 2:
-        ax = axes[0][1]
-        every: list[float] = []
-        for key, label in (
-            ("kl_reverse", "KL(q‖p) on flow samples"),
-            ("kl_forward", "KL(p‖q) on target samples"),
-        ):
-            xs, ys = _series(records, key)
-            if xs:
-                ax.plot(xs, ys, marker=".", label=label)
-                every += ys
-        ax.set(xlabel="step", ylabel="KL divergence (exact log Z)")
-        _log_if_decades(ax, every)
-        _legend(ax)
-    save(fig, "loss.png")
-
-    xs, ys = _series(records, "nll")
-    if xs:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        ax.plot(xs, ys, marker=".", label=f"step 0: {fmt(ys[0])}" if xs[0] == 0 else None)
-        ax.set(xlabel="step", ylabel="NLL (held-out target samples)")
-        _fit_after_start(ax, xs, ys)
-        _legend(ax)
-        save(fig, "nll.png")
-
-    if observables:
-        n = len(observables)
-        fig, axes = plt.subplots(1, n, figsize=(4.5 * n, 4), squeeze=False)
-        for ax, o in zip(axes[0], observables, strict=True):
-            xs, ys = _series(records, o.name)
-            err_at = dict(zip(*_series(records, f"{o.name}_err"), strict=True))
-            if xs:
-                errs = [err_at.get(x, 0.0) for x in xs]  # no error where it is not estimable
-                label = "flow, reweighted" + (f" (step 0: {fmt(ys[0])})" if xs[0] == 0 else "")
-                ax.errorbar(xs, ys, yerr=errs, marker=".", capsize=2, label=label)
-                bad = {rec["step"] for rec in records if rec.get("reliable") is False}
-                if bad & set(xs):
-                    pts = [(x, y) for x, y in zip(xs, ys, strict=True) if x in bad]
-                    ax.plot(
-                        *zip(*pts, strict=True), "o", mfc="none", mec="r", ms=8,
-                        label="unreliable (N_eff < 1000 or fwd-ESS < 0.01)",
-                    )  # fmt: skip
-                _fit_after_start(ax, xs, ys, errs)
-            ref = (references or {}).get(o.name) or {}
-            value, err = ref.get("value"), float(ref.get("err") or 0.0)
-            if isinstance(value, (int, float)) and math.isfinite(value):
-                ax.axhline(value, color="k", ls="--", label=str(ref.get("source", "reference")))
-                if err > 0:
-                    ax.axhspan(value - err, value + err, color="k", alpha=0.15, lw=0)
-                lo, hi = ax.get_ylim()
-                ax.set_ylim(min(lo, value - 2 * err), max(hi, value + 2 * err))
-            ax.set(xlabel="step", ylabel=o.tex or o.label)
-            _legend(ax)
-        save(fig, "observables.png")
-    return written
-
-
-def comparison_rows(summaries: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """One flat row per run: estimator, steps, times, final and best metrics, observables."""
-    rows = []
-    for s in summaries:
-        final = s.get("final", {}) or {}
-        row: dict[str, Any] = {
-            "estimator": s.get("estimator"),
-            "status": s.get("status"),
-            "steps": s.get("steps_done"),
-            "train_time_s": s.get("train_time_s"),
-            "step_time_ms": 1e3 * float(s.get("mean_step_time_s") or math.nan),
-            "ess_reverse": final.get("ess_reverse"),
-            "ess_reverse_err": final.get("ess_reverse_err"),
-            "best_ess_reverse": s.get("best_ess_reverse"),
-            "ess_forward": final.get("ess_forward"),
-            "nll": final.get("nll"),
-            "skipped_steps": s.get("n_skipped"),
-            "n_eff": final.get("n_eff"),
-            "reliable": final.get("reliable"),
-        }
-        for name in s.get("observables", {}):
-            row[name] = final.get(name)
-            row[f"{name}_err"] = final.get(f"{name}_err")
-        rows.append(row)
-    return rows
-
-
-def comparison_markdown(
-    rows: Sequence[Mapping[str, Any]], references: Mapping[str, Any] | None = None
-) -> str:
-    """A markdown table of :func:`comparison_rows` (observables as ``mean ± err``), with a
-    reference row for observables that have one."""
-    if not rows:
-        return ""
-    base = ["estimator", "status", "steps", "train_time_s", "step_time_ms"]
-    base += ["ess_reverse", "best_ess_reverse", "ess_forward", "nll", "skipped_steps", "n_eff"]
-    obs = [k for k in rows[0] if k not in base and k != "reliable" and not k.endswith("_err")]
-    header = base + obs
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for r in rows:
-        cells = [_pm(dict(r), k) for k in base]
-        for k in obs:
-            m, e = r.get(k), r.get(f"{k}_err")
-            cell = fmt(m) if e is None else f"{fmt(m)} ± {fmt(e, 2)}"
-            cells.append(cell + (" (unreliable)" if r.get("reliable") is False else ""))
-        lines.append("| " + " | ".join(cells) + " |")
-    if any(r.get("reliable") is False for r in rows):
-        note = (
-            f"\n(unreliable: reweighted from fewer than {RELIABLE_EFFECTIVE_SAMPLES:.0f} effective "
-            f"samples, or with a forward ESS below {RELIABLE_FORWARD_ESS}; see "
-            "pathgrad_ref/training/observables.py)\n"
-        )
-    else:
-        note = ""
-    if references:
-        cells = ["reference"] + [""] * (len(base) - 1)
-        for k in obs:
-            ref = references.get(k) or {}
-            m, e = ref.get("value"), ref.get("err")
-            exact = e == 0 and ref.get("source") == "exact"
-            cells.append(
-                fmt(m) if e is None else f"{fmt(m)} (exact)" if exact else f"{fmt(m)} ± {fmt(e, 2)}"
-            )
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n" + note
-
-
-def write_comparison(
-    out_dir: str | os.PathLike[str],
-    summaries: Sequence[Mapping[str, Any]],
-    histories: Mapping[str, Sequence[MetricRecord]],
-    references: Mapping[str, Any] | None = None,
-    title: str = "",
-) -> list[Path]:
-    """Write ``comparison.md``, ``comparison.json`` and ``comparison.png`` (reverse ESS
-    against step and against training time, one line per estimator)."""
-    out = Path(out_dir)
-    rows = comparison_rows(summaries)
-    md = f"# {title}\n\n" if title else ""
-    md += comparison_markdown(rows, references)
-    atomic_write(out / "comparison.md", md.encode())
-    write_json(out / "comparison.json", {"rows": rows, "references": references or {}})
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for name, records in histories.items():
-        xs, ys = _series(records, "ess_reverse")
-        axes[0].plot(xs, ys, marker=".", label=name)
-        ts, ys = _series(records, "ess_reverse", x="elapsed_s")
-        axes[1].plot(ts, ys, marker=".", label=name)
-    axes[0].set(xlabel="step", ylabel="reverse ESS", ylim=(0, 1.02))
-    axes[1].set(xlabel="wall time [s]", ylabel="reverse ESS", ylim=(0, 1.02))
-    _legend(axes[0])
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(out / "comparison.png", dpi=110)
-    plt.close(fig)
-    return [out / "comparison.md", out / "comparison.json", out / "comparison.png"]
+def final_line(summary: Mapping[str, Any]) -> str:
+    """One line on how a run ended."""
+    init, final = summary.get("initial") or {}, summary.get("final") or {}
+    t = summary.get("mean_step_time_s")
+    step_ms = f"{fmt(1e3 * t)} ms/step" if isinstance(t, float) else "– ms/step"
+    line = (
+        f"{summary['estimator']}: {summary['status']} after {summary['steps_done']} steps in "
+        f"{fmt(summary['train_time_s'])} s of training ({step_ms}; evaluation "
+        f"{fmt(summary.get('eval_time_s'))} s, wall {fmt(summary.get('wall_time_s'))} s); "
+        f"reverse ESS {fmt(init.get('ess_reverse'))} → {fmt(final.get('ess_reverse'))} (best "
+        f"{fmt(summary.get('best_ess_reverse'))})"
+    )
+    if "kl_reverse" in final:
+        line += f", KL(q‖p) {fmt(init.get('kl_reverse'))} → {fmt(final.get('kl_reverse'))}"
+    if "nll" in final:
+        line += f", NLL {fmt(init.get('nll'))} → {fmt(final.get('nll'))}"
+    return line

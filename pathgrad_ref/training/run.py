@@ -1,15 +1,14 @@
 """One run of an experiment from resolved settings: checks made before anything is written,
-target samples, one trainer per estimator (several with ``--compare``) and the comparison.
+then target samples, the trainer, and its summary.
 
 Everything a run would read is checked first (the settings, the model they build, and on
-``--resume`` the checkpoint, ``config.json`` and ``metrics.jsonl`` of every run folder), so
-that a failed start or resume changes nothing on disk.
+``--resume`` the checkpoint, ``config.json`` and ``metrics.jsonl`` of the run folder), so that a
+failed start or resume changes nothing on disk.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import gc
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -19,13 +18,13 @@ import torch
 
 from ..estimators import direction
 from ..precision import apply_precision_policy
-from . import checkpoint as ckpt
+from ..targets.base import Target
+from . import files
 from .config import ConfigError, DataConfig, TrainConfig, config_dict, resume_mismatches
-from .data import MinibatchSampler, TargetSamples, load_target_data
-from .distributed import DistContext
+from .data import MinibatchSampler, SampleStore, TargetSamples, cached_hmc_samples, exact_samples
+from .distributed import DistContext, barrier
 from .experiment import Experiment
-from .files import jsonable, read_json, write_json
-from .report import fmt, read_jsonl, write_comparison
+from .report import final_line, fmt, read_jsonl
 from .trainer import RunInterruptedError, Trainer, resolve_device
 
 
@@ -37,8 +36,6 @@ class Settings:
     train: TrainConfig
     data: DataConfig
     params: dict[str, Any]
-    estimators: list[str]
-    compare: bool
     out: Path
     resume: bool
     overwrite: bool
@@ -54,24 +51,22 @@ def _prefixed(prefix: str, check: Callable[[], None]) -> None:
 
 def check_settings(exp: Experiment, settings: Settings) -> None:
     """:class:`ConfigError` for a value or combination that cannot work, before any work:
-    field checks, forward-KL estimators without samples, the experiment's own check and
+    field checks, a forward-KL estimator without samples, the experiment's own check and
     whatever the target and the flow refuse to build."""
     _prefixed("train.", settings.train.validate)
     _prefixed("data.", settings.data.validate)
-    for name in settings.estimators:
-        if direction(name) != "forward":
-            continue
-        if exp.sampler is None:
-            raise ConfigError(
-                "train.estimator",
-                f"{name} minimises the forward KL, which needs target samples, but the "
-                f"{exp.name} experiment has no sampler",
-            )
-        if settings.data.n_train == 0:
-            raise ConfigError(
-                "data.n_train",
-                f"is 0, but estimator {name} minimises the forward KL and needs training samples",
-            )
+    name = settings.train.estimator
+    if direction(name) == "forward" and exp.sampler is None:
+        raise ConfigError(
+            "train.estimator",
+            f"{name} minimises the forward KL, which needs target samples, but the "
+            f"{exp.name} experiment has no sampler",
+        )
+    if direction(name) == "forward" and settings.data.n_train == 0:
+        raise ConfigError(
+            "data.n_train",
+            f"is 0, but estimator {name} minimises the forward KL and needs training samples",
+        )
     if exp.check is not None:
         exp.check(settings.params)
     try:
@@ -82,57 +77,87 @@ def check_settings(exp: Experiment, settings: Settings) -> None:
         raise ConfigError(None, f"{exp.name}: {e}") from None
 
 
-def run_dirs(settings: Settings) -> dict[str, Path]:
-    if not settings.compare:
-        return {settings.estimators[0]: settings.out}
-    return {name: settings.out / name for name in settings.estimators}
-
-
-def check_run_dirs(settings: Settings) -> None:
-    """Refuse to overwrite a run by accident; on ``--resume`` read every file a run folder
+def check_run_dir(settings: Settings) -> None:
+    """Refuse to overwrite a run by accident; on ``--resume`` read every file the run folder
     holds (:class:`ConfigError` naming a damaged one)."""
     if settings.overwrite or settings.prepare_data:
         return
-    for run_dir in run_dirs(settings).values():
-        has_ckpt = (run_dir / ckpt.CHECKPOINT_NAME).exists()
-        has_config = (run_dir / "config.json").exists()
-        if not settings.resume:
-            if has_ckpt or has_config:
-                raise ConfigError(
-                    None,
-                    f"{run_dir} already holds a run; pass --resume to continue it, "
-                    "--overwrite to start afresh, or another --out",
-                )
-            continue
-        if has_config:
-            read_json(run_dir / "config.json")
-        if has_ckpt:
-            ckpt.load_checkpoint(run_dir / ckpt.CHECKPOINT_NAME)
-        read_jsonl(run_dir / "metrics.jsonl")
-
-
-def _check_resume(run_dir: Path, run_config: dict[str, Any]) -> None:
-    saved_path = run_dir / "config.json"
-    if not saved_path.exists() or not (run_dir / ckpt.CHECKPOINT_NAME).exists():
+    run_dir = settings.out
+    has_ckpt = (run_dir / files.CHECKPOINT_NAME).exists()
+    has_config = (run_dir / "config.json").exists()
+    if not settings.resume:
+        if has_ckpt or has_config:
+            raise ConfigError(
+                None,
+                f"{run_dir} already holds a run; pass --resume to continue it, "
+                "--overwrite to start afresh, or another --out",
+            )
         return
-    saved = read_json(saved_path)
-    diff = resume_mismatches(saved, json.loads(json.dumps(jsonable(run_config))))
-    if diff:
-        raise ConfigError(
-            None,
-            f"{run_dir} was started with other settings ({', '.join(diff)}); resume with the "
-            "same ones, or start a new run",
+    if has_config:
+        files.read_json(run_dir / "config.json")
+    if has_ckpt:
+        files.load_checkpoint(run_dir / files.CHECKPOINT_NAME)
+    read_jsonl(run_dir / "metrics.jsonl")
+
+
+def load_target_data(
+    exp: Experiment,
+    target: Target,
+    data: DataConfig,
+    *,
+    need_train: bool,
+    dtype: torch.dtype,
+    device: torch.device,
+    ctx: DistContext,
+    log: Callable[[str], None],
+    progress: bool,
+) -> TargetSamples | None:
+    """Target samples for a run of ``exp``: exact ones drawn now, HMC ones from the cache
+    (rank 0 generates them if missing while the other ranks wait)."""
+    n_train = data.n_train if need_train else 0
+    if exp.sampler is None or (n_train == 0 and data.n_test == 0):
+        return None
+    if exp.sampler == "exact":
+        return exact_samples(target, n_train, data.n_test, data.seed, dtype)
+    assert data.hmc is not None
+    hmc = data.hmc
+    observable = exp.hmc_observable(target) if exp.hmc_observable is not None else None
+
+    def get(n: int, split: str, quiet: bool) -> tuple[SampleStore | None, dict[str, Any] | None]:
+        if n == 0:
+            return None, None
+        return cached_hmc_samples(
+            target,
+            n,
+            hmc,
+            seed=data.seed,
+            split=split,
+            dtype=dtype,
+            device=device,
+            cache_dir=data.cache_dir,
+            periodic=exp.hmc_periodic,
+            observable=observable,
+            symmetry=exp.symmetry,
+            progress=progress and not quiet,
+            log=(lambda _m: None) if quiet else log,
+            verify=not quiet,
         )
 
-
-def _data_on_device(
-    data: TargetSamples | None, estimators: list[str], device: torch.device, dtype: torch.dtype
-) -> bool | None:
-    """One choice for all estimators of a comparison: hold the training samples on the device
-    or gather them from memory-mapped files (``None`` without forward estimators)."""
-    if data is None or data.train is None or not any(direction(n) == "forward" for n in estimators):
-        return None
-    return MinibatchSampler.fits(data.train, device, dtype)
+    test: SampleStore | None = None
+    test_meta: dict[str, Any] | None = None
+    if ctx.is_main:
+        test, test_meta = get(data.n_test, "test", False)
+        train, train_meta = get(n_train, "train", False)
+    barrier(ctx)
+    if not ctx.is_main:
+        train, train_meta = get(n_train, "train", True)
+    meta = {
+        "sampler": "hmc",
+        "target": type(target).__name__,
+        "train": train_meta,
+        "test": test_meta,
+    }
+    return TargetSamples(train, test, meta)
 
 
 def run_experiment(
@@ -142,140 +167,90 @@ def run_experiment(
     ctx: DistContext | None = None,
     device: torch.device | None = None,
     log: Callable[[str], None] = print,
-) -> list[dict[str, Any]]:
-    """Train every estimator of ``settings`` (one, or several with ``--compare``); returns the
-    summaries (rank 0's are complete). With ``prepare_data`` only the samples are made.
-    Raises :class:`~.trainer.RunInterruptedError` after a run stopped by a signal (the next
-    estimators of a comparison are not started)."""
+) -> dict[str, Any] | None:
+    """Train ``settings.train.estimator`` in ``settings.out``; returns the summary (rank 0's is
+    complete), or ``None`` with ``prepare_data`` (only the samples are made). Raises
+    :class:`~.trainer.RunInterruptedError` after a run stopped by a signal."""
     ctx = ctx if ctx is not None else DistContext()
     device = device if device is not None else resolve_device(settings.train.device)
-    main = ctx.is_main
-    say: Callable[[str], None] = log if main else (lambda _m: None)
+    say: Callable[[str], None] = log if ctx.is_main else (lambda _m: None)
     target = exp.make_target(settings.params)
-    need_train = settings.prepare_data or any(
-        direction(n) == "forward" for n in settings.estimators
-    )
+    train = dataclasses.replace(settings.train, device=device.type)
+    forward = direction(train.estimator) == "forward"
     data = load_target_data(
         exp,
         target,
         settings.data,
-        need_train=need_train,
-        dtype=settings.train.torch_dtype,
+        need_train=settings.prepare_data or forward,
+        dtype=train.torch_dtype,
         device=device,
         ctx=ctx,
         log=say,
-        progress=settings.train.progress,
+        progress=train.progress,
     )
     if settings.prepare_data:
         if exp.sampler == "exact":
             say(f"{exp.name}: the exact sampler draws its samples at the start of each run")
-        return []
-    observables = list(exp.observables(target))
-    log_z = exp.log_z(target) if exp.log_z is not None else None
-    dirs = run_dirs(settings)
-    on_device = _data_on_device(data, settings.estimators, device, settings.train.torch_dtype)
-    if settings.resume and on_device is not None:
-        # The index stream lives where the samples do: a resumed run keeps its data path.
-        for run_dir in dirs.values():
-            if (run_dir / "config.json").exists():
-                saved = read_json(run_dir / "config.json").get("runtime") or {}
-                if isinstance(saved.get("training_samples_on_device"), bool):
-                    on_device = saved["training_samples_on_device"]
-                    break
-    # Process-global precision flags, set once before any model is built and recorded.
-    precision = apply_precision_policy(settings.train.torch_dtype, device).as_dict()
-    configs = {}
-    for name, run_dir in dirs.items():
-        train = dataclasses.replace(settings.train, estimator=name, device=device.type)
-        run_config = config_dict(exp.name, train, settings.data, settings.params)
-        run_config["preset"] = settings.preset
-        run_config["runtime"] = {"training_samples_on_device": on_device, "precision": precision}
-        if settings.resume:
-            _check_resume(run_dir, run_config)
-        configs[name] = (train, run_config)
-    summaries: list[dict[str, Any]] = []
-    histories: dict[str, list[dict[str, Any]]] = {}
-    references: dict[str, Any] = {}
-    for name, run_dir in dirs.items():
-        train, run_config = configs[name]
-        if main:
-            if settings.overwrite and run_dir.exists():
-                for f in (ckpt.CHECKPOINT_NAME, "metrics.jsonl", "summary.json"):
-                    (run_dir / f).unlink(missing_ok=True)
-            run_dir.mkdir(parents=True, exist_ok=True)
-            write_json(run_dir / "config.json", run_config)
-        with torch.random.fork_rng(devices=[]):
-            # The same initial parameters for every estimator and rank, without touching the
-            # caller's global random stream.
-            torch.manual_seed(train.seed)
-            flow = exp.make_flow(settings.params)
-        trainer = Trainer(
-            flow,
-            target,
-            train,
-            device=device,
-            run_dir=run_dir,
-            data=data,
-            observables=observables,
-            log_z=log_z,
-            ctx=ctx,
-            run_config=run_config,
-            log=say,
-            title=f"{exp.name} {name}",
-            data_on_device=on_device,
-        )
-        if not settings.compare:
-            say(
-                f"{exp.name}: {name}, preset {settings.preset}, {device}, {train.dtype}, "
-                f"run in {run_dir}"
+        return None
+    run_dir = settings.out
+    on_device = None
+    if forward and data is not None and data.train is not None:
+        on_device = MinibatchSampler.fits(data.train, device, train.torch_dtype)
+        saved = run_dir / "config.json"
+        if settings.resume and saved.exists():
+            # The index stream lives where the samples do: a resumed run keeps its data path.
+            kept = (files.read_json(saved).get("runtime") or {}).get("training_samples_on_device")
+            on_device = kept if isinstance(kept, bool) else on_device
+    # Process-global precision flags, set once before the model is built, and recorded.
+    precision = apply_precision_policy(train.torch_dtype, device).as_dict()
+    run_config = config_dict(exp.name, train, settings.data, settings.params)
+    run_config["preset"] = settings.preset
+    run_config["runtime"] = {"training_samples_on_device": on_device, "precision": precision}
+    if settings.resume and (run_dir / files.CHECKPOINT_NAME).exists():
+        saved_config = files.read_json(run_dir / "config.json")
+        diff = resume_mismatches(saved_config, json.loads(json.dumps(files.jsonable(run_config))))
+        if diff:
+            raise ConfigError(
+                None,
+                f"{run_dir} was started with other settings ({', '.join(diff)}); resume with "
+                "the same ones, or start a new run",
             )
-        else:
-            say(f"--- {name} ({run_dir})")
-        say(
-            f"loss = {trainer.loss_label}"
-            + (f"; KL values use the exact log Z = {fmt(log_z)}" if log_z is not None else "")
-        )
-        summary = trainer.train(resume=settings.resume)
-        trainer_signal = trainer.stop_signal
-        summaries.append(summary)
-        references = trainer.references
-        if main:
-            histories[name] = read_jsonl(run_dir / "metrics.jsonl")
-            say(final_line(summary))
-        # Free this trainer (and its device copy of the samples) before the next one, so that
-        # every estimator of a comparison starts from the same free memory.
-        del trainer, flow
-        gc.collect()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-        if summary["status"] == "interrupted":
-            raise RunInterruptedError(trainer_signal, summary["steps_done"])
-    if settings.compare and main:
-        files = write_comparison(
-            settings.out,
-            summaries,
-            histories,
-            references,
-            title=f"{exp.name} ({settings.preset} preset): estimator comparison",
-        )
-        say((settings.out / "comparison.md").read_text())
-        say("wrote " + ", ".join(str(f) for f in files))
-    return summaries
-
-
-def final_line(summary: dict[str, Any]) -> str:
-    """One line on how a run ended."""
-    init, final = summary.get("initial") or {}, summary.get("final") or {}
-    t = summary.get("mean_step_time_s")
-    step_ms = f"{fmt(1e3 * t)} ms/step" if isinstance(t, float) else "– ms/step"
-    line = (
-        f"{summary['estimator']}: {summary['status']} after {summary['steps_done']} steps in "
-        f"{fmt(summary['train_time_s'])} s ({step_ms}); reverse ESS "
-        f"{fmt(init.get('ess_reverse'))} → {fmt(final.get('ess_reverse'))} (best "
-        f"{fmt(summary.get('best_ess_reverse'))})"
+    if ctx.is_main:
+        if settings.overwrite and run_dir.exists():
+            for f in (files.CHECKPOINT_NAME, "metrics.jsonl", "summary.json"):
+                (run_dir / f).unlink(missing_ok=True)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        files.write_json(run_dir / "config.json", run_config)
+    with torch.random.fork_rng(devices=[]):
+        # The same initial parameters on every rank, without touching the caller's stream.
+        torch.manual_seed(train.seed)
+        flow = exp.make_flow(settings.params)
+    log_z = exp.log_z(target) if exp.log_z is not None else None
+    trainer = Trainer(
+        flow,
+        target,
+        train,
+        device=device,
+        run_dir=run_dir,
+        data=data,
+        observables=list(exp.observables(target)),
+        log_z=log_z,
+        ctx=ctx,
+        run_config=run_config,
+        log=say,
+        title=f"{exp.name} {train.estimator}",
+        data_on_device=on_device,
     )
-    if "kl_reverse" in final:
-        line += f", KL(q‖p) {fmt(init.get('kl_reverse'))} → {fmt(final.get('kl_reverse'))}"
-    if "nll" in final:
-        line += f", NLL {fmt(init.get('nll'))} → {fmt(final.get('nll'))}"
-    return line
+    say(
+        f"{exp.name}: {train.estimator}, preset {settings.preset}, {device}, {train.dtype}, "
+        f"run in {run_dir}"
+    )
+    say(
+        f"loss = {trainer.loss_label}"
+        + (f"; KL values use the exact log Z = {fmt(log_z)}" if log_z is not None else "")
+    )
+    summary = trainer.train(resume=settings.resume)
+    say(final_line(summary))
+    if summary["status"] == "interrupted":
+        raise RunInterruptedError(trainer.stop_signal, summary["steps_done"])
+    return summary

@@ -13,25 +13,33 @@ One step, on every data-parallel rank ``r`` of ``W``:
    the plateau schedule.
 
 No step reads a value on the host. A skipped step must leave Adam's moments and step count
-untouched: where torch has a fused Adam kernel for the device (CUDA; the CPU from torch 2.4),
-the flag "loss or gradient not finite" goes to the kernel as ``found_inf`` (as
-``torch.amp.GradScaler`` uses it) and the kernel skips the update on the device. Elsewhere
-(older torch on the CPU) the step reads the flag on the host (:func:`read_finite`) and does not
-call Adam. The loop's bookkeeping stays on the device (:class:`_DeviceCounters`): the interval
-sums of loss and gradient norm, the counts of skipped steps (in a row, longest run, total) and
-the plateau schedule's running minimum of the loss and the finite steps since it. They are read
-in one transfer every ``STOP_VOTE_EVERY`` steps and at evaluation, checkpoint and stop steps
-(:meth:`Trainer.check`). Consequences, all deliberate:
+untouched: the flag "loss or gradient not finite" goes to the fused Adam kernel (CUDA, and the
+CPU since torch 2.4, the project's floor) as ``found_inf``, the protocol of
+``torch.amp.GradScaler``, and the kernel skips the update on the device. The loop's
+bookkeeping stays on the device too (:class:`_Counters`): the interval sums of loss and gradient
+norm, the counts of skipped steps (in a row, longest run, total) and the plateau schedule's
+running minimum of the loss and the finite steps since it. They are read in one transfer every
+``STOP_VOTE_EVERY`` steps and at evaluation, checkpoint and stop steps (:meth:`Trainer.check`).
+Consequences, all deliberate:
 
 - ``max_nonfinite`` is checked at those reads, so a run with that many non-finite steps in a
   row stops up to ``STOP_VOTE_EVERY - 1`` steps later than the step that reached it; the
   parameters are still those of the last good step (skipped steps change nothing).
-- The plateau schedule counts its patience in finite steps, as before, but lowers the rate
-  only at steps that are multiples of ``STOP_VOTE_EVERY`` (when the finite steps since the
-  minimum exceed the patience; the count then restarts), i.e. up to ``STOP_VOTE_EVERY - 1``
-  steps after :class:`torch.optim.lr_scheduler.ReduceLROnPlateau` would have. The new rate is
+- The plateau schedule counts its patience in finite steps but lowers the rate only at steps
+  that are multiples of ``STOP_VOTE_EVERY`` (when the finite steps since the minimum exceed
+  the patience; the count then restarts), i.e. up to ``STOP_VOTE_EVERY - 1`` steps after
+  :class:`torch.optim.lr_scheduler.ReduceLROnPlateau` would have. The new rate is
   ``max(lr · lr_factor, lr_min)``. Decisions are taken at fixed step numbers only, so a resumed
   run still retraces an uninterrupted one.
+
+The clock. ``train_time_s`` is the time of the training steps alone (batch draw, estimator,
+backward, optimiser step, the loop's counter reads and stop votes); ``eval_time_s`` and
+``checkpoint_time_s`` are the time spent evaluating (and logging) and writing checkpoints;
+``wall_time_s`` all of it. All four are cumulative over resumed segments. On a GPU the steps
+are queued, not waited for: their time reaches the clock at the next counter read (every
+``STOP_VOTE_EVERY`` steps, and before every evaluation), so that no host synchronisation is
+added for the clock. ``--time-limit``, the progress bar, the per-interval ``step_time_s`` and
+the summary's ``mean_step_time_s`` use ``train_time_s``.
 
 Every ``eval_every`` steps rank 0 evaluates (:func:`~.evaluation.evaluate`) on
 ``eval_samples`` fresh flow samples from a stream seeded by the step (so evaluation never
@@ -60,14 +68,13 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.torch_version import TorchVersion
 
 from .._validation import check_finite, per_call_finite_check
 from ..estimators import compile_estimator, direction, get_estimator
 from ..flows.base import Flow
 from ..precision import apply_precision_policy
 from ..targets.base import Target
-from . import checkpoint as ckpt
+from . import files as ckpt
 from .config import ConfigError, TrainConfig
 from .data import MinibatchSampler, SampleStore, TargetSamples
 from .distributed import (
@@ -80,32 +87,16 @@ from .distributed import (
     stream_seed,
     trainable,
 )
-from .evaluation import evaluate, gradient_noise, references
+from .evaluation import Observable, evaluate, gradient_noise, references
 from .files import unusable, write_json
-from .observables import Observable
-from .report import MetricRecord, MetricsLog, describe, plot_run
+from .plots import plot_run
+from .report import MetricRecord, MetricsLog, describe, fmt
 
 # Random streams of a rank (the third argument of stream_seed).
 _BATCH_STREAM, _INDEX_STREAM, _EVAL_STREAM, _NOISE_STREAM = 0, 1, 2, 3
 STOP_VOTE_EVERY = 10
 """Steps between the ranks' votes on stopping under ``torchrun`` (signal or time limit), and
 between the reads of the on-device counters (non-finite steps, plateau schedule)."""
-
-
-def skips_on_device(device: torch.device) -> bool:
-    """Whether ``torch.optim.Adam(fused=True)`` runs on ``device`` in this torch, so that a
-    non-finite step is skipped by the kernel (``found_inf``) without a host read: CUDA always
-    (torch >= 2.2), the CPU from torch 2.4 (the first with a fused CPU kernel)."""
-    if device.type == "cuda":
-        return True
-    return device.type == "cpu" and TorchVersion(torch.__version__) >= "2.4"
-
-
-def read_finite(finite: Tensor) -> bool:
-    """The host read of the fallback path (no fused Adam for the device): whether the 0-d bool
-    ``finite`` is true. One synchronisation per step; a separate function so that device tests
-    can stand in for it."""
-    return bool(finite)
 
 
 def device_generator(device: torch.device, seed: int) -> torch.Generator:
@@ -166,83 +157,47 @@ def _scalar(value: float, dtype: torch.dtype, device: torch.device) -> Tensor:
     return torch.tensor(value, dtype=dtype, device=device)
 
 
-class _Interval:
-    """Sums since the last evaluation: loss, gradient norm and the number ``n`` of finite
-    steps as tensors on the device (no host read per step); on the host the number of all steps
-    (finite or skipped) and their wall time, counter reads included (a read waits for the
-    device work the steps queued, so the time is the steps' own on a GPU too)."""
-
-    def __init__(self, device: torch.device, state: dict[str, Any] | None = None) -> None:
-        s = state or {}
-        self.loss = _scalar(float(s.get("loss", 0.0)), torch.float64, device)
-        self.grad_norm = _scalar(float(s.get("grad_norm", 0.0)), torch.float64, device)
-        self.n = _scalar(int(s.get("n", 0)), torch.int64, device)
-        self.step_time = float(s.get("step_time", 0.0))
-        # Checkpoints before the skipped steps were timed hold only "n".
-        self.n_steps = int(s.get("n_steps", s.get("n", 0)))
-
-    def add(self, loss: Tensor, grad_norm: Tensor, finite: Tensor) -> None:
-        """Add a step's loss and gradient norm (0-d float64) if ``finite`` (0-d bool)."""
-        self.loss = self.loss + torch.where(finite, loss, 0.0)
-        self.grad_norm = self.grad_norm + torch.where(finite, grad_norm, 0.0)
-        self.n = self.n + finite
-
-    def state(self) -> dict[str, float | int]:
-        loss, grad_norm, n = torch.stack(
-            [self.loss, self.grad_norm, self.n.to(torch.float64)]
-        ).tolist()
-        return {
-            "loss": loss,
-            "grad_norm": grad_norm,
-            "n": int(n),
-            "step_time": self.step_time,
-            "n_steps": self.n_steps,
-        }
-
-    def means(self) -> dict[str, float | None]:
-        s = self.state()
-        n, n_steps = int(s["n"]), self.n_steps
-        return {
-            "loss": s["loss"] / n if n else None,
-            "grad_norm": s["grad_norm"] / n if n else None,
-            "step_time_s": self.step_time / n_steps if n_steps else None,
-        }
-
-
-class _DeviceCounters:
+class _Counters:
     """The loop's per-step bookkeeping as 0-d device tensors, updated without host reads:
     non-finite steps in a row (``consecutive``), the longest such run (``longest``), all
-    skipped steps (``skipped``), and for the plateau schedule the lowest finite loss
-    (``best``, ``+inf`` before the first) and the finite steps since it (``bad``)."""
+    skipped steps (``skipped``); for the plateau schedule the lowest finite loss (``best``,
+    ``+inf`` before the first) and the finite steps since it (``bad``); and since the last
+    evaluation the sums of the finite steps' loss and gradient norm and their number ``n``."""
 
-    KEYS = ("consecutive", "longest", "skipped", "best", "bad")
+    KEYS = ("consecutive", "longest", "skipped", "best", "bad", "loss", "grad_norm", "n")
+    _FLOAT = ("best", "loss", "grad_norm")
 
     def __init__(self, device: torch.device, state: dict[str, Any] | None = None) -> None:
-        s = state or {}
-        self.consecutive = _scalar(int(s.get("consecutive", 0)), torch.int64, device)
-        self.longest = _scalar(int(s.get("longest", 0)), torch.int64, device)
-        self.skipped = _scalar(int(s.get("skipped", 0)), torch.int64, device)
-        self.bad = _scalar(int(s.get("bad", 0)), torch.int64, device)
-        self.best = _scalar(float(s.get("best", math.inf)), torch.float64, device)
+        s = {"best": math.inf, **(state or {})}
+        for k in self.KEYS:
+            dtype = torch.float64 if k in self._FLOAT else torch.int64
+            setattr(self, k, _scalar(s.get(k, 0), dtype, device))
 
-    def update(self, loss: Tensor, finite: Tensor) -> None:
-        """Count a step with 0-d float64 ``loss`` and 0-d bool ``finite``."""
-        self.consecutive = torch.where(finite, 0, self.consecutive + 1)
-        self.longest = torch.maximum(self.longest, self.consecutive)
-        self.skipped = self.skipped + ~finite
+    def update(self, loss: Tensor, grad_norm: Tensor, finite: Tensor) -> None:
+        """Count a step with 0-d float64 ``loss`` and ``grad_norm`` and 0-d bool ``finite``."""
+        c: Any = self
+        c.consecutive = torch.where(finite, 0, c.consecutive + 1)
+        c.longest = torch.maximum(c.longest, c.consecutive)
+        c.skipped = c.skipped + ~finite
         # A new minimum is any lower loss (absolute threshold 0): the relative default of
         # ReduceLROnPlateau misjudges negative losses, as the φ⁴ KL without log Z is.
-        improved = finite & (loss < self.best)
-        self.best = torch.where(improved, loss, self.best)
-        self.bad = torch.where(improved, 0, self.bad + finite)
+        improved = finite & (loss < c.best)
+        c.best = torch.where(improved, loss, c.best)
+        c.bad = torch.where(improved, 0, c.bad + finite)
+        c.loss = c.loss + torch.where(finite, loss, 0.0)
+        c.grad_norm = c.grad_norm + torch.where(finite, grad_norm, 0.0)
+        c.n = c.n + finite
 
-    def restart_plateau(self) -> None:
-        self.bad = torch.zeros_like(self.bad)
+    def restart(self, *keys: str) -> None:
+        for k in keys:
+            setattr(self, k, torch.zeros_like(getattr(self, k)))
 
     def state(self) -> dict[str, float | int]:
         """The counters on the host (one transfer)."""
         values = torch.stack([getattr(self, k).to(torch.float64) for k in self.KEYS]).tolist()
-        return {k: v if k == "best" else int(v) for k, v in zip(self.KEYS, values, strict=True)}
+        return {
+            k: v if k in self._FLOAT else int(v) for k, v in zip(self.KEYS, values, strict=True)
+        }
 
 
 def resolve_device(name: str) -> torch.device:
@@ -264,11 +219,6 @@ def resolve_device(name: str) -> torch.device:
     elif dev.type != "cpu":
         raise ConfigError("train.device", f"expected auto, cpu or cuda[:K], got {name!r}")
     return dev
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 class Trainer:
@@ -344,10 +294,8 @@ class Trainer:
             )
         self.local_batch = config.batch_size // world
         self.params = trainable(self.flow)
-        self.skip_on_device = skips_on_device(device)
-        """Non-finite steps are skipped by the fused Adam kernel (no host read), else after
-        :func:`read_finite`."""
-        self.optimizer = torch.optim.Adam(self.params, lr=config.lr, fused=self.skip_on_device)
+        # Fused: a non-finite step is skipped by the kernel (found_inf), with no host read.
+        self.optimizer = torch.optim.Adam(self.params, lr=config.lr, fused=True)
         rank = self.ctx.rank
         self.generators = {
             "batch": device_generator(device, stream_seed(config.seed, rank, _BATCH_STREAM))
@@ -380,12 +328,16 @@ class Trainer:
 
         self.step = 0
         self.checkpoint_step: int | None = None
-        self.counters = _DeviceCounters(device)
+        self.counters = _Counters(device)
         # Host copies of the counters as of the last check().
         self.consecutive_nonfinite = 0
         self.n_skipped = 0
-        self.elapsed = 0.0  # seconds in the training loop, over all resumed segments
-        self.interval = _Interval(device)
+        # The clock (see the module docstring): cumulative seconds over resumed segments.
+        self.times = dict.fromkeys(("train", "eval", "checkpoint", "wall"), 0.0)
+        # Training time and steps since the last evaluation, for its mean step time.
+        self.interval_time, self.interval_steps = 0.0, 0
+        self.read: dict[str, float | int] = {}  # the counters as of the last check()
+        self._wall_at = (0.0, time.perf_counter())
         self.last_eval: MetricRecord = {}
         self.history: list[MetricRecord] = []  # every evaluation record of the run
         tau = float("nan")
@@ -416,8 +368,8 @@ class Trainer:
     def _train_step(self) -> tuple[Tensor, Tensor, Tensor]:
         """One step; returns ``(loss, grad_norm, finite)``: the loss averaged over ranks and
         the global gradient norm before clipping (0-d float64 device tensors) and whether both
-        are finite, i.e. whether the update was applied (0-d bool device tensor). No host read
-        where :attr:`skip_on_device`."""
+        are finite, i.e. whether the update was applied (0-d bool device tensor). No host
+        read."""
         batch = self._draw_batch()
         self.optimizer.zero_grad(set_to_none=True)
         loss, _ = self.estimator(self.flow, self.target, batch)
@@ -440,31 +392,26 @@ class Trainer:
             scale = torch.where(norm > clip, clip / (norm + 1e-6), torch.ones_like(norm))
             for g in grads:
                 g.mul_(scale.to(g.dtype))
-        if self.skip_on_device:
-            # The fused kernel leaves parameters, moments and step count as they are where
-            # found_inf is 1 (the protocol of torch.amp.GradScaler).
-            self.optimizer.found_inf = (~finite).to(torch.float32)  # type: ignore[attr-defined]
-            self.optimizer.step()
-        elif read_finite(finite):
-            self.optimizer.step()
+        # The fused kernel leaves parameters, moments and step count as they are where
+        # found_inf is 1 (the protocol of torch.amp.GradScaler, which sets this attribute).
+        self.optimizer.found_inf = (~finite).to(torch.float32)  # type: ignore[attr-defined]
+        self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return loss_mean, norm, finite
 
     def _record(self, loss: Tensor, grad_norm: Tensor, finite: Tensor) -> None:
-        """The device-side bookkeeping of a step (:class:`_Interval`, :class:`_DeviceCounters`);
-        no host read."""
-        self.interval.add(loss, grad_norm, finite)
-        self.counters.update(loss, finite)
+        """The device-side bookkeeping of a step (:class:`_Counters`); no host read."""
+        self.counters.update(loss, grad_norm, finite)
 
     def check(self, plateau: bool) -> None:
-        """Read the on-device counters (one transfer) into :attr:`n_skipped` and
-        :attr:`consecutive_nonfinite`; raise :class:`TrainingError` if a run of
-        ``max_nonfinite`` non-finite steps in a row has occurred; if ``plateau`` (only at steps
-        that are multiples of ``STOP_VOTE_EVERY``, so that resumed runs decide alike) and the
-        plateau schedule is on, lower the rate when the finite steps since the lowest loss
+        """Read the on-device counters (one transfer) into :attr:`read`, :attr:`n_skipped` and
+        :attr:`consecutive_nonfinite`; raise :class:`TrainingError` if a run
+        of ``max_nonfinite`` non-finite steps in a row has occurred; if ``plateau`` (only at
+        steps that are multiples of ``STOP_VOTE_EVERY``, so that resumed runs decide alike) and
+        the plateau schedule is on, lower the rate when the finite steps since the lowest loss
         exceed ``lr_patience``."""
         cfg = self.config
-        c = self.counters.state()
+        c = self.read = self.counters.state()
         self.consecutive_nonfinite = int(c["consecutive"])
         self.n_skipped = int(c["skipped"])
         if int(c["longest"]) >= cfg.max_nonfinite:
@@ -478,7 +425,7 @@ class Trainer:
         if plateau and cfg.lr_schedule == "plateau" and int(c["bad"]) > cfg.lr_patience:
             for group in self.optimizer.param_groups:
                 group["lr"] = max(float(group["lr"]) * cfg.lr_factor, cfg.lr_min)
-            self.counters.restart_plateau()
+            self.counters.restart("bad")
 
     def _stop_vote(self, over_time: bool, boundary: bool) -> tuple[int, bool]:
         """``(signal number or 0, over time)`` agreed by all ranks. Alone: every step, no
@@ -495,15 +442,25 @@ class Trainer:
 
     # ------------------------------------------------------------------ evaluation
 
+    def clock(self) -> dict[str, float]:
+        """The clock as recorded: ``train_time_s``, ``eval_time_s``, ``checkpoint_time_s``,
+        ``wall_time_s`` (see the module docstring)."""
+        return {f"{k}_time_s": v for k, v in self.times.items()}
+
     def evaluate(self) -> MetricRecord:
-        """Metrics at the current parameters (see the module docstring), as a flat record."""
+        """Metrics at the current parameters (see the module docstring), as a flat record,
+        with the means since the last evaluation from the last :meth:`check`."""
         cfg = self.config
         gen = device_generator(self.device, stream_seed(cfg.seed, 0, _EVAL_STREAM, self.step))
+        c = self.read
+        n, steps = int(c.get("n", 0)), self.interval_steps
         record: MetricRecord = {
             "step": self.step,
-            "elapsed_s": self.elapsed,
+            **self.clock(),
             "lr": self.optimizer.param_groups[0]["lr"],
-            **self.interval.means(),
+            "loss": c["loss"] / n if n else None,
+            "grad_norm": c["grad_norm"] / n if n else None,
+            "step_time_s": self.interval_time / steps if steps else None,
             "n_skipped": self.n_skipped,
         }
         record.update(
@@ -557,21 +514,17 @@ class Trainer:
         if not self.ctx.is_main or path is None:
             self.checkpoint_step = self.step
             return
-        counters = self.counters.state()
         state = {
             "format_version": ckpt.FORMAT_VERSION,
             "step": self.step,
             "world_size": self.ctx.world_size,
             "model": self.flow.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "scheduler": {"best": counters["best"], "num_bad_steps": counters["bad"]},
             "rng": {"generators": gens, "global": glob},
             "loop": {
-                "consecutive_nonfinite": counters["consecutive"],
-                "longest_nonfinite": counters["longest"],
-                "n_skipped": counters["skipped"],
-                "elapsed": self.elapsed,
-                "interval": self.interval.state(),
+                "counters": self.counters.state(),
+                "times": self.times,
+                "interval": [self.interval_time, self.interval_steps],
             },
             "config": self.run_config,
         }
@@ -591,47 +544,36 @@ class Trainer:
         try:
             self.flow.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
-            self._keep_optimizer_mode()
-            plateau = state["scheduler"]
             rank = self.ctx.rank
             ckpt.set_generator_states(self.generators, state["rng"]["generators"][rank])
             ckpt.set_global_rng_state(state["rng"]["global"][rank])
-        except (KeyError, RuntimeError, ValueError, IndexError) as e:
+            loop = state["loop"]
+            self.counters = _Counters(self.device, loop["counters"])
+            self.times = {k: float(loop["times"][k]) for k in self.times}
+            self.interval_time, self.interval_steps = (
+                float(loop["interval"][0]),
+                int(loop["interval"][1]),
+            )
+        except (KeyError, RuntimeError, ValueError, IndexError, TypeError) as e:
             raise unusable(path, f"it does not fit this run ({e})") from None
-        loop = state["loop"]
         self.step = int(state["step"])
         self.checkpoint_step = self.step
-        self.consecutive_nonfinite = int(loop["consecutive_nonfinite"])
-        self.n_skipped = int(loop["n_skipped"])
-        self.elapsed = float(loop["elapsed"])
-        self.interval = _Interval(self.device, loop["interval"])
-        self.counters = _DeviceCounters(
-            self.device,
-            {
-                "consecutive": self.consecutive_nonfinite,
-                "longest": int(loop.get("longest_nonfinite", self.consecutive_nonfinite)),
-                "skipped": self.n_skipped,
-                # Checkpoints of ReduceLROnPlateau (before the on-device schedule) name the
-                # count num_bad_epochs.
-                "best": float(plateau.get("best", math.inf)),
-                "bad": int(plateau.get("num_bad_steps", plateau.get("num_bad_epochs", 0))),
-            },
-        )
-
-    def _keep_optimizer_mode(self) -> None:
-        """After loading a saved optimizer state: keep this run's fused choice (the saved
-        param groups carry the writer's) and put the step counts where that mode keeps them
-        (float32 on the parameter's device when fused, as torch's own loading does)."""
-        for group in self.optimizer.param_groups:
-            group["fused"] = self.skip_on_device
-            for p in group["params"]:
-                st = self.optimizer.state.get(p)
-                if st and isinstance(st.get("step"), Tensor) and self.skip_on_device:
-                    st["step"] = st["step"].to(dtype=torch.float32, device=p.device)
-                elif st and isinstance(st.get("step"), Tensor):
-                    st["step"] = st["step"].to(device="cpu")
+        self.consecutive_nonfinite = int(loop["counters"]["consecutive"])
+        self.n_skipped = int(loop["counters"]["skipped"])
 
     # ------------------------------------------------------------------ the loop
+
+    @contextmanager
+    def _timed(self, kind: str) -> Iterator[None]:
+        """Add the block's duration to clock ``kind`` (and, for training, to the interval)."""
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            dt = time.perf_counter() - t
+            self.times[kind] += dt
+            if kind == "train":
+                self.interval_time += dt
 
     def _emit(self, record: MetricRecord, bar: Any) -> None:
         self.last_eval = record
@@ -646,6 +588,24 @@ class Trainer:
             )
         else:
             self._log(line)
+
+    def _evaluate_and_emit(self, bar: Any) -> None:
+        with self._timed("eval"):
+            if self.ctx.is_main:
+                self._emit(self.evaluate(), bar)
+        self.counters.restart("loss", "grad_norm", "n")
+        self.read = {}
+        self.interval_time, self.interval_steps = 0.0, 0
+
+    def _checkpoint(self) -> None:
+        with self._timed("checkpoint"):
+            self._tick()
+            self.save_checkpoint()
+
+    def _tick(self) -> None:
+        """Bring the wall clock up to now (this segment's start is in ``_wall_at``)."""
+        before, start = self._wall_at
+        self.times["wall"] = before + (time.perf_counter() - start)
 
     def train(self, resume: bool = False) -> dict[str, Any]:
         """Run until ``config.steps``, the time limit or a stop signal; returns the summary
@@ -664,6 +624,7 @@ class Trainer:
     def _train(self, resume: bool) -> dict[str, Any]:
         cfg = self.config
         main = self.ctx.is_main
+        segment_start = time.perf_counter()
         path = self.checkpoint_path
         resumed_from: int | None = None
         if resume and path is not None and path.exists():
@@ -671,6 +632,7 @@ class Trainer:
             resumed_from = self.step
             if main:
                 self._log(f"resumed from {path} at step {self.step}")
+        self._wall_at = (self.times["wall"], segment_start)
         if main and self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", keep_until=resumed_from)
@@ -684,48 +646,47 @@ class Trainer:
             bar = tqdm(total=cfg.steps, initial=min(self.step, cfg.steps), desc=self.title)
         status, reason = "failed", "error"
         signum = 0
-        segment_start = time.perf_counter()
-        elapsed_at_start = self.elapsed
+
         try:
-            if self.step == 0 and main:
-                self._emit(self.evaluate(), bar)
-            over_time = cfg.time_limit is not None and self.elapsed >= cfg.time_limit
+            if self.step == 0:
+                self._tick()
+                self._evaluate_and_emit(bar)
+            limit = cfg.time_limit
+            over_time = limit is not None and self.times["train"] >= limit
             # Resumed after its time was used up: nothing to do until the limit is raised.
             stop = over_time
             while self.step < cfg.steps and not stop:
-                t0 = time.perf_counter()
-                self._record(*self._train_step())
+                with self._timed("train"):
+                    self._record(*self._train_step())
                 self.step += 1
-                self.interval.step_time += time.perf_counter() - t0
-                self.interval.n_steps += 1
-                self.elapsed = elapsed_at_start + (time.perf_counter() - segment_start)
-                if bar is not None:
-                    bar.update(1)
-                over_time = cfg.time_limit is not None and self.elapsed >= cfg.time_limit
+                self.interval_steps += 1
                 at_eval = self.step % cfg.eval_every == 0
                 at_ckpt = self.step % cfg.checkpoint_every == 0
-                boundary = at_eval or at_ckpt or self.step >= cfg.steps
-                signum, over_time = self._stop_vote(over_time, boundary)
-                stop = bool(signum) or over_time
                 at_check = self.step % STOP_VOTE_EVERY == 0
-                if at_check or boundary or stop:
-                    t1 = time.perf_counter()
-                    try:
-                        self.check(plateau=at_check)
-                    except TrainingError:
-                        status, reason = "failed", "nonfinite"
-                        raise
-                    # The read waits for the queued device work of the steps: step time.
-                    self.interval.step_time += time.perf_counter() - t1
-                if at_eval or stop or self.step >= cfg.steps:
-                    _sync(self.device)
-                    if main:
-                        self._emit(self.evaluate(), bar)
-                    self.interval = _Interval(self.device)
-                if at_ckpt or stop or self.step >= cfg.steps:
-                    self.save_checkpoint()
+                last = self.step >= cfg.steps
+                over_time = limit is not None and self.times["train"] >= limit
+                with self._timed("train"):
+                    signum, over_time = self._stop_vote(over_time, at_eval or at_ckpt or last)
+                    stop = bool(signum) or over_time
+                    if at_check or at_eval or at_ckpt or last or stop:
+                        # The read waits for the steps' queued device work: training time.
+                        try:
+                            self.check(plateau=at_check)
+                        except TrainingError:
+                            status, reason = "failed", "nonfinite"
+                            raise
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_description(
+                        f"{self.title} (train {fmt(self.times['train'])} s)", refresh=False
+                    )
+                self._tick()
+                if at_eval or stop or last:
+                    self._evaluate_and_emit(bar)
+                if at_ckpt or stop or last:
+                    self._checkpoint()
             if self.checkpoint_step != self.step:
-                self.save_checkpoint()
+                self._checkpoint()
             self.stop_signal = signum
             if signum:
                 status, reason = "interrupted", signal.Signals(signum).name
@@ -741,33 +702,26 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
-            self.elapsed = elapsed_at_start + (time.perf_counter() - segment_start)
+            self._tick()
             summary = self.summary(status, reason)
             if main and self.run_dir is not None:
                 write_json(self.run_dir / "summary.json", summary)
                 if self.metrics is not None:
                     self.metrics.close()
-                    self._plots()
+                    plot_run(
+                        self.history,
+                        self.run_dir,
+                        self.observables,
+                        self.references,
+                        title=self.title,
+                        log_z_known=self.log_z is not None,
+                        loss_label=self.loss_label,
+                    )
         return summary
 
-    def _plots(self) -> None:
-        if self.run_dir is None:
-            return
-        plot_run(
-            self.history,
-            self.run_dir,
-            self.observables,
-            self.references,
-            title=self.title,
-            log_z_known=self.log_z is not None,
-            loss_label=self.loss_label,
-        )
-
     def summary(self, status: str = "completed", reason: str = "steps") -> dict[str, Any]:
-        """What the run reached: final evaluation, best reverse ESS, times, references."""
-        records = self.history
-        ess = [r["ess_reverse"] for r in records if isinstance(r.get("ess_reverse"), float)]
-        times = [r["step_time_s"] for r in records if isinstance(r.get("step_time_s"), float)]
+        """What the run reached: final evaluation, best reverse ESS, the clock, references."""
+        ess = [r["ess_reverse"] for r in self.history if isinstance(r.get("ess_reverse"), float)]
         return {
             "experiment": self.run_config.get("experiment"),
             "estimator": self.config.estimator,
@@ -777,11 +731,10 @@ class Trainer:
             "steps_done": self.step,
             "checkpoint_step": self.checkpoint_step,
             "steps_requested": self.config.steps,
-            "train_time_s": self.elapsed,
-            "mean_step_time_s": sum(times) / len(times) if times else None,
+            **self.clock(),
+            "mean_step_time_s": self.times["train"] / self.step if self.step else None,
             "n_skipped": self.n_skipped,
-            "nonfinite_skip": "fused Adam (found_inf)" if self.skip_on_device else "host read",
-            "initial": records[0] if records else {},
+            "initial": self.history[0] if self.history else {},
             "final": self.last_eval,
             "best_ess_reverse": max(ess) if ess else None,
             "observables": {o.name: o.label for o in self.observables},
