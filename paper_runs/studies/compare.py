@@ -17,18 +17,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pathgrad_ref.estimators import ESTIMATORS
-from pathgrad_ref.training.files import write_json
-
-from .report import markdown, plot
-from .running import (
-    StudyError,
-    StudyInterruptedError,
-    StudySpec,
-    collect,
-    run_study,
-    study_provenance,
-    summarise,
-)
 
 
 def _fail(prog: str, message: str) -> int:
@@ -56,6 +44,21 @@ def compare(experiment: str, script: Path, argv: Sequence[str] | None) -> int | 
     args = list(sys.argv[1:] if argv is None else argv)
     if not any(a == "--compare" or a.startswith("--compare=") for a in args):
         return None
+    # The study machinery is imported only here: a training run without --compare needs none
+    # of it (nor matplotlib and scipy).
+    from pathgrad_ref.training.files import write_json
+
+    from .report import markdown, plot
+    from .running import (
+        StudyError,
+        StudyInterruptedError,
+        StudySpec,
+        collect,
+        run_study,
+        study_provenance,
+        summarise,
+    )
+
     prog = f"paper_runs/{experiment}.py"
     p = argparse.ArgumentParser(prog=prog, add_help=False)
     p.add_argument("--compare", required=True)
