@@ -73,6 +73,10 @@ def option(default: Any, flag: str, help: str, **kw: Any) -> Any:
 # ---------------------------------------------------------------- checks and parsers
 
 
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
 def at_least(minimum: int) -> Check:
     def check(v: Any) -> str | None:
         ok = isinstance(v, int) and not isinstance(v, bool) and v >= minimum
@@ -91,20 +95,16 @@ def off_or_at_least(minimum: int) -> Check:
     return check
 
 
-def _finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def positive(v: Any) -> str | None:
-    return None if _finite(v) and v > 0 else "a finite number > 0"
+    return None if _number(v) and v > 0 else "a finite number > 0"
 
 
 def non_negative(v: Any) -> str | None:
-    return None if _finite(v) and v >= 0 else "a finite number >= 0"
+    return None if _number(v) and v >= 0 else "a finite number >= 0"
 
 
 def open_unit(v: Any) -> str | None:
-    return None if _finite(v) and 0 < v < 1 else "a number in (0, 1)"
+    return None if _number(v) and 0 < v < 1 else "a number in (0, 1)"
 
 
 def one_of(*allowed: str) -> Check:
@@ -386,12 +386,8 @@ def config_dict(
     experiment: str, train: TrainConfig, data: DataConfig, params: dict[str, Any]
 ) -> dict[str, Any]:
     """The JSON-ready description of a run, as written to ``config.json``."""
-    return {
-        "experiment": experiment,
-        "train": dataclasses.asdict(train),
-        "data": dataclasses.asdict(data),
-        "params": dict(params),
-    }
+    train_data = {"train": dataclasses.asdict(train), "data": dataclasses.asdict(data)}
+    return {"experiment": experiment, **train_data, "params": dict(params)}
 
 
 RESUMABLE_CHANGES = frozenset({"preset"} | {p for p, o, _ in all_options() if o.resumable})
@@ -402,13 +398,10 @@ RESUMABLE_CHANGES = frozenset({"preset"} | {p for p, o, _ in all_options() if o.
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in d.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and key != "params":
-            out.update(_flatten(value, name + "."))
-        elif isinstance(value, dict):
-            out.update({f"params.{k}": v for k, v in value.items()})
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
         else:
-            out[name] = list(value) if isinstance(value, tuple) else value
+            out[prefix + key] = list(value) if isinstance(value, tuple) else value
     return out
 
 
