@@ -142,7 +142,10 @@ def plot_run(
         return f" (step 0: {fmt(ys[0])})" if xs and xs[0] == 0 else ""
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for key, label in (("ess_reverse", "reverse (flow samples)"), ("ess_forward", "forward")):
+    for key, label in (
+        ("ess_reverse", "reverse (flow samples)"),
+        ("ess_forward", "forward (target)"),
+    ):
         xs, ys = series(records, key)
         axes[0].plot(xs, ys, marker=".", label=label if xs else None)
         pos = [(x, y) for x, y in zip(xs, ys, strict=True) if y > 0]
@@ -162,7 +165,8 @@ def plot_run(
     axes[0][0].set(xlabel="step", ylabel="training loss (estimator's objective)")
     axes[0][0].set_title(f"loss = {loss_label}" if loss_label else "", fontsize="small")
     for key, (xs, ys) in kl:
-        axes[0][1].plot(xs, ys, marker=".", label=key.replace("_", " "))
+        label = "KL(q‖p) on flow samples" if key == "kl_reverse" else "KL(p‖q) on target samples"
+        axes[0][1].plot(xs, ys, marker=".", label=label)
     if kl:
         axes[0][1].set(xlabel="step", ylabel="KL divergence (exact log Z)")
         log_if_decades(axes[0][1], [y for _, (_, ys) in kl for y in ys])

@@ -242,10 +242,9 @@ class Trainer:
         self.precision = apply_precision_policy(self.dtype, device)
         self.flow = flow.to(device=device, dtype=self.dtype)
         self.target = target
+        name, mode = config.estimator, config.compile_mode
         self.estimator = (
-            compile_estimator(config.estimator, mode=config.compile_mode)
-            if config.compile
-            else get_estimator(config.estimator)
+            compile_estimator(name, mode=mode) if config.compile else get_estimator(name)
         )
         self.direction = direction(config.estimator)
         self.run_dir = Path(run_dir) if run_dir is not None else None
@@ -269,27 +268,18 @@ class Trainer:
             "batch": device_generator(device, stream_seed(config.seed, rank, _BATCH_STREAM))
         }
         self.sampler: MinibatchSampler | None = None
+        self.train_subset: SampleStore | None = None
         if self.direction == "forward":
             if data is None or data.train is None:
-                raise ConfigError(
-                    "train.estimator",
-                    f"{config.estimator} minimises the forward KL and needs training samples "
-                    "of the target, but this run has none",
-                )
-            self.sampler = MinibatchSampler(
-                data.train,
-                stream_seed(config.seed, rank, _INDEX_STREAM),
-                device,
-                self.dtype,
-                on_device=data_on_device,
-            )
+                why = f"{config.estimator} minimises the forward KL and needs training samples"
+                raise ConfigError("train.estimator", why + " of the target, but this run has none")
+            seed = stream_seed(config.seed, rank, _INDEX_STREAM)
+            self.sampler = MinibatchSampler(data.train, seed, device, self.dtype, data_on_device)
             self.generators["index"] = self.sampler.generator
             for chunk in data.train.chunks:
                 check_finite(chunk, "training samples of the target")
-        # A fixed part of the training set, as large as the held-out set, for the training NLL
-        # (its gap to the held-out NLL shows overfitting).
-        self.train_subset: SampleStore | None = None
-        if self.sampler is not None and data is not None and data.train is not None:
+            # A fixed part of the training set, as large as the held-out set, for the training
+            # NLL (its gap to the held-out NLL shows overfitting).
             k = min(len(data.train), len(data.test) if data.test is not None else 10_000)
             self.train_subset = SampleStore([data.train.gather(torch.arange(k))])
         broadcast_parameters(self.flow, self.ctx)
