@@ -98,19 +98,9 @@ def _shown(v: Any) -> str:
     return str(v)
 
 
-def check_presets(exp: Experiment) -> None:
-    """Every preset key names an option of ``exp`` (``ValueError`` otherwise: a script bug)."""
-    names = {opt.name for _, opt, _ in all_options()} | {p.name for p in exp.params}
-    for preset, values in exp.presets.items():
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise ValueError(f"preset {preset!r} of {exp.name!r}: unknown options {unknown}")
-
-
 def build_parser(exp: Experiment) -> _Parser:
     """The parser of ``paper_runs/<exp.name>.py``, generated from the option fields; every
     default is ``None`` and is filled in from the preset by :func:`resolve`."""
-    check_presets(exp)
     p = _Parser(
         prog=f"paper_runs/{exp.name}.py",
         description=exp.description,

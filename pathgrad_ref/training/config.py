@@ -70,7 +70,17 @@ def option(default: Any, flag: str, help: str, **kw: Any) -> Any:
     return field(default=default, metadata={"option": Option(flag, help, **kw)})
 
 
+def count(default: int, flag: str, help: str, minimum: int = 1, **kw: Any) -> Any:
+    """An integer option ``>= minimum`` (an :func:`option`; metavar ``N`` unless given)."""
+    kw.setdefault("metavar", "N")
+    return option(default, flag, help, parse=int, check=at_least(minimum), **kw)
+
+
 # ---------------------------------------------------------------- checks and parsers
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def at_least(minimum: int) -> Check:
@@ -91,20 +101,16 @@ def off_or_at_least(minimum: int) -> Check:
     return check
 
 
-def _finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def positive(v: Any) -> str | None:
-    return None if _finite(v) and v > 0 else "a finite number > 0"
+    return None if _number(v) and v > 0 else "a finite number > 0"
 
 
 def non_negative(v: Any) -> str | None:
-    return None if _finite(v) and v >= 0 else "a finite number >= 0"
+    return None if _number(v) and v >= 0 else "a finite number >= 0"
 
 
 def open_unit(v: Any) -> str | None:
-    return None if _finite(v) and 0 < v < 1 else "a number in (0, 1)"
+    return None if _number(v) and 0 < v < 1 else "a number in (0, 1)"
 
 
 def one_of(*allowed: str) -> Check:
@@ -152,14 +158,8 @@ class TrainConfig:
         check=_estimator,
         metavar="NAME",
     )
-    steps: int = option(
-        1000, "--steps", "optimiser steps in total", parse=int, check=at_least(0),
-        metavar="N", resumable=True,
-    )  # fmt: skip
-    batch_size: int = option(
-        256, "--batch-size", "samples per step, over all processes", parse=int,
-        check=at_least(1), metavar="N",
-    )  # fmt: skip
+    steps: int = count(1000, "--steps", "optimiser steps in total", minimum=0, resumable=True)
+    batch_size: int = count(256, "--batch-size", "samples per step, over all processes")
     lr: float = option(1e-3, "--lr", "Adam learning rate", parse=float, check=positive)
     lr_schedule: Schedule = option(  # noqa: RUF009 (a field, not a shared default)
         "constant",
@@ -170,10 +170,7 @@ class TrainConfig:
         check=one_of(*SCHEDULES),
         choices=SCHEDULES,
     )
-    lr_patience: int = option(
-        3000, "--lr-patience", "plateau patience in steps", parse=int, check=at_least(0),
-        metavar="N",
-    )  # fmt: skip
+    lr_patience: int = count(3000, "--lr-patience", "plateau patience in steps", minimum=0)
     lr_factor: float = option(
         0.5, "--lr-factor", "plateau decay factor", parse=float, check=open_unit, metavar="F"
     )
@@ -185,40 +182,32 @@ class TrainConfig:
         None, "--clip-norm", "clip the global gradient norm to this (0 or none: off)",
         parse=parse_clip, check=optional(positive), metavar="C",
     )  # fmt: skip
-    max_nonfinite: int = option(
+    max_nonfinite: int = count(
         100, "--max-nonfinite",
         "stop after this many steps in a row with a non-finite loss or gradient (each is "
         "skipped; counted on the device and checked every few steps, so the stop may come a "
         "few steps later)",
-        parse=int, check=at_least(1), metavar="N",
     )  # fmt: skip
-    eval_every: int = option(
-        100, "--eval-every", "evaluate every N steps", parse=int, check=at_least(1),
-        metavar="N", resumable=True,
-    )  # fmt: skip
-    eval_samples: int = option(
-        4096, "--eval-samples", "flow samples per evaluation", parse=int, check=at_least(1),
-        metavar="N", resumable=True,
-    )  # fmt: skip
+    eval_every: int = count(100, "--eval-every", "evaluate every N steps", resumable=True)
+    eval_samples: int = count(4096, "--eval-samples", "flow samples per evaluation", resumable=True)
     grad_var_batches: int = option(
         0, "--grad-var-batches",
         "at every evaluation, measure the variance of the standard and the path gradient over "
         "this many fresh batches (0: off)",
         parse=int, check=off_or_at_least(2), metavar="K", resumable=True,
     )  # fmt: skip
-    checkpoint_every: int = option(
-        1000, "--checkpoint-every", "checkpoint every N steps", parse=int, check=at_least(1),
-        metavar="N", resumable=True,
-    )  # fmt: skip
+    checkpoint_every: int = count(
+        1000, "--checkpoint-every", "checkpoint every N steps", resumable=True
+    )
     time_limit: float | None = option(
         None, "--time-limit",
         "stop with a checkpoint after this much training time (the steps alone, without "
         "evaluation and checkpoints), summed over resumed segments (e.g. 48h, 90m, 3600)",
         parse=parse_duration, check=optional(positive), metavar="T", resumable=True,
     )  # fmt: skip
-    seed: int = option(
+    seed: int = count(
         0, "--seed", "seed of the initialisation and of the training and evaluation streams",
-        parse=int, check=at_least(0), metavar="SEED",
+        minimum=0, metavar="SEED",
     )  # fmt: skip
     dtype: str = option(
         "float32", "--dtype", "floating point precision", check=one_of(*DTYPES),
@@ -266,25 +255,14 @@ class HMCConfig:
     run's dtype).
     """
 
-    n_chains: int = option(
-        256, "--hmc-chains", "parallel chains", parse=int, check=at_least(1), metavar="N"
-    )
+    n_chains: int = count(256, "--hmc-chains", "parallel chains")
     step_size: float = option(
         0.1, "--hmc-step-size", "initial leapfrog step", parse=float, check=positive,
         metavar="EPS",
     )  # fmt: skip
-    n_leapfrog: int = option(
-        10, "--hmc-leapfrog", "leapfrog steps per trajectory", parse=int, check=at_least(1),
-        metavar="N",
-    )  # fmt: skip
-    n_therm: int = option(
-        200, "--hmc-therm", "thermalisation trajectories", parse=int, check=at_least(0),
-        metavar="N",
-    )  # fmt: skip
-    thin: int = option(
-        5, "--hmc-thin", "trajectories between kept samples", parse=int, check=at_least(1),
-        metavar="N",
-    )  # fmt: skip
+    n_leapfrog: int = count(10, "--hmc-leapfrog", "leapfrog steps per trajectory")
+    n_therm: int = count(200, "--hmc-therm", "thermalisation trajectories", minimum=0)
+    thin: int = count(5, "--hmc-thin", "trajectories between kept samples")
     adapt_step_size: bool = option(
         True, "--hmc-no-adapt", "keep the step size fixed during thermalisation"
     )
@@ -292,10 +270,7 @@ class HMCConfig:
         0.8, "--hmc-acceptance", "acceptance rate the step size is adapted to", parse=float,
         check=open_unit, metavar="A",
     )  # fmt: skip
-    chunk_size: int = option(
-        1_000_000, "--hmc-chunk", "samples generated per chunk", parse=int, check=at_least(1),
-        metavar="N", resumable=True,
-    )  # fmt: skip
+    chunk_size: int = count(1_000_000, "--hmc-chunk", "samples generated per chunk", resumable=True)
     # float32 by measurement (benchmarks/hmc_precision.py, results/hmc-precision-cpu.json): at
     # equal settings its acceptance and observables agree with float64 within errors of about
     # 1e-4 relative (φ⁴ 8×8 and U(1) 8×8), at 0.5-0.7 of the CPU time and about half the GPU
@@ -323,19 +298,17 @@ class DataConfig:
     training and test sets come from independent streams, so each is the same whatever the
     size of the other."""
 
-    n_train: int = option(
-        10_000, "--n-train-samples", "training samples for forward-KL estimators", parse=int,
-        check=at_least(0), metavar="N",
-    )  # fmt: skip
-    n_test: int = option(
-        10_000, "--n-test-samples",
+    n_train: int = count(
+        10_000, "--n-train-samples", "training samples for forward-KL estimators", minimum=0
+    )
+    n_test: int = count(
+        10_000,
+        "--n-test-samples",
         "held-out samples for NLL, forward ESS and reference observables (0: none)",
-        parse=int, check=at_least(0), metavar="N", resumable=True,
-    )  # fmt: skip
-    seed: int = option(
-        0, "--data-seed", "seed of the target samples", parse=int, check=at_least(0),
-        metavar="SEED",
-    )  # fmt: skip
+        minimum=0,
+        resumable=True,
+    )
+    seed: int = count(0, "--data-seed", "seed of the target samples", minimum=0, metavar="SEED")
     cache_dir: str = option(
         "data/target_samples", "--cache-dir",
         "folder of cached HMC sample sets (exact samples are drawn afresh)", metavar="DIR",
@@ -386,12 +359,8 @@ def config_dict(
     experiment: str, train: TrainConfig, data: DataConfig, params: dict[str, Any]
 ) -> dict[str, Any]:
     """The JSON-ready description of a run, as written to ``config.json``."""
-    return {
-        "experiment": experiment,
-        "train": dataclasses.asdict(train),
-        "data": dataclasses.asdict(data),
-        "params": dict(params),
-    }
+    train_data = {"train": dataclasses.asdict(train), "data": dataclasses.asdict(data)}
+    return {"experiment": experiment, **train_data, "params": dict(params)}
 
 
 RESUMABLE_CHANGES = frozenset({"preset"} | {p for p, o, _ in all_options() if o.resumable})
@@ -402,13 +371,10 @@ RESUMABLE_CHANGES = frozenset({"preset"} | {p for p, o, _ in all_options() if o.
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in d.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and key != "params":
-            out.update(_flatten(value, name + "."))
-        elif isinstance(value, dict):
-            out.update({f"params.{k}": v for k, v in value.items()})
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
         else:
-            out[name] = list(value) if isinstance(value, tuple) else value
+            out[prefix + key] = list(value) if isinstance(value, tuple) else value
     return out
 
 

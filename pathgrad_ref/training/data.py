@@ -256,34 +256,25 @@ def generate_hmc(
     split: int,
     dtype: torch.dtype,
     device: str | torch.device,
+    on_chunk: Callable[[Tensor], None],
     periodic: float | None = None,
     observable: Callable[[Tensor], Tensor] | None = None,
     symmetry: Symmetry | None = None,
     progress: bool = False,
-    on_chunk: Callable[[Tensor], None] | None = None,
-) -> tuple[list[Tensor], dict[str, Any]]:
+) -> dict[str, Any]:
     """Run HMC (:func:`pathgrad_ref.samplers.hmc_sample`) for ``n`` samples in chunks of about
-    ``hmc.chunk_size``, every chunk continuing the chains of the previous one
-    (``HMCResult.final_state``, no new thermalisation), so that only one chunk is on the
-    device at a time. Each chunk, in ``dtype`` on the CPU, goes to ``on_chunk`` if given (and
-    is not kept), else into the returned list. Also returns a report: acceptance rate,
-    ``τ_int`` of ``observable`` (default the action) in kept samples (mean over chunks), final
-    step size, time.
-
-    Chains run in whole sweeps of ``hmc.n_chains``; the last sweep is cut to ``n`` samples.
-    """
+    ``hmc.chunk_size``, each continuing the chains of the previous one (no new
+    thermalisation), so that one chunk at a time is on the device; each chunk, in ``dtype`` on
+    the CPU, goes to ``on_chunk``. Chains run in whole sweeps of ``hmc.n_chains``, the last cut
+    to ``n`` samples. Returns a report: acceptance rate, ``τ_int`` of ``observable`` (default
+    the action; mean over chunks), final step size, time."""
     device = torch.device(device)
-    hmc_dtype = DTYPES[hmc.dtype]
     gen = torch.Generator(device=device).manual_seed(stream_seed(seed, 0, 200 + split))
     per_chunk = max(1, hmc.chunk_size // hmc.n_chains) * hmc.n_chains
     remaining = math.ceil(n / hmc.n_chains) * hmc.n_chains
-    chunks: list[Tensor] = []
     init: Tensor | None = None
-    step_size = hmc.step_size
-    accepted = 0.0
-    n_traj = 0
+    step_size, accepted, n_traj, produced = hmc.step_size, 0.0, 0, 0
     taus: list[float] = []
-    produced = 0
     start = time.perf_counter()
     while remaining > 0:
         m = min(per_chunk, remaining)
@@ -292,40 +283,24 @@ def generate_hmc(
             # Short chunks give unreliable τ_int estimates; the report says how many chunks.
             warnings.filterwarnings("ignore", message="series of .* too short")
             res = hmc_sample(
-                target,
-                m,
-                n_chains=hmc.n_chains,
-                step_size=step_size,
-                n_leapfrog=hmc.n_leapfrog,
-                n_therm=hmc.n_therm if first else 0,
-                thin=hmc.thin,
-                init=init,
-                generator=gen,
-                dtype=hmc_dtype,
-                device=device,
-                periodic=periodic,
-                adapt_step_size=hmc.adapt_step_size and first,
-                target_acceptance=hmc.target_acceptance,
-                observable=observable,
+                target, m, n_chains=hmc.n_chains, step_size=step_size,
+                n_leapfrog=hmc.n_leapfrog, n_therm=hmc.n_therm if first else 0, thin=hmc.thin,
+                init=init, generator=gen, dtype=DTYPES[hmc.dtype], device=device,
+                periodic=periodic, adapt_step_size=hmc.adapt_step_size and first,
+                target_acceptance=hmc.target_acceptance, observable=observable,
                 progress=progress,
-            )
-        samples = res.samples
-        if symmetry is not None:
-            samples = symmetry(samples, gen)
+            )  # fmt: skip
+        samples = res.samples if symmetry is None else symmetry(res.samples, gen)
         chunk = samples[: n - produced].to(device="cpu", dtype=dtype)
         produced += chunk.shape[0]
-        if on_chunk is not None:
-            on_chunk(chunk)
-        else:
-            chunks.append(chunk)
+        on_chunk(chunk)
         accepted += res.acceptance_rate * res.n_steps
         n_traj += res.n_steps
-        if math.isfinite(res.tau_int):
-            taus.append(res.tau_int)
+        taus += [res.tau_int] if math.isfinite(res.tau_int) else []
         init, step_size = res.final_state, res.step_size
         remaining -= m
         del res, samples, chunk
-    report = {
+    return {
         "acceptance_rate": accepted / n_traj,
         "tau_int": sum(taus) / len(taus) if taus else math.nan,
         "tau_int_chunks": len(taus),
@@ -335,7 +310,6 @@ def generate_hmc(
         "generation_time_s": time.perf_counter() - start,
         "symmetrised": symmetry is not None,
     }
-    return chunks, report
 
 
 def cached_hmc_samples(
@@ -348,16 +322,14 @@ def cached_hmc_samples(
     dtype: torch.dtype,
     device: str | torch.device,
     cache_dir: str | os.PathLike[str],
-    periodic: float | None = None,
-    observable: Callable[[Tensor], Tensor] | None = None,
-    symmetry: Symmetry | None = None,
-    progress: bool = False,
     log: Callable[[str], None] = print,
     verify: bool = True,
+    **sampler: Any,
 ) -> tuple[SampleStore, dict[str, Any]]:
     """``n`` HMC samples of ``target`` for data split ``split`` (``"train"``/``"test"``,
-    independent streams), from the cache if present, else generated
-    (:func:`generate_hmc`) and cached. Returns the samples and their metadata."""
+    independent streams), from the cache if present, else generated by :func:`generate_hmc`
+    (which takes the ``sampler`` keywords: ``periodic``, ``observable``, ``symmetry``,
+    ``progress``) and cached. Returns the samples and their metadata."""
     device = torch.device(device)
     settings = hmc_settings(target, hmc, n, seed, split, dtype, str(device))
     folder = Path(cache_dir) / f"{type(target).__name__.lower()}-{split}-{settings_key(settings)}"
@@ -369,30 +341,19 @@ def cached_hmc_samples(
     split_id = {"train": 0, "test": 1}.get(split, 2)
     writer = SampleSetWriter(folder)
     try:
-        _, report = generate_hmc(
-            target,
-            n,
-            hmc,
-            seed=seed,
-            split=split_id,
-            dtype=dtype,
-            device=device,
-            periodic=periodic,
-            observable=observable,
-            symmetry=symmetry,
-            progress=progress,
-            on_chunk=writer.add,
-        )
+        report = generate_hmc(
+            target, n, hmc, seed=seed, split=split_id, dtype=dtype, device=device,
+            on_chunk=writer.add, **sampler,
+        )  # fmt: skip
     except BaseException:
         writer.discard()
         raise
     writer.finish({"settings": settings, "report": report, "torch": torch.__version__})
     store, meta = load_sample_set(folder, verify=False)
-    rep = meta["report"]
     log(
-        f"  {n} samples in {rep['generation_time_s']:.1f} s: acceptance "
-        f"{rep['acceptance_rate']:.3g}, tau_int {float(rep['tau_int'] or math.nan):.3g}, step size "
-        f"{rep['step_size']:.3g}; cached in {folder}"
+        f"  {n} samples in {report['generation_time_s']:.1f} s: acceptance "
+        f"{report['acceptance_rate']:.3g}, tau_int {report['tau_int']:.3g}, step size "
+        f"{report['step_size']:.3g}; cached in {folder}"
     )
     return store, meta
 

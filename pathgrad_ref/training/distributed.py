@@ -1,18 +1,19 @@
-"""Data-parallel training helpers: process-group setup from ``torchrun``'s environment,
-gradient averaging, per-rank random streams.
+"""Data-parallel training: process-group setup from ``torchrun``'s environment, gradient
+averaging, per-rank random streams.
 
 The estimators call flow methods other than ``forward`` (``forward_and_score``, ``inverse``,
 ``transform``), which ``DistributedDataParallel``'s hooks do not see; so instead of the DDP
 wrapper every rank runs its estimator on its share of the batch and the gradients are averaged
 by one ``all_reduce`` after ``backward``. With equal shares and a loss that is a mean over the
-batch this is exactly the gradient on the whole batch.
+batch this is exactly the gradient on the whole batch. Every collective below is a no-op for a
+single process.
 """
 
 from __future__ import annotations
 
 import datetime
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,8 +25,8 @@ from torch import Tensor, nn
 
 @dataclass(frozen=True)
 class DistContext:
-    """Where this process stands: ``rank`` of ``world_size`` (``local_rank`` on its node).
-    ``enabled`` is False for a plain single-process run."""
+    """This process: ``rank`` of ``world_size`` (``local_rank`` on its node); ``enabled`` is
+    False for a plain single-process run."""
 
     rank: int = 0
     world_size: int = 1
@@ -37,36 +38,23 @@ class DistContext:
         return self.rank == 0
 
 
-def env_world() -> tuple[int, int, int] | None:
-    """``(rank, world_size, local_rank)`` from ``torchrun``'s environment variables, or
-    ``None`` when they are not set."""
-    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-        return None
-    rank = int(os.environ["RANK"])
-    world = int(os.environ["WORLD_SIZE"])
-    local = int(os.environ.get("LOCAL_RANK", rank))
-    return rank, world, local
-
-
 def init_distributed(device_type: str, timeout_s: float = 7200.0) -> DistContext:
-    """Join the process group described by the environment (``RANK``, ``WORLD_SIZE``,
-    ``MASTER_ADDR``, ``MASTER_PORT``, as set by ``torchrun``): ``nccl`` for CUDA, ``gloo``
-    for the CPU. Without those variables (or with ``WORLD_SIZE=1``) nothing is initialised.
-
-    ``timeout_s`` bounds how long ranks wait for each other, e.g. while rank 0 generates the
-    target samples."""
-    world = env_world()
-    if world is None or world[1] == 1:
+    """Join the process group that ``torchrun``'s environment describes (``RANK``,
+    ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``): ``nccl`` for CUDA,
+    ``gloo`` for the CPU; without those variables, or with one process, nothing is initialised.
+    ``timeout_s`` bounds how long ranks wait for each other (e.g. while rank 0 makes the target
+    samples)."""
+    if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) == 1:
         return DistContext()
-    rank, world_size, local_rank = world
+    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", rank))
     if not dist.is_available():
         raise RuntimeError("torch.distributed is not available in this build of torch")
     if not dist.is_initialized():
-        backend = "nccl" if device_type == "cuda" else "gloo"
         if device_type == "cuda":
             torch.cuda.set_device(local_rank)
         dist.init_process_group(
-            backend=backend,
+            backend="nccl" if device_type == "cuda" else "gloo",
             init_method="env://",
             rank=rank,
             world_size=world_size,
@@ -76,7 +64,6 @@ def init_distributed(device_type: str, timeout_s: float = 7200.0) -> DistContext
 
 
 def shutdown(ctx: DistContext) -> None:
-    """Leave the process group (no-op for a single process)."""
     if ctx.enabled and dist.is_initialized():
         dist.destroy_process_group()
 
@@ -90,8 +77,7 @@ def stream_seed(seed: int, rank: int, stream: int, *more: int) -> int:
     """A 63-bit seed for random stream ``stream`` of ``rank`` (and any further integers, e.g.
     a step), well mixed from ``seed`` by NumPy's ``SeedSequence``: streams of different ranks
     and seeds do not overlap in practice (``seed + rank`` schemes would collide across runs)."""
-    entropy = [seed, rank, stream, *more]
-    state = np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)
+    state = np.random.SeedSequence([seed, rank, stream, *more]).generate_state(1, dtype=np.uint64)
     return int(state[0]) >> 1
 
 
@@ -110,41 +96,27 @@ def average_gradients(params: Sequence[nn.Parameter], ctx: DistContext) -> None:
     flat /= ctx.world_size
     offset = 0
     for p in params:
-        n = p.numel()
-        p.grad = flat[offset : offset + n].view_as(p).clone()
-        offset += n
+        p.grad = flat[offset : offset + p.numel()].view_as(p).clone()
+        offset += p.numel()
 
 
-def all_reduce_sum(values: Tensor, ctx: DistContext) -> Tensor:
-    """The element-wise sum of ``values`` over all ranks (the tensor itself if alone)."""
+def all_reduce(values: Tensor, ctx: DistContext, op: str = "sum") -> Tensor:
+    """The element-wise ``"sum"`` or ``"max"`` of ``values`` over all ranks, in place."""
     if ctx.enabled:
-        dist.all_reduce(values, op=dist.ReduceOp.SUM)
-    return values
-
-
-def all_reduce_max(values: Tensor, ctx: DistContext) -> Tensor:
-    """The element-wise maximum of ``values`` over all ranks (the tensor itself if alone)."""
-    if ctx.enabled:
-        dist.all_reduce(values, op=dist.ReduceOp.MAX)
+        dist.all_reduce(values, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
     return values
 
 
 def broadcast_parameters(module: nn.Module, ctx: DistContext) -> None:
     """Copy rank 0's parameters and buffers to every rank."""
-    if not ctx.enabled:
-        return
-    with torch.no_grad():
-        for t in _tensors(module):
-            dist.broadcast(t, src=0)
-
-
-def _tensors(module: nn.Module) -> Iterable[Tensor]:
-    yield from module.parameters()
-    yield from module.buffers()
+    if ctx.enabled:
+        with torch.no_grad():
+            for t in [*module.parameters(), *module.buffers()]:
+                dist.broadcast(t, src=0)
 
 
 def gather_objects(obj: Any, ctx: DistContext) -> list[Any]:
-    """``[obj of rank 0, obj of rank 1, …]`` on every rank (``[obj]`` alone)."""
+    """``[obj of rank 0, obj of rank 1, …]`` on every rank."""
     if not ctx.enabled:
         return [obj]
     out: list[Any] = [None] * ctx.world_size

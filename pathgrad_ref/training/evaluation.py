@@ -1,45 +1,28 @@
 """Evaluation of a flow against its target, as plain functions.
 
 With flow samples ``x_i ~ q_θ`` and log importance weights ``log w_i = −S(x_i) − log q_θ(x_i)``
-(``S`` the action, ``p ∝ e^{−S}``):
+(``S`` the action, ``p ∝ e^{−S}``): reverse ESS ``(Σ w)² / (N Σ w²)``; ``KL(q‖p) = −mean(log w)
++ log Z`` where ``log Z`` is known; observables reweighted, ``Ô = Σ w O / Σ w``, with the
+delta-method error ``sqrt(Σ w² (O − Ô)²) / Σ w`` (weights normalised in log space; reported as
+NaN below ``MIN_EFFECTIVE_SAMPLES`` effective samples, where it means nothing). On held-out
+target samples ``x_j ~ p``: NLL ``−mean(log q_θ)``, forward ESS ``N² / (Σ w · Σ 1/w)`` and
+``KL(p‖q) = mean(log w) − log Z``; on part of the training samples the training NLL, whose gap
+to the held-out one shows overfitting. Both ESS come with delta-method standard errors.
+:func:`gradient_noise` measures the variance of the standard and the path gradient.
 
-- reverse ESS ``(Σ w)² / (N Σ w²)``; ``KL(q‖p) = −mean(log w) + log Z`` where ``log Z`` is known;
-- the observables reweighted, ``Σ w O / Σ w`` (:func:`reweighted_mean`);
+When can a reweighted estimate be trusted? :func:`unreliable_reason`, the one place the rule
+is written, asks for two things:
 
-and on held-out target samples ``x_j ~ p``: NLL ``−mean(log q_θ)``, forward ESS
-``N² / (Σ w · Σ 1/w)`` and ``KL(p‖q) = mean(log w) − log Z``; on (part of) the training samples
-the training NLL, whose gap to the held-out one shows overfitting. Both ESS come with their
-delta-method standard errors (:func:`~pathgrad_ref.metrics.reverse_ess_error`), the
-reweighted observables with their effective sample count ``N_eff = ESS · N`` and a flag saying
-whether they can be trusted (:func:`unreliable_reason`).
-
-:func:`gradient_noise` measures the variance of the standard and the path gradient at the
-current parameters, over independent batches: the path gradient's vanishes as ``q_θ → p``.
-
-Reweighted observables: for ``x_i ~ q_θ`` with ``w_i = exp(log w_i)``, the self-normalised
-estimate of ``⟨O⟩_p`` is
-
-    Ô = Σ_i w_i O(x_i) / Σ_i w_i,
-
-with the delta-method standard error ``sqrt(Σ_i w_i² (O(x_i) − Ô)²) / Σ_i w_i`` (it reduces to
-``std/√N`` for equal weights). Both are computed with weights normalised in log space. The
-error is itself estimated from the weights and is meaningless when a handful of samples carry
-all the weight (it goes to zero with a single one): below ``MIN_EFFECTIVE_SAMPLES`` effective
-samples, ``(Σ w)² / Σ w²``, it is reported as NaN.
-
-When is a reweighted estimate trustworthy? :func:`unreliable_reason`, the one rule, asks for two
-things:
-
-- ``N_eff = ESS · N ≥ RELIABLE_EFFECTIVE_SAMPLES`` (1000). The error bar above is computed
-  from the weights themselves; it only describes the estimate when the tail of the weight
-  distribution has been sampled, which a few hundred effective samples do not guarantee: the
-  8×8, κ = 0.3 φ⁴ flow of an earlier quick preset (``python paper_runs/phi4.py --kappa 0.3``),
-  at ``N_eff ≈ 290``, sat 3–5σ off its HMC reference at every evaluation. At 1000 the relative
-  error of a Gaussian error bar is about ``1/sqrt(2 N_eff) ≈ 2%``.
+- ``N_eff = ESS · N ≥ RELIABLE_EFFECTIVE_SAMPLES`` (1000). The error bar is computed from the
+  weights themselves and only describes the estimate once the tail of the weight distribution
+  has been sampled: the 8×8, κ = 0.3 φ⁴ flow of an earlier quick preset
+  (``python paper_runs/phi4.py --kappa 0.3``), at ``N_eff ≈ 290``, sat 3–5σ off its HMC
+  reference at every evaluation. At 1000 the error bar itself is good to about
+  ``1/sqrt(2 N_eff) ≈ 2%``.
 - where held-out target samples exist, forward ESS ``≥ RELIABLE_FORWARD_ESS`` (0.01). The
   reverse ESS is blind to regions where ``q_θ ≈ 0`` but ``p`` is not (flow samples never go
   there); the forward ESS, on samples of ``p``, is not: below 1% the flow misses part of the
-  target, and no reweighting of its samples can recover what they never visit.
+  target, and no reweighting of its samples recovers what they never visit.
 """
 
 from __future__ import annotations

@@ -1,10 +1,6 @@
 """What a training script defines: the target, the flow, their parameters, presets,
-observables and where target samples come from.
-
-Each ``paper_runs/*.py`` builds one :class:`Experiment` and hands it to
-:func:`pathgrad_ref.training.cli.main`; everything else (options, training loop, evaluation,
-checkpoints, reports) is shared.
-"""
+observables and where target samples come from. Each ``paper_runs/*.py`` builds one
+:class:`Experiment` and hands it to :func:`pathgrad_ref.training.cli.main`."""
 
 from __future__ import annotations
 
@@ -16,6 +12,7 @@ from torch import Tensor
 
 from ..flows.base import Flow
 from ..targets.base import Target
+from .config import all_options
 from .data import Symmetry
 from .evaluation import Observable
 
@@ -49,24 +46,17 @@ def int_list(text: str) -> tuple[int, ...]:
 class Experiment:
     """A training experiment.
 
-    - ``name``: short name (run folders, cache names); ``description``: the ``--help`` header.
-    - ``params``: physics and architecture options; ``presets``: ``{preset: {option: value}}``
-      with values for every ``params`` entry and any training option to override
-      (option names: the flag without dashes, ``steps``, ``batch_size``, ``n_train_samples``,
-      ``hmc_chains``, …; see :mod:`pathgrad_ref.training.config`).
-    - ``make_target(params)``, ``make_flow(params)``: build them (the flow in the default
-      dtype on the CPU; the trainer moves it).
-    - ``observables(target)``: what to estimate with importance weights.
-    - ``sampler``: ``"exact"`` (``target.sample``), ``"hmc"`` or ``None`` (no target samples:
-      forward-KL estimators are refused).
-    - ``hmc_periodic``: period of the coordinates for HMC (``2π`` for link angles);
-      ``hmc_observable(target)``: the observable whose ``τ_int`` HMC reports;
-      ``symmetry``: a random exact symmetry applied to HMC samples (see
-      :data:`~pathgrad_ref.training.data.Symmetry`).
-    - ``log_z(target)``: ``log Z`` where it is known (KL values are then absolute).
-    - ``check(params)``: refuse parameter combinations that cannot work before any work
-      starts, raising :class:`~.config.ConfigError` naming the field (``"params.lattice"``).
-    - ``epilog``: extra ``--help`` text (examples).
+    ``params``: physics and architecture options; ``presets``: ``{preset: {option: value}}``
+    with a value for every ``params`` entry and any run option to override (option names are
+    flags without dashes: ``steps``, ``batch_size``, ``hmc_chains``; a ``quick`` preset is
+    required). ``make_target(params)``, ``make_flow(params)`` build them (the flow in the
+    default dtype on the CPU). ``observables(target)``: what to estimate with importance
+    weights. ``sampler``: ``"exact"`` (``target.sample``), ``"hmc"`` or ``None`` (no target
+    samples: forward-KL estimators are refused). For HMC: ``hmc_periodic`` (the coordinates'
+    period, ``2π`` for link angles), ``hmc_observable(target)`` (whose ``τ_int`` is reported)
+    and ``symmetry`` (:data:`~.data.Symmetry`). ``log_z(target)``: where known. ``check(params)``
+    refuses parameter combinations that cannot work, raising :class:`~.config.ConfigError`
+    naming the field (``"params.lattice"``). ``epilog``: extra ``--help`` text.
     """
 
     name: str
@@ -87,7 +77,10 @@ class Experiment:
     def __post_init__(self) -> None:
         if "quick" not in self.presets:
             raise ValueError(f"experiment {self.name!r} needs a 'quick' preset")
+        names = {opt.name for _, opt, _ in all_options()} | {p.name for p in self.params}
         for preset, values in self.presets.items():
             missing = [p.name for p in self.params if p.name not in values]
             if missing:
                 raise ValueError(f"preset {preset!r} of {self.name!r} lacks values for {missing}")
+            if unknown := sorted(set(values) - names):
+                raise ValueError(f"preset {preset!r} of {self.name!r}: unknown options {unknown}")

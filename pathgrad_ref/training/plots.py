@@ -103,16 +103,16 @@ def plot_band(
 
 
 def _fit_after_start(
-    ax: Any, xs: Sequence[float], lows: Sequence[float], highs: Sequence[float]
+    ax: Any, xs: Sequence[float], ys: Sequence[float], errs: Sequence[float] | None = None
 ) -> None:
-    """Scale the y axis to the values after step 0: the untrained flow's are far off and
-    would flatten the curve (the legend gives the step-0 value)."""
-    later = [(a, b) for x, a, b in zip(xs, lows, highs, strict=True) if x > 0]
-    if len(later) < 2:
-        return
-    lo, hi = min(a for a, _ in later), max(b for _, b in later)
-    pad = 0.08 * (hi - lo) if hi > lo else 0.05 * max(abs(hi), 1e-12)
-    ax.set_ylim(lo - pad, hi + pad)
+    """Scale the y axis to the values (with their error bars) after step 0: the untrained
+    flow's are far off and would flatten the curve (the legend gives them)."""
+    e = errs if errs is not None else [0.0] * len(ys)
+    later = [(y - d, y + d) for x, y, d in zip(xs, ys, e, strict=True) if x > 0]
+    if len(later) >= 2:
+        bottom, top = min(a for a, _ in later), max(b for _, b in later)
+        pad = 0.08 * (top - bottom) if top > bottom else 0.05 * max(abs(top), 1e-12)
+        ax.set_ylim(bottom - pad, top + pad)
 
 
 def plot_run(
@@ -124,14 +124,12 @@ def plot_run(
     log_z_known: bool = False,
     loss_label: str = "",
 ) -> list[Path]:
-    """Write ``ess.png``, ``loss.png``, ``nll.png`` (if NLL was measured) and
-    ``observables.png`` (one panel per observable, its reference as a line with the error
-    band) against the step. Where ``log Z`` is known the KL divergences get their own panel
-    (log scale where they span decades), apart from the training loss (``loss_label`` says
-    what it is). Returns the files."""
-    plt = pyplot()
-    out = Path(out_dir)
-    written: list[Path] = []
+    """Write, against the step: ``ess.png`` (reverse and forward ESS, linear and log scale);
+    ``loss.png`` (the training loss, which ``loss_label`` names, and where ``log Z`` is known
+    the KL divergences in their own panel); ``nll.png`` if NLL was measured;
+    ``observables.png`` (one panel per observable, its reference as a line with its error band,
+    unreliable reweightings circled). Returns the files."""
+    plt, out, written = pyplot(), Path(out_dir), []
 
     def save(fig: Any, name: str) -> None:
         fig.suptitle(title)
@@ -140,84 +138,70 @@ def plot_run(
         plt.close(fig)
         written.append(out / name)
 
+    def step0(xs: Sequence[float], ys: Sequence[float]) -> str:
+        return f" (step 0: {fmt(ys[0])})" if xs and xs[0] == 0 else ""
+
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for key, label in (
-        ("ess_reverse", "reverse ESS (flow samples)"),
-        ("ess_forward", "forward ESS (target samples)"),
+        ("ess_reverse", "reverse (flow samples)"),
+        ("ess_forward", "forward (target)"),
     ):
         xs, ys = series(records, key)
-        if xs:
-            axes[0].plot(xs, ys, marker=".", label=label)
-            pos = [(x, y) for x, y in zip(xs, ys, strict=True) if y > 0]
-            if pos:
-                axes[1].semilogy(*zip(*pos, strict=True), marker=".", label=label)
+        axes[0].plot(xs, ys, marker=".", label=label if xs else None)
+        pos = [(x, y) for x, y in zip(xs, ys, strict=True) if y > 0]
+        if pos:
+            axes[1].semilogy(*zip(*pos, strict=True), marker=".", label=label)
     axes[0].set(xlabel="step", ylabel="ESS", ylim=(0, 1.02))
-    # Forward ESS of a flow that misses part of the target can be 1e-300: show the useful range.
+    # Forward ESS of a flow that misses part of the target can be 1e-300: the useful range.
     axes[1].set(xlabel="step", ylabel="ESS (log scale)", ylim=(1e-4, 1.5))
     legend(axes[0])
     save(fig, "ess.png")
 
-    kl_keys = [k for k in ("kl_reverse", "kl_forward") if series(records, k)[0]]
-    n_panels = 2 if log_z_known and kl_keys else 1
-    fig, axes = plt.subplots(1, n_panels, figsize=(5.5 * n_panels, 4), squeeze=False)
-    ax = axes[0][0]
+    kl = [(k, series(records, k)) for k in ("kl_reverse", "kl_forward")]
+    kl = [(k, c) for k, c in kl if c[0]] if log_z_known else []
+    fig, axes = plt.subplots(1, 1 + bool(kl), figsize=(5.5 * (1 + bool(kl)), 4), squeeze=False)
     xs, ys = series(records, "loss")
-    if xs:
-        ax.plot(xs, ys, marker=".", label="mean since the last evaluation")
-    ax.set(xlabel="step", ylabel="training loss (estimator's objective)")
-    ax.set_title(f"loss = {loss_label}" if loss_label else "", fontsize="small")
-    legend(ax)
-    if n_panels == 2:
-        ax = axes[0][1]
-        every: list[float] = []
-        for key, label in (
-            ("kl_reverse", "KL(q‖p) on flow samples"),
-            ("kl_forward", "KL(p‖q) on target samples"),
-        ):
-            xs, ys = series(records, key)
-            if xs:
-                ax.plot(xs, ys, marker=".", label=label)
-                every += ys
-        ax.set(xlabel="step", ylabel="KL divergence (exact log Z)")
-        log_if_decades(ax, every)
+    axes[0][0].plot(xs, ys, marker=".", label="mean since the last evaluation")
+    axes[0][0].set(xlabel="step", ylabel="training loss (estimator's objective)")
+    axes[0][0].set_title(f"loss = {loss_label}" if loss_label else "", fontsize="small")
+    for key, (xs, ys) in kl:
+        label = "KL(q‖p) on flow samples" if key == "kl_reverse" else "KL(p‖q) on target samples"
+        axes[0][1].plot(xs, ys, marker=".", label=label)
+    if kl:
+        axes[0][1].set(xlabel="step", ylabel="KL divergence (exact log Z)")
+        log_if_decades(axes[0][1], [y for _, (_, ys) in kl for y in ys])
+    for ax in axes[0]:
         legend(ax)
     save(fig, "loss.png")
 
     xs, ys = series(records, "nll")
     if xs:
         fig, ax = plt.subplots(figsize=(6, 4))
-        ax.plot(xs, ys, marker=".", label=f"step 0: {fmt(ys[0])}" if xs[0] == 0 else None)
+        ax.plot(xs, ys, marker=".", label="held-out" + step0(xs, ys))
         ax.set(xlabel="step", ylabel="NLL (held-out target samples)")
-        _fit_after_start(ax, xs, ys, ys)
+        _fit_after_start(ax, xs, ys)
         legend(ax)
         save(fig, "nll.png")
 
     if observables:
-        n = len(observables)
-        fig, axes = plt.subplots(1, n, figsize=(4.5 * n, 4), squeeze=False)
-        for ax, o in zip(axes[0], observables, strict=True):
+        fig, axes = plt.subplots(1, len(observables), figsize=(4.5 * len(observables), 4))
+        unreliable = {r["step"] for r in records if r.get("reliable") is False}
+        for ax, o in zip([axes] if len(observables) == 1 else axes, observables, strict=True):
             xs, ys = series(records, o.name)
             err_at = dict(zip(*series(records, f"{o.name}_err"), strict=True))
-            if xs:
-                errs = [err_at.get(x, 0.0) for x in xs]  # no error where it is not estimable
-                label = "flow, reweighted" + (f" (step 0: {fmt(ys[0])})" if xs[0] == 0 else "")
-                ax.errorbar(xs, ys, yerr=errs, marker=".", capsize=2, label=label)
-                bad = {rec["step"] for rec in records if rec.get("reliable") is False}
-                if bad & set(xs):
-                    pts = [(x, y) for x, y in zip(xs, ys, strict=True) if x in bad]
-                    ax.plot(
-                        *zip(*pts, strict=True), "o", mfc="none", mec="r", ms=8,
-                        label="unreliable reweighting",
-                    )  # fmt: skip
-                lows = [y - e for y, e in zip(ys, errs, strict=True)]
-                highs = [y + e for y, e in zip(ys, errs, strict=True)]
-                _fit_after_start(ax, xs, lows, highs)
+            errs = [err_at.get(x, 0.0) for x in xs]  # no error where it is not estimable
+            label = "flow, reweighted" + step0(xs, ys)
+            ax.errorbar(xs, ys, yerr=errs, marker=".", capsize=2, label=label)
+            bad = [(x, y) for x, y in zip(xs, ys, strict=True) if x in unreliable]
+            if bad:
+                kw = {"mfc": "none", "mec": "r", "ms": 8, "label": "unreliable reweighting"}
+                ax.plot(*zip(*bad, strict=True), "o", **kw)
+            _fit_after_start(ax, xs, ys, errs)
             ref = (references or {}).get(o.name) or {}
             value, err = ref.get("value"), float(ref.get("err") or 0.0)
             if isinstance(value, (int, float)) and math.isfinite(value):
                 ax.axhline(value, color="k", ls="--", label=str(ref.get("source", "reference")))
-                if err > 0:
-                    ax.axhspan(value - err, value + err, color="k", alpha=0.15, lw=0)
+                ax.axhspan(value - err, value + err, color="k", alpha=0.15, lw=0)
                 lo, hi = ax.get_ylim()
                 ax.set_ylim(min(lo, value - 2 * err), max(hi, value + 2 * err))
             ax.set(xlabel="step", ylabel=o.tex or o.label)

@@ -120,28 +120,18 @@ def load_target_data(
     if exp.sampler == "exact":
         return exact_samples(target, n_train, data.n_test, data.seed, dtype)
     assert data.hmc is not None
-    hmc = data.hmc
-    observable = exp.hmc_observable(target) if exp.hmc_observable is not None else None
+    hmc, observable = data.hmc, exp.hmc_observable(target) if exp.hmc_observable else None
+    sampler = {"periodic": exp.hmc_periodic, "symmetry": exp.symmetry, "observable": observable}
 
     def get(n: int, split: str, quiet: bool) -> tuple[SampleStore | None, dict[str, Any] | None]:
+        """Rank 0 makes (or loads and verifies) a set; the others load what it made, quietly."""
         if n == 0:
             return None, None
         return cached_hmc_samples(
-            target,
-            n,
-            hmc,
-            seed=data.seed,
-            split=split,
-            dtype=dtype,
-            device=device,
-            cache_dir=data.cache_dir,
-            periodic=exp.hmc_periodic,
-            observable=observable,
-            symmetry=exp.symmetry,
-            progress=progress and not quiet,
-            log=(lambda _m: None) if quiet else log,
-            verify=not quiet,
-        )
+            target, n, hmc, seed=data.seed, split=split, dtype=dtype, device=device,
+            cache_dir=data.cache_dir, log=(lambda _m: None) if quiet else log, verify=not quiet,
+            progress=progress and not quiet, **sampler,
+        )  # fmt: skip
 
     test: SampleStore | None = None
     test_meta: dict[str, Any] | None = None

@@ -2,56 +2,37 @@
 clipping, skipping of non-finite steps, periodic evaluation, resumable checkpoints and a clean
 stop on SIGINT or SIGTERM.
 
-One step, on every data-parallel rank ``r`` of ``W``:
+One step, on every data-parallel rank ``r`` of ``W``: draw ``batch_size / W`` samples from the
+rank's own stream (base samples for a reverse-KL estimator, a minibatch of the training target
+samples for a forward one); ``loss, _ = estimator(flow, target, batch)``; ``backward``; average
+the gradients over the ranks; if the loss or the global gradient norm is not finite, skip the
+update and count it, otherwise clip the norm and take the Adam step.
 
-1. draw ``batch_size / W`` samples from rank ``r``'s own stream: base samples ``z ~ q0`` for a
-   reverse-KL estimator, a random minibatch of the training target samples for a forward one;
-2. ``loss, _ = estimator(flow, target, batch)``; ``loss.backward()``;
-3. average the gradients over the ranks (:func:`~.distributed.average_gradients`);
-4. if the loss (averaged over ranks) or the global gradient norm is not finite, skip the update
-   and count it; otherwise clip the gradient norm, take the Adam step and track the loss for
-   the plateau schedule.
-
-No step reads a value on the host. A skipped step must leave Adam's moments and step count
-untouched: the flag "loss or gradient not finite" goes to the fused Adam kernel (CUDA, and the
-CPU since torch 2.4, the project's floor) as ``found_inf``, the protocol of
-``torch.amp.GradScaler``, and the kernel skips the update on the device. The loop's
-bookkeeping stays on the device too (:class:`_Counters`): the interval sums of loss and gradient
-norm, the counts of skipped steps (in a row, longest run, total) and the plateau schedule's
-running minimum of the loss and the finite steps since it. They are read in one transfer every
+No step reads a value on the host. The flag "not finite" goes to the fused Adam kernel (CUDA,
+and the CPU since torch 2.4, the package's floor) as ``found_inf``, the protocol of
+``torch.amp.GradScaler``: the kernel leaves parameters, moments and step count untouched. The
+loop's bookkeeping stays on the device (:class:`_Counters`) and is read in one transfer every
 ``STOP_VOTE_EVERY`` steps and at evaluation, checkpoint and stop steps (:meth:`Trainer.check`).
-Consequences, all deliberate:
+Hence, deliberately: ``max_nonfinite`` non-finite steps in a row stop the run up to
+``STOP_VOTE_EVERY - 1`` steps late (with the parameters of the last good step); the plateau
+schedule counts its patience in finite steps (a new minimum is any lower loss) but lowers the
+rate, to ``max(lr · lr_factor, lr_min)``, only at multiples of ``STOP_VOTE_EVERY``, so that a
+resumed run decides alike.
 
-- ``max_nonfinite`` is checked at those reads, so a run with that many non-finite steps in a
-  row stops up to ``STOP_VOTE_EVERY - 1`` steps later than the step that reached it; the
-  parameters are still those of the last good step (skipped steps change nothing).
-- The plateau schedule counts its patience in finite steps but lowers the rate only at steps
-  that are multiples of ``STOP_VOTE_EVERY`` (when the finite steps since the minimum exceed
-  the patience; the count then restarts), i.e. up to ``STOP_VOTE_EVERY - 1`` steps after
-  :class:`torch.optim.lr_scheduler.ReduceLROnPlateau` would have. The new rate is
-  ``max(lr · lr_factor, lr_min)``. Decisions are taken at fixed step numbers only, so a resumed
-  run still retraces an uninterrupted one.
+The clock: ``train_time_s`` is the time of the training steps alone (batch draw, estimator,
+backward, optimiser step, the counter reads and stop votes); ``eval_time_s`` and
+``checkpoint_time_s`` the time spent evaluating (and logging) and writing checkpoints;
+``wall_time_s`` all of it; all cumulative over resumed segments. On a GPU the queued steps'
+time reaches the clock at the next counter read, so the clock adds no host synchronisation.
+``--time-limit``, the progress bar and the step times use ``train_time_s``.
 
-The clock. ``train_time_s`` is the time of the training steps alone (batch draw, estimator,
-backward, optimiser step, the loop's counter reads and stop votes); ``eval_time_s`` and
-``checkpoint_time_s`` are the time spent evaluating (and logging) and writing checkpoints;
-``wall_time_s`` all of it. All four are cumulative over resumed segments. On a GPU the steps
-are queued, not waited for: their time reaches the clock at the next counter read (every
-``STOP_VOTE_EVERY`` steps, and before every evaluation), so that no host synchronisation is
-added for the clock. ``--time-limit``, the progress bar, the per-interval ``step_time_s`` and
-the summary's ``mean_step_time_s`` use ``train_time_s``.
-
-Every ``eval_every`` steps rank 0 evaluates (:func:`~.evaluation.evaluate`) on
-``eval_samples`` fresh flow samples from a stream seeded by the step (so evaluation never
-disturbs training, and a resumed run evaluates on the same samples), with the mean training
-loss, gradient norm and step time since the last evaluation.
-
-On SIGINT or SIGTERM the current step is finished, a checkpoint written and the summary says
-``"status": "interrupted"``; a second signal stops at once (the last checkpoint stays
-loadable). Under ``torchrun`` the ranks vote every ``STOP_VOTE_EVERY`` steps, so they all stop
-at the same step. On the CPU a resumed run retraces an uninterrupted one exactly: the
-checkpoint holds the parameters, Adam's and the schedule's state, every random stream of every
-rank and the loop's counters.
+Every ``eval_every`` steps rank 0 evaluates (:func:`~.evaluation.evaluate`) on fresh flow
+samples from a stream seeded by the step (evaluation never disturbs training), with the means
+of loss, gradient norm and step time since the last evaluation. On SIGINT or SIGTERM the step
+is finished, a checkpoint written and the summary says ``"status": "interrupted"``; a second
+signal stops at once. Under ``torchrun`` the ranks vote every ``STOP_VOTE_EVERY`` steps, so they
+stop at one step. On the CPU a resumed run retraces an uninterrupted one exactly: the checkpoint
+holds parameters, Adam's state, every random stream of every rank and the counters.
 """
 
 from __future__ import annotations
@@ -79,8 +60,7 @@ from .config import ConfigError, TrainConfig
 from .data import MinibatchSampler, SampleStore, TargetSamples
 from .distributed import (
     DistContext,
-    all_reduce_max,
-    all_reduce_sum,
+    all_reduce,
     average_gradients,
     broadcast_parameters,
     gather_objects,
@@ -224,23 +204,13 @@ def resolve_device(name: str) -> torch.device:
 class Trainer:
     """Trains ``flow`` towards ``target`` with ``config.estimator`` (see the module docstring).
 
-    Args:
-        flow: the flow; moved to ``device`` and the config's dtype.
-        target: the target (stateless, follows the inputs).
-        config: the loop's options.
-        device: where to train.
-        run_dir: folder for ``metrics.jsonl``, ``checkpoint.pt``, ``summary.json`` and plots
-            (rank 0 writes); ``None`` keeps everything in memory (no checkpoints).
-        data: target samples: ``train`` is needed by forward-KL estimators, ``test`` gives
-            NLL, forward ESS and sample references for the observables.
-        observables: estimated with importance weights at every evaluation.
-        log_z: ``log Z`` of the target where known (absolute KL values).
-        ctx: the data-parallel context (default: a single process).
-        run_config: JSON-ready description of the run, stored in checkpoints and the summary.
-        log: where progress lines go (rank 0 only).
-        title: a name for plots and the progress bar.
-        data_on_device: hold the training samples on ``device`` (``None``: decide from the
-            free memory, :meth:`MinibatchSampler.fits`).
+    ``flow`` is moved to ``device`` and the config's dtype. ``run_dir`` receives
+    ``metrics.jsonl``, ``checkpoint.pt``, ``summary.json`` and plots (rank 0 writes; ``None``:
+    nothing is written). ``data``: ``train`` for forward-KL estimators, ``test`` for NLL,
+    forward ESS and the observables' sample references. ``log_z``: where known (absolute KL).
+    ``run_config``: JSON-ready description stored in checkpoints and the summary.
+    ``data_on_device``: hold the training samples on ``device`` (``None``: decide from the free
+    memory, :meth:`MinibatchSampler.fits`).
     """
 
     def __init__(
@@ -272,10 +242,9 @@ class Trainer:
         self.precision = apply_precision_policy(self.dtype, device)
         self.flow = flow.to(device=device, dtype=self.dtype)
         self.target = target
+        name, mode = config.estimator, config.compile_mode
         self.estimator = (
-            compile_estimator(config.estimator, mode=config.compile_mode)
-            if config.compile
-            else get_estimator(config.estimator)
+            compile_estimator(name, mode=mode) if config.compile else get_estimator(name)
         )
         self.direction = direction(config.estimator)
         self.run_dir = Path(run_dir) if run_dir is not None else None
@@ -288,10 +257,8 @@ class Trainer:
 
         world = self.ctx.world_size
         if config.batch_size % world:
-            raise ConfigError(
-                "train.batch_size",
-                f"{config.batch_size} is not divisible by the {world} processes",
-            )
+            msg = f"{config.batch_size} is not divisible by the {world} processes"
+            raise ConfigError("train.batch_size", msg)
         self.local_batch = config.batch_size // world
         self.params = trainable(self.flow)
         # Fused: a non-finite step is skipped by the kernel (found_inf), with no host read.
@@ -301,27 +268,18 @@ class Trainer:
             "batch": device_generator(device, stream_seed(config.seed, rank, _BATCH_STREAM))
         }
         self.sampler: MinibatchSampler | None = None
+        self.train_subset: SampleStore | None = None
         if self.direction == "forward":
             if data is None or data.train is None:
-                raise ConfigError(
-                    "train.estimator",
-                    f"{config.estimator} minimises the forward KL and needs training samples "
-                    "of the target, but this run has none",
-                )
-            self.sampler = MinibatchSampler(
-                data.train,
-                stream_seed(config.seed, rank, _INDEX_STREAM),
-                device,
-                self.dtype,
-                on_device=data_on_device,
-            )
+                why = f"{config.estimator} minimises the forward KL and needs training samples"
+                raise ConfigError("train.estimator", why + " of the target, but this run has none")
+            seed = stream_seed(config.seed, rank, _INDEX_STREAM)
+            self.sampler = MinibatchSampler(data.train, seed, device, self.dtype, data_on_device)
             self.generators["index"] = self.sampler.generator
             for chunk in data.train.chunks:
                 check_finite(chunk, "training samples of the target")
-        # A fixed part of the training set, as large as the held-out set, for the training NLL
-        # (its gap to the held-out NLL shows overfitting).
-        self.train_subset: SampleStore | None = None
-        if self.sampler is not None and data is not None and data.train is not None:
+            # A fixed part of the training set, as large as the held-out set, for the training
+            # NLL (its gap to the held-out NLL shows overfitting).
             k = min(len(data.train), len(data.test) if data.test is not None else 10_000)
             self.train_subset = SampleStore([data.train.gather(torch.arange(k))])
         broadcast_parameters(self.flow, self.ctx)
@@ -329,33 +287,27 @@ class Trainer:
         self.step = 0
         self.checkpoint_step: int | None = None
         self.counters = _Counters(device)
-        # Host copies of the counters as of the last check().
-        self.consecutive_nonfinite = 0
-        self.n_skipped = 0
-        # The clock (see the module docstring): cumulative seconds over resumed segments.
-        self.times = dict.fromkeys(("train", "eval", "checkpoint", "wall"), 0.0)
-        # Training time and steps since the last evaluation, for its mean step time.
-        self.interval_time, self.interval_steps = 0.0, 0
         self.read: dict[str, float | int] = {}  # the counters as of the last check()
+        self.consecutive_nonfinite = self.n_skipped = 0  # host copies, as of the last check()
+        # The clock (see the module docstring), and the training time and steps since the last
+        # evaluation.
+        self.times = dict.fromkeys(("train", "eval", "checkpoint", "wall"), 0.0)
+        self.interval_time, self.interval_steps = 0.0, 0
         self._wall_at = (0.0, time.perf_counter())
         self.last_eval: MetricRecord = {}
         self.history: list[MetricRecord] = []  # every evaluation record of the run
-        tau = float("nan")
-        if data is not None:
-            report = (data.metadata.get("test") or {}).get("report") or {}
-            tau = float(report.get("tau_int") or tau)
+        report = ((data.metadata.get("test") or {}) if data is not None else {}).get("report")
+        tau = float((report or {}).get("tau_int") or math.nan)
         self.references = references(self.observables, data.test if data is not None else None, tau)
         self.metrics: MetricsLog | None = None
         self.signals = StopSignals()
         self.stop_signal = 0  # the signal that stopped the last train() call, if any
-        # What the estimators' loss value is (their KL estimate, log Z dropped where the target
-        # object does not carry it), for printouts and plots.
-        kl = "KL(q‖p)" if self.direction == "reverse" else "KL(p‖q)"
-        shift = (
-            ""
-            if target.log_z is not None
-            else (" − log Z" if self.direction == "reverse" else " + log Z")
+        # What the loss value is: the estimator's KL estimate, without log Z where the target
+        # object does not carry it.
+        kl, shift = (
+            ("KL(q‖p)", " − log Z") if self.direction == "reverse" else ("KL(p‖q)", " + log Z")
         )
+        shift = "" if target.log_z is not None else shift
         self.loss_label = f"{kl}{shift} on the training batch"
 
     # ------------------------------------------------------------------ one step
@@ -382,7 +334,7 @@ class Trainer:
             ).to(torch.float64)
         else:
             norm = torch.zeros((), dtype=torch.float64, device=self.device)
-        loss_mean = all_reduce_sum(loss.detach().to(torch.float64).reshape(1), self.ctx)[0]
+        loss_mean = all_reduce(loss.detach().to(torch.float64).reshape(1), self.ctx)[0]
         loss_mean = loss_mean / self.ctx.world_size
         finite = torch.isfinite(loss_mean) & torch.isfinite(norm)
         clip = self.config.clip_norm
@@ -437,7 +389,7 @@ class Trainer:
         if self.step % STOP_VOTE_EVERY and not boundary:
             return 0, False
         votes = torch.tensor([float(signum), float(over_time)], device=self.device)
-        s, t = all_reduce_max(votes, self.ctx).tolist()
+        s, t = all_reduce(votes, self.ctx, "max").tolist()
         return int(s), t > 0
 
     # ------------------------------------------------------------------ evaluation
@@ -484,20 +436,15 @@ class Trainer:
         """Variance of the standard and path gradients at the current parameters over
         ``grad_var_batches`` fresh batches of the training batch size, from a stream seeded by
         the step (training streams untouched)."""
-        cfg = self.config
-        seed = stream_seed(cfg.seed, 0, _NOISE_STREAM, self.step)
-        batches: list[Tensor] = []
+        seed, n = stream_seed(self.config.seed, 0, _NOISE_STREAM, self.step), self.local_batch
+        draw: Callable[[], Tensor]
         if self.sampler is not None:
-            gen = torch.Generator().manual_seed(seed)
-            store = self.sampler.store
-            for _ in range(cfg.grad_var_batches):
-                index = torch.randint(len(store), (self.local_batch,), generator=gen)
-                batches.append(store.gather(index).to(device=self.device, dtype=self.dtype))
+            store, gen = self.sampler.store, torch.Generator().manual_seed(seed)
+            draw = lambda: store.gather(torch.randint(len(store), (n,), generator=gen))  # noqa: E731
         else:
-            gen = device_generator(self.device, seed)
-            batches = [
-                self.flow.base.sample(self.local_batch, gen) for _ in range(cfg.grad_var_batches)
-            ]
+            base_gen = device_generator(self.device, seed)
+            draw = lambda: self.flow.base.sample(n, base_gen)  # noqa: E731
+        batches = [draw().to(self.device, self.dtype) for _ in range(self.config.grad_var_batches)]
         return gradient_noise(self.flow, self.target, self.direction, batches)
 
     # ------------------------------------------------------------------ checkpoints
@@ -536,11 +483,8 @@ class Trainer:
         ranks); :class:`ConfigError` naming the file if it cannot be used."""
         state = ckpt.load_checkpoint(path)
         if int(state["world_size"]) != self.ctx.world_size:
-            raise ConfigError(
-                None,
-                f"{path} was written by {state['world_size']} processes; resume it with the "
-                f"same number (got {self.ctx.world_size})",
-            )
+            why = f"was written by {state['world_size']} processes (got {self.ctx.world_size})"
+            raise unusable(path, why, "resume it with the same number")
         try:
             self.flow.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
@@ -575,24 +519,21 @@ class Trainer:
             if kind == "train":
                 self.interval_time += dt
 
-    def _emit(self, record: MetricRecord, bar: Any) -> None:
-        self.last_eval = record
-        self.history.append(record)
-        if self.metrics is not None:
-            self.metrics.write(record)
-        line = describe(record, self.observables, self.references)
-        if bar is not None:
-            bar.write(line)
-            bar.set_postfix_str(
-                describe(record, self.observables, self.references, short=True), refresh=False
-            )
-        else:
-            self._log(line)
-
     def _evaluate_and_emit(self, bar: Any) -> None:
+        """Rank 0 evaluates, records and prints; every rank restarts the interval."""
         with self._timed("eval"):
             if self.ctx.is_main:
-                self._emit(self.evaluate(), bar)
+                self.last_eval = record = self.evaluate()
+                self.history.append(record)
+                if self.metrics is not None:
+                    self.metrics.write(record)
+                line = describe(record, self.observables, self.references)
+                if bar is not None:
+                    bar.write(line)
+                    short = describe(record, self.observables, self.references, short=True)
+                    bar.set_postfix_str(short, refresh=False)
+                else:
+                    self._log(line)
         self.counters.restart("loss", "grad_norm", "n")
         self.read = {}
         self.interval_time, self.interval_steps = 0.0, 0
