@@ -91,7 +91,8 @@ def provenance(folder: Path, commands: Sequence[Sequence[str]]) -> dict[str, Any
 
 
 def history_entry(previous: dict[str, Any], why: str) -> dict[str, Any]:
-    """What a replaced record was: its date and commit (from its provenance) and why it was
-    replaced."""
+    """What a replaced record was: its date and code commit (from its provenance) and why it
+    was replaced. (Entries reconstructed from git for records older than their provenance
+    have ``commit: null`` and name the commit that added the record, ``committed_in``.)"""
     prov = previous.get("provenance") or {}
     return {"date": prov.get("date"), "commit": prov.get("commit"), "why": why}

@@ -82,9 +82,10 @@ def provenance_lines(study: dict[str, Any]) -> list[str]:
             f"`{' '.join(runs[0])}`"
         )
     for h in study.get("history") or []:
+        where = f", committed in `{h['committed_in']}`" if h.get("committed_in") else ""
         lines.append(
-            f"- replaced: the record of {h.get('date') or '–'} (commit `{h.get('commit')}`): "
-            f"{h.get('why')}"
+            f"- replaced: the record of {h.get('date') or '–'} (code commit "
+            f"`{h.get('commit') or 'not recorded'}`{where}): {h.get('why')}"
         )
     return lines
 
