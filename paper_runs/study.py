@@ -74,7 +74,7 @@ STUDIES: dict[str, StudySpec] = {
             seeds=SEEDS,
             claim="reverse KL on the 64-component Gaussian mixture (d = 6): path gradients "
             "train the flow to a higher ESS than the standard gradient, at equal steps and "
-            "equal wall time; their variance vanishes as q → p.",
+            "equal training time; their variance vanishes as q → p.",
             gpu_command="python paper_runs/gmm.py --preset paper --device cuda "
             "--compare reverse-standard,reverse-path-fast,reverse-path-dropin",
         ),

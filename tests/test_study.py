@@ -495,6 +495,12 @@ def test_quick_verdict_checks_ess_observables_and_time() -> None:
     assert quick_verdicts(study(0.5, 1.0, 121.0))[0]["verdict"] == "does not hold"
     assert quick_verdicts(study(0.5, 1.0, 100.0, False))[0]["verdict"] == "does not hold"
     assert "+2.8σ" in quick_verdicts(study(0.5, 1.14, 100.0))[0]["figures"]
+    # a record that does not say its cache was fresh cannot back the time target
+    stale = study(0.5, 1.0, 100.0)
+    stale["spec"]["fresh_cache"] = False
+    assert quick_verdicts(stale)[0]["verdict"] == "pending re-run"
+    stale["runs"][0]["wall_s"] = 200.0  # too slow even without the target samples
+    assert quick_verdicts(stale)[0]["verdict"] == "does not hold"
 
 
 def test_committed_results_are_rendered_from_their_json() -> None:
