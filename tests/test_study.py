@@ -566,3 +566,35 @@ def test_cost_claim_figures_come_from_the_benchmarks() -> None:
     ]
     assert f"{min(u1):.2f}–{max(u1):.2f}× for U(1)" in text
     assert "4/3" not in text
+
+
+def test_expected_time_counts_only_the_runs_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Per estimator: the median wall time of a committed run × the runs still to train, over
+    the workers; an estimate for a study without a record comes from the one it names."""
+    from script_support import load_script
+
+    study_py = load_script("study")
+    results = tmp_path / "results"
+    (results / "gmm-forward").mkdir(parents=True)
+    walls = {
+        "forward-standard": [10, 20, 90],
+        "forward-path-fast": [30],
+        "forward-path-gdreg": [40],
+    }
+    record = {"runs": [{"estimator": e, "wall_s": w} for e, ws in walls.items() for w in ws]}
+    (results / "gmm-forward" / "study.json").write_text(json.dumps(record))
+    monkeypatch.setattr(study_py, "RESULTS_DIR", results)
+    spec = study_py.STUDIES["gmm-forward"]
+    root = tmp_path / "runs"
+    assert study_py.expected_seconds(spec, root, 2) == pytest.approx((20 + 30 + 40) * 8 / 2)
+    done = spec.run_dir(root, "forward-path-fast", 0)
+    done.mkdir(parents=True)
+    (done / "summary.json").write_text(json.dumps({"status": "completed"}))
+    assert study_py.expected_seconds(spec, root, 2) == pytest.approx((20 * 8 + 30 * 7 + 40 * 8) / 2)
+    factor = study_py.ESTIMATE_FROM["gmm-forward-10k"][1]
+    ten_k = study_py.STUDIES["gmm-forward-10k"]
+    other = tmp_path / "other"
+    assert study_py.expected_seconds(ten_k, other, 1) == pytest.approx((20 + 30 + 40) * 8 * factor)
+    assert study_py.expected_seconds(study_py.STUDIES["u1-reverse"], other, 1) is None
