@@ -224,19 +224,35 @@ def cost_claim() -> str:
     )
 
 
-READING = """## Reading the verdicts
+def reading() -> str:
+    """How to read the verdicts: the rules of ``studies/rules.py`` with their constants."""
+    r = rules
+    return f"""## Reading the verdicts
 
-- The rules are in `paper_runs/studies/rules.py` (its docstring is the statement): one-sided
-  Mann–Whitney U or Wilcoxon signed-rank tests over seeds from `scipy.stats`, Holm's
-  correction over the claims of each study, significance level 0.05, effect sizes with 95 %
-  bootstrap intervals over seeds, values from the last 3 evaluations, at least 8 seeds.
-- *pending re-run*: the committed record does not meet the rules' design (fewer than 8 seeds,
-  or the old clock that counted evaluation as training for an equal-time claim). Its tests
-  are computed and shown, but they back no verdict.
+The rules, fixed in `paper_runs/studies/rules.py` (its docstring is the full statement) before
+any study under them runs:
+
+- at least {r.MIN_SEEDS} seeds per study; per-seed values are means over the last {r.K}
+  evaluations (at the end, or at or before the equal training time t*, the smallest median
+  training time of the study's estimators, measured by the training steps' own clock);
+- one-sided tests over seeds from `scipy.stats` in the direction each claim states:
+  Mann–Whitney U for the ESS, NLL and generalisation-gap comparisons, Wilcoxon signed-rank for
+  the variance claim; Holm's correction over the claims of each study; significance level
+  {r.ALPHA}; a claim *holds* if its corrected p-value is at most {r.ALPHA}, *does not hold* if
+  the corrected p-value of the opposite direction is, and is *inconclusive* otherwise;
+- the variance claim as stated: along the fast path's runs its own summed gradient variance
+  falls at least {r.VAR_FALL:g}× from the first to the last evaluation, and ends at most
+  {r.VAR_RATIO:g}× the standard gradient's; both variances are reported;
+- effect sizes: differences of means (geometric means for the variance factors) with 95 %
+  percentile bootstrap intervals over seeds ({r.BOOTSTRAP_RESAMPLES} resamples, seed
+  {r.BOOTSTRAP_SEED});
+- *pending re-run*: the record does not meet this design (fewer than {r.MIN_SEEDS} seeds, or the
+  old clock that counted evaluation as training, for an equal-time claim); its tests are
+  computed and shown, but they back no verdict;
 - `reverse-path-dropin` (Algorithm 2) and `forward-path-gdreg` (Algorithm 3) compute the fast
-  path's gradient to rounding, so with the same seeds they retrace its training curve; they are
-  reported at their own cost, not tested as further evidence.
-- Claim 2 is about `q → p`. In a forward study with 1,000 training samples the flows move away
+  path's gradient to rounding, so with the same seeds they retrace its training curve; they
+  are reported at their own cost, not tested as further evidence;
+- claim 2 is about `q → p`; in a forward study with 1,000 training samples the flows move away
   from `p` on held-out data (their held-out NLL rises), so there the variance rule is applied
   outside the claim's premise; it is reported as the rule computes it.
 """
@@ -330,7 +346,7 @@ def results_markdown() -> str:
     missing = [n for n in STUDIES if not (RESULTS_DIR / n / "study.json").exists()]
     if missing:
         lines += ["Not yet committed: " + ", ".join(f"`{m}`" for m in missing), ""]
-    lines += [READING, "## Presets meet their targets", ""]
+    lines += [reading(), "## Presets meet their targets", ""]
     lines += [
         "Not a claim of the paper: each experiment's default command (`python paper_runs/"
         "<experiment>.py`) is checked against targets of its own, fixed in "
