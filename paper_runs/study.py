@@ -153,20 +153,22 @@ ESTIMATE_FROM = {"gmm-forward-10k": ("gmm-forward", 1.2)}
 def expected_seconds(spec: StudySpec, root: Path, workers: int) -> float | None:
     """Expected wall time of the runs of ``spec`` still to train: per estimator the median
     wall time of a run in the committed record (or the one :data:`ESTIMATE_FROM` names, times
-    its factor), summed over the runs to train and divided by ``workers``."""
+    its factor), summed over the runs to train and divided by ``workers`` (or by the number of
+    runs to train, if smaller)."""
     source, factor = ESTIMATE_FROM.get(spec.name, (spec.name, 1.0))
     path = RESULTS_DIR / source / "study.json"
     if not path.exists():
         return None
     record = json.loads(path.read_text())
-    total = 0.0
+    total, runs = 0.0, 0
     for e in spec.estimators:
         walls = [r["wall_s"] for r in record["runs"] if r["estimator"] == e and r.get("wall_s")]
         if not walls:
             return None
         todo = sum(run_state(spec.run_dir(root, e, s)) != "completed" for s in spec.seeds)
         total += statistics.median(walls) * factor * todo
-    return total / workers
+        runs += todo
+    return total / max(1, min(workers, runs))
 
 
 def finish(spec: StudySpec, root: Path, *, commit: bool, why: str | None) -> dict[str, Any]:
