@@ -395,16 +395,10 @@ class MinibatchSampler:
         self.generator = torch.Generator(device=where).manual_seed(seed)
 
     @staticmethod
-    def fits(
-        store: SampleStore, device: torch.device, dtype: torch.dtype, limit: int | None = None
-    ) -> bool:
-        """Whether ``store`` in ``dtype`` takes at most ``limit`` bytes (default: 40% of the
-        free memory of a CUDA device, 2 GiB on the CPU)."""
-        if limit is None:
-            limit = 2 << 30
-            if device.type == "cuda":
-                free, _ = torch.cuda.mem_get_info(device)
-                limit = int(0.4 * free)
+    def fits(store: SampleStore, device: torch.device, dtype: torch.dtype) -> bool:
+        """Whether ``store`` in ``dtype`` takes at most 40% of the free memory of a CUDA
+        device, or 2 GiB on the CPU."""
+        limit = int(0.4 * torch.cuda.mem_get_info(device)[0]) if device.type == "cuda" else 2 << 30
         itemsize = torch.empty((), dtype=dtype).element_size()
         return len(store) * math.prod(store.event_shape) * itemsize <= limit
 
