@@ -2,6 +2,7 @@
 
     python -m pathgrad_ref.conformance --check     # the library reproduces conformance/ (1e-12)
     python -m pathgrad_ref.conformance --write     # regenerate conformance/ (deliberately!)
+    python -m pathgrad_ref.conformance --write --case nsf_gmm_d4   # one case only
 
 Each case is a small instance of one of the paper's flows with randomised (seeded) parameters.
 ``conformance/<case>/manifest.json`` describes the architecture in framework-neutral terms
@@ -41,7 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from .estimators import ESTIMATORS, direction, get_estimator, gradient
-from .flows import Flow, real_nvp, u1_flow, z2_nice
+from .flows import Flow, neural_spline_flow, real_nvp, u1_flow, z2_nice
 from .flows.coupling import AdditiveCoupling, AffineCoupling, Coupling
 from .flows.scaling import GlobalScaling
 from .flows.splines import RationalQuadraticSpline
@@ -59,6 +60,8 @@ PORT_TOL = {
     "realnvp_gmm_d6": {"rtol": 1e-10, "atol": 1e-10},
     "z2nice_phi4_4x4": {"rtol": 1e-10, "atol": 1e-10},
     "u1_4x4_8layers": {"rtol": 1e-8, "atol": 1e-8},
+    "nsf_gmm_d4": {"rtol": 1e-10, "atol": 1e-10},
+    "u1_circular_4x4": {"rtol": 1e-10, "atol": 1e-10},
 }
 
 Arrays = dict[str, npt.NDArray[np.float64]]
@@ -116,6 +119,24 @@ def _u1() -> tuple[Flow, Target]:
     return flow, U1Gauge(4, beta=1.0)
 
 
+def _nsf_gmm() -> tuple[Flow, Target]:
+    with _seeded(0):
+        flow = neural_spline_flow(4, n_couplings=4, bins=4, bound=2.5, hidden=(8, 8)).double()
+    _perturb(flow, 0.3, seed=1)
+    return flow, GaussianMixture(4)
+
+
+def _u1_circular() -> tuple[Flow, Target]:
+    with _seeded(0):
+        flow = u1_flow(
+            4, n_layers=4, hidden=(4,), kernel_size=3, transform="circular-spline", bins=4
+        ).double()
+    # 0.2, not 0.3: circular splines turn conditioner noise into steep slopes faster than tan
+    # mixtures do, and steep slopes cost digits in every comparison.
+    _perturb(flow, 0.2, seed=1)
+    return flow, U1Gauge(4, beta=1.0)
+
+
 def _gmm_points(flow: Flow, target: Target, gen: torch.Generator, n: int) -> Tensor:
     return target.sample(n, gen)
 
@@ -151,6 +172,22 @@ CASES: dict[str, Case] = {
             _angle_points,
             "Gauge-equivariant U(1) flow, 8 couplings (every mask offset in both directions), "
             "2 tan transforms, conv 2-4-6 with kernel 3, on 4x4, beta = 1; x uniform angles",
+        ),
+        Case(
+            "nsf_gmm_d4",
+            _nsf_gmm,
+            _gmm_points,
+            "Neural spline flow (4 rational-quadratic spline couplings, 4 bins on [-2.5, 2.5] "
+            "with identity tails, alternating masks, MLP 8-8 tanh) on the Gaussian mixture in "
+            "d = 4; x are exact mixture samples",
+        ),
+        Case(
+            "u1_circular_4x4",
+            _u1_circular,
+            _angle_points,
+            "Gauge-equivariant U(1) flow with circular-spline couplings (4 layers, 4 bins and "
+            "a rotation, conv 2-4-13 with kernel 3; closed-form inverse) on 4x4, beta = 1; x "
+            "uniform angles",
         ),
     )
 }
@@ -475,9 +512,9 @@ def compute(case: Case) -> tuple[dict[str, Any], Arrays]:
     return manifest(case, flow, target), arrays
 
 
-def write(directory: Path = DEFAULT_DIR) -> None:
-    """Regenerate every case under ``directory``."""
-    for case in CASES.values():
+def write(directory: Path = DEFAULT_DIR, names: Sequence[str] | None = None) -> None:
+    """Regenerate every case (or those in ``names``) under ``directory``."""
+    for case in CASES.values() if names is None else [CASES[n] for n in names]:
         meta, arrays = compute(case)
         out = directory / case.name
         out.mkdir(parents=True, exist_ok=True)
@@ -550,13 +587,20 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--check", action="store_true", help="compare the library to the vectors")
     mode.add_argument("--write", action="store_true", help="regenerate the vectors")
     parser.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="vector directory")
+    parser.add_argument(
+        "--case",
+        action="append",
+        choices=sorted(CASES),
+        help="only this case (repeatable); default: all. --write --case NEW adds a case "
+        "without rewriting the others (the compressed archives carry timestamps)",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     if args.write:
-        write(args.dir)
+        write(args.dir, args.case)
         return 0
     try:
-        worst = check(args.dir)
+        worst = check(args.dir, names=args.case)
     except AssertionError as err:
         print(err, file=sys.stderr)
         return 1
