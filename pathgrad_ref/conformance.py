@@ -2,6 +2,7 @@
 
     python -m pathgrad_ref.conformance --check     # the library reproduces conformance/ (1e-12)
     python -m pathgrad_ref.conformance --write     # regenerate conformance/ (deliberately!)
+    python -m pathgrad_ref.conformance --write --case nsf_gmm_d4   # one case only
 
 Each case is a small instance of one of the paper's flows with randomised (seeded) parameters.
 ``conformance/<case>/manifest.json`` describes the architecture in framework-neutral terms
@@ -41,10 +42,11 @@ import torch
 from torch import Tensor, nn
 
 from .estimators import ESTIMATORS, direction, get_estimator, gradient
-from .flows import Flow, real_nvp, u1_flow, z2_nice
+from .flows import Flow, neural_spline_flow, real_nvp, u1_flow, z2_nice
 from .flows.coupling import AdditiveCoupling, AffineCoupling, Coupling
 from .flows.scaling import GlobalScaling
-from .flows.u1 import U1Conditioner, U1Coupling
+from .flows.splines import RationalQuadraticSpline
+from .flows.u1 import CircularPlaquetteTransform, U1Conditioner, U1Coupling
 from .targets import GaussianMixture, Phi4, Target, U1Gauge
 
 DEFAULT_DIR = Path(__file__).resolve().parents[1] / "conformance"
@@ -58,6 +60,8 @@ PORT_TOL = {
     "realnvp_gmm_d6": {"rtol": 1e-10, "atol": 1e-10},
     "z2nice_phi4_4x4": {"rtol": 1e-10, "atol": 1e-10},
     "u1_4x4_8layers": {"rtol": 1e-8, "atol": 1e-8},
+    "nsf_gmm_d4": {"rtol": 1e-10, "atol": 1e-10},
+    "u1_circular_4x4": {"rtol": 1e-10, "atol": 1e-10},
 }
 
 Arrays = dict[str, npt.NDArray[np.float64]]
@@ -115,6 +119,24 @@ def _u1() -> tuple[Flow, Target]:
     return flow, U1Gauge(4, beta=1.0)
 
 
+def _nsf_gmm() -> tuple[Flow, Target]:
+    with _seeded(0):
+        flow = neural_spline_flow(4, n_couplings=4, bins=4, bound=2.5, hidden=(8, 8)).double()
+    _perturb(flow, 0.3, seed=1)
+    return flow, GaussianMixture(4)
+
+
+def _u1_circular() -> tuple[Flow, Target]:
+    with _seeded(0):
+        flow = u1_flow(
+            4, n_layers=4, hidden=(4,), kernel_size=3, transform="circular-spline", bins=4
+        ).double()
+    # 0.2, not 0.3: circular splines turn conditioner noise into steep slopes faster than tan
+    # mixtures do, and steep slopes cost digits in every comparison.
+    _perturb(flow, 0.2, seed=1)
+    return flow, U1Gauge(4, beta=1.0)
+
+
 def _gmm_points(flow: Flow, target: Target, gen: torch.Generator, n: int) -> Tensor:
     return target.sample(n, gen)
 
@@ -151,6 +173,22 @@ CASES: dict[str, Case] = {
             "Gauge-equivariant U(1) flow, 8 couplings (every mask offset in both directions), "
             "2 tan transforms, conv 2-4-6 with kernel 3, on 4x4, beta = 1; x uniform angles",
         ),
+        Case(
+            "nsf_gmm_d4",
+            _nsf_gmm,
+            _gmm_points,
+            "Neural spline flow (4 rational-quadratic spline couplings, 4 bins on [-2.5, 2.5] "
+            "with identity tails, alternating masks, MLP 8-8 tanh) on the Gaussian mixture in "
+            "d = 4; x are exact mixture samples",
+        ),
+        Case(
+            "u1_circular_4x4",
+            _u1_circular,
+            _angle_points,
+            "Gauge-equivariant U(1) flow with circular-spline couplings (4 layers, 4 bins and "
+            "a rotation, conv 2-4-13 with kernel 3; closed-form inverse) on 4x4, beta = 1; x "
+            "uniform angles",
+        ),
     )
 }
 N_SAMPLES = 3
@@ -186,6 +224,92 @@ def _linear_stack(prefix: str, seq: nn.Sequential) -> list[dict[str, Any]]:
     return out
 
 
+_U1_INPUT = (
+    "channels (cos P, sin P) of the plaquettes P (L, L) of the links with "
+    "the active links set to 0, multiplied by the frozen mask (1 on frozen "
+    "plaquettes, 0 elsewhere)"
+)
+
+_SPLINE_KNOTS = (
+    "knots t_0 = lo, t_k = lo + (hi - lo) * cumsum(m + (1 - K m) softmax(raw))_{k-1} for "
+    "0 < k < K, t_K = hi (m the minimum bin size); knot derivatives delta = min_derivative + "
+    "softplus(raw + log(expm1(1 - min_derivative)))"
+)
+_SPLINE_MAP = (
+    "rational-quadratic spline (Durkan et al. 2019): in bin k, w = x_{k+1} - x_k, "
+    "h = y_{k+1} - y_k, s = h / w, xi = (x - x_k) / w, f = y_k + h (s xi^2 + delta_k xi (1 - xi)) "
+    "/ (s + (delta_k + delta_{k+1} - 2 s) xi (1 - xi)); bin k holds x_k <= x < x_{k+1} (the last "
+    "bin also its right end); inverse by the root xi = 2c / (-b - sqrt(b^2 - 4ac)) of the "
+    "quadratic in xi"
+)
+
+
+def _spline_entry(i: int, layer: Coupling, spline: RationalQuadraticSpline) -> dict[str, Any]:
+    net = layer.conditioner.net
+    assert isinstance(net, nn.Sequential)
+    K = spline.bins
+    return {
+        "kind": "rqs_coupling",
+        "active": layer.active.tolist(),
+        "passive": layer.passive.tolist(),
+        "bins": K,
+        "bound": spline.bound,
+        "min_bin_width": spline.params.min_bin_width,
+        "min_bin_height": spline.params.min_bin_height,
+        "min_derivative": spline.params.min_derivative,
+        "conditioner": {
+            "kind": "mlp",
+            "activation": type(net[1]).__name__.lower() if len(net) > 1 else "none",
+            "layers": _linear_stack(f"layers.{i}.conditioner.net", net),
+            "input": "b = x_flat[:, passive] (passive sites in the listed order)",
+            "output": f"(N, {spline.n_params} * n_active) read as (N, {spline.n_params}, "
+            f"n_active): rows [0, K) width logits, [K, 2K) height logits, [2K, 3K - 1) raw "
+            f"interior knot derivatives; K = {K}",
+        },
+        "transform": f"a' = f(a) on [-B, B] (B = bound), identity outside; x and y knots on "
+        f"[-B, B] from the width and height logits; {_SPLINE_KNOTS}; boundary derivatives "
+        f"delta_0 = delta_K = 1; {_SPLINE_MAP}; log|det| = sum log f'(a)",
+    }
+
+
+def _u1_spline_entry(
+    i: int,
+    layer: U1Coupling,
+    transform: CircularPlaquetteTransform,
+    cond: U1Conditioner,
+    frozen: list[int],
+) -> dict[str, Any]:
+    spline = transform.spline
+    K = spline.bins
+    rot = ", [3K, 3K + 1) rotation rho" if spline.rotation else ""
+    return {
+        "kind": "u1_spline_coupling",
+        "index": layer.index,
+        "active": layer.active.tolist(),
+        "passive": layer.passive.tolist(),
+        "active_plaquette": cond.active_plaquette.tolist(),
+        "frozen_plaquettes": frozen,
+        "bins": K,
+        "rotation": spline.rotation,
+        "min_bin_width": spline.params.min_bin_width,
+        "min_bin_height": spline.params.min_bin_height,
+        "min_derivative": spline.params.min_derivative,
+        "conditioner": {
+            "kind": "conv2d",
+            "activation": "tanh",
+            "layers": _linear_stack(f"layers.{i}.conditioner.net", cond.net),
+            "input": _U1_INPUT,
+            "output": f"{spline.n_params} channels on (L, L), read at active_plaquette: channels "
+            f"[0, K) width logits, [K, 2K) height logits, [2K, 3K) raw knot derivatives "
+            f"delta_0 .. delta_(K-1){rot}; K = {K}, L = {cond.L}",
+        },
+        "transform": f"P = a + r with r the active plaquette at a = 0; a' = (g(P mod 2pi) + rho "
+        f"- r) mod 2pi (rho = 0 without rotation); g on [0, 2pi] from the logits: "
+        f"{_SPLINE_KNOTS}; delta_K = delta_0; {_SPLINE_MAP}; inverse: P = g^-1((a' + r - rho) "
+        f"mod 2pi), a = (P - r) mod 2pi; log|det| = sum log g'(P mod 2pi)",
+    }
+
+
 def _coupling_entry(i: int, layer: Coupling) -> dict[str, Any]:
     active = layer.active.tolist()
     passive = layer.passive.tolist()
@@ -197,6 +321,8 @@ def _coupling_entry(i: int, layer: Coupling) -> dict[str, Any]:
         mu, site = divmod(active[0], L * L)
         offset = divmod(site, L)[1 - mu]
         frozen = torch.nonzero(cond.frozen.reshape(-1) > 0).flatten().tolist()
+        if isinstance(layer.transform, CircularPlaquetteTransform):
+            return _u1_spline_entry(i, layer, layer.transform, cond, frozen)
         return {
             "kind": "u1_coupling",
             "index": layer.index,
@@ -212,9 +338,7 @@ def _coupling_entry(i: int, layer: Coupling) -> dict[str, Any]:
                 "kind": "conv2d",
                 "activation": "tanh",
                 "layers": _linear_stack(f"layers.{i}.conditioner.net", cond.net),
-                "input": "channels (cos P, sin P) of the plaquettes P (L, L) of the links with "
-                "the active links set to 0, multiplied by the frozen mask (1 on frozen "
-                "plaquettes, 0 elsewhere)",
+                "input": _U1_INPUT,
                 "output": f"3K channels on (L, L), read at active_plaquette: channels [0, K) "
                 f"mixture logits, [K, 2K) raw slopes, [2K, 3K) shifts beta; L = {L}",
             },
@@ -223,6 +347,8 @@ def _coupling_entry(i: int, layer: Coupling) -> dict[str, Any]:
             "(1 + alpha_k) + (1 - alpha_k) cos(P - beta_k)); w = softmax(logits); "
             "alpha = alpha_min + (1 - alpha_min) exp(raw); log|det| = sum log h'(P)",
         }
+    if isinstance(layer.transform, RationalQuadraticSpline):
+        return _spline_entry(i, layer, layer.transform)
     net = layer.conditioner.net
     assert isinstance(net, nn.Sequential)
     act = type(net[1]).__name__.lower() if len(net) > 1 else "none"
@@ -386,9 +512,9 @@ def compute(case: Case) -> tuple[dict[str, Any], Arrays]:
     return manifest(case, flow, target), arrays
 
 
-def write(directory: Path = DEFAULT_DIR) -> None:
-    """Regenerate every case under ``directory``."""
-    for case in CASES.values():
+def write(directory: Path = DEFAULT_DIR, names: Sequence[str] | None = None) -> None:
+    """Regenerate every case (or those in ``names``) under ``directory``."""
+    for case in CASES.values() if names is None else [CASES[n] for n in names]:
         meta, arrays = compute(case)
         out = directory / case.name
         out.mkdir(parents=True, exist_ok=True)
@@ -461,13 +587,20 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--check", action="store_true", help="compare the library to the vectors")
     mode.add_argument("--write", action="store_true", help="regenerate the vectors")
     parser.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="vector directory")
+    parser.add_argument(
+        "--case",
+        action="append",
+        choices=sorted(CASES),
+        help="only this case (repeatable); default: all. --write --case NEW adds a case "
+        "without rewriting the others (the compressed archives carry timestamps)",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     if args.write:
-        write(args.dir)
+        write(args.dir, args.case)
         return 0
     try:
-        worst = check(args.dir)
+        worst = check(args.dir, names=args.case)
     except AssertionError as err:
         print(err, file=sys.stderr)
         return 1

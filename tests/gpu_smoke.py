@@ -15,7 +15,8 @@ The checks:
 - ``cuda``: a CUDA device is visible; name, capability, torch and CUDA versions.
 - ``precision``: the float32 precision policy (TF32 off) is in force on the device.
 - ``estimator/<setup>/<name>``: every estimator (naive oracles included) on every flow (RealNVP
-  on the GMM, Z2Nice on φ⁴, the U(1) flow): the float64 gradient on CUDA against the same on
+  on the GMM, Z2Nice on φ⁴, the U(1) flow, the neural spline flow on the GMM, the U(1) flow
+  with circular splines): the float64 gradient on CUDA against the same on
   the CPU (max relative difference, must be <= 1e-9); and ``estimator-f32/<setup>``: the
   float32 fast-path gradient on CUDA against float64 on the CPU (<= 2e-3).
 - ``syncs/...``: host synchronisations counted with ``torch.cuda.set_sync_debug_mode``
@@ -54,7 +55,7 @@ import torch  # noqa: E402
 from pathgrad_ref.flows import Flow  # noqa: E402
 from pathgrad_ref.targets import Target  # noqa: E402
 
-SETUPS = ("realnvp-gmm", "z2nice-phi4", "u1-gauge")
+SETUPS = ("realnvp-gmm", "z2nice-phi4", "u1-gauge", "nsf-gmm", "u1-circular")
 ESTIMATOR_NAMES = (
     "reverse-standard",
     "reverse-path-dropin",

@@ -4,8 +4,9 @@ from .base import Flow, Layer
 from .conditioners import MLP
 from .coupling import AdditiveCoupling, AffineCoupling, Coupling
 from .masks import alternating_mask, checkerboard_mask
-from .models import real_nvp, z2_nice
+from .models import neural_spline_flow, real_nvp, z2_nice
 from .scaling import GlobalScaling
+from .splines import CircularSpline, RationalQuadraticSpline, rational_quadratic
 from .transforms import Additive, Affine, Elementwise, ElementwiseTransform
 from .u1 import U1Coupling, u1_flow
 
@@ -15,15 +16,19 @@ __all__ = [
     "AdditiveCoupling",
     "Affine",
     "AffineCoupling",
+    "CircularSpline",
     "Coupling",
     "Elementwise",
     "ElementwiseTransform",
     "Flow",
     "GlobalScaling",
     "Layer",
+    "RationalQuadraticSpline",
     "U1Coupling",
     "alternating_mask",
     "checkerboard_mask",
+    "neural_spline_flow",
+    "rational_quadratic",
     "real_nvp",
     "u1_flow",
     "z2_nice",

@@ -1,8 +1,10 @@
 """A minimal JAX port of the path gradient estimators, written from ``docs/theory.md``.
 
-Covers: affine (RealNVP) and additive (NICE) couplings with MLP conditioners, the global
-scaling layer, the gauge-equivariant U(1) coupling (tan mixtures, conv conditioner, bisection
-inverse with implicit-function-theorem derivatives), the standard normal and uniform bases,
+Covers: affine (RealNVP) and additive (NICE) couplings with MLP conditioners, rational-quadratic
+spline couplings (the neural spline flow, section 4.4), the global scaling layer, the
+gauge-equivariant U(1) coupling (tan mixtures, conv conditioner, bisection inverse with
+implicit-function-theorem derivatives; or circular splines with their closed-form inverse), the
+standard normal and uniform bases,
 the Gaussian-mixture, φ⁴ and U(1) Wilson actions, the standard and
 fast-path (Algorithm 1) estimators of both KL directions, the drop-in estimators (Algorithms 2
 and 3) and a naive ``jax.grad`` / dense-Jacobian oracle of each direction. The architecture is
@@ -73,7 +75,45 @@ class U1Coupling:
     biases: tuple[str | None, ...]
 
 
-Layer = Coupling | Scaling | U1Coupling
+@dataclass(frozen=True)
+class SplineCoupling:
+    """Rational-quadratic spline coupling (4.11-4.14) on ``[-B, B]``, identity tails; the MLP
+    conditioner's output is read as ``(3K - 1, n_a)``."""
+
+    active: np.ndarray
+    passive: np.ndarray
+    weights: tuple[str, ...]
+    biases: tuple[str | None, ...]
+    bins: int
+    bound: float
+    min_bin_width: float
+    min_bin_height: float
+    min_derivative: float
+
+    @property
+    def n_params(self) -> int:
+        return 3 * self.bins - 1
+
+
+@dataclass(frozen=True)
+class U1SplineCoupling:
+    """The U(1) coupling with a circular spline ``h`` (4.15): ``a' = (h(a + r) − r) mod 2π``."""
+
+    L: int
+    active: np.ndarray
+    passive: np.ndarray
+    active_plaquette: np.ndarray
+    frozen: np.ndarray
+    weights: tuple[str, ...]
+    biases: tuple[str | None, ...]
+    bins: int
+    rotation: bool
+    min_bin_width: float
+    min_bin_height: float
+    min_derivative: float
+
+
+Layer = Coupling | Scaling | U1Coupling | SplineCoupling | U1SplineCoupling
 
 
 @dataclass(frozen=True)
@@ -110,6 +150,46 @@ def model_from_manifest(meta: dict[str, Any]) -> Model:
                     passive=np.asarray(entry["passive"], dtype=np.int64),
                     weights=tuple(lin["weight"] for lin in cond["layers"]),
                     biases=tuple(lin["bias"] for lin in cond["layers"]),
+                )
+            )
+        elif kind == "rqs_coupling":
+            cond = entry["conditioner"]
+            if cond["kind"] != "mlp" or cond["activation"] != "tanh":
+                raise UnsupportedError(f"conditioner {cond['kind']}/{cond['activation']}")
+            layers.append(
+                SplineCoupling(
+                    active=np.asarray(entry["active"], dtype=np.int64),
+                    passive=np.asarray(entry["passive"], dtype=np.int64),
+                    weights=tuple(lin["weight"] for lin in cond["layers"]),
+                    biases=tuple(lin["bias"] for lin in cond["layers"]),
+                    bins=int(entry["bins"]),
+                    bound=float(entry["bound"]),
+                    min_bin_width=float(entry["min_bin_width"]),
+                    min_bin_height=float(entry["min_bin_height"]),
+                    min_derivative=float(entry["min_derivative"]),
+                )
+            )
+        elif kind == "u1_spline_coupling":
+            cond = entry["conditioner"]
+            if cond["kind"] != "conv2d" or cond["activation"] != "tanh":
+                raise UnsupportedError(f"conditioner {cond['kind']}/{cond['activation']}")
+            L = int(shape[-1])
+            frozen = np.zeros(L * L)
+            frozen[np.asarray(entry["frozen_plaquettes"], dtype=np.int64)] = 1.0
+            layers.append(
+                U1SplineCoupling(
+                    L=L,
+                    active=np.asarray(entry["active"], dtype=np.int64),
+                    passive=np.asarray(entry["passive"], dtype=np.int64),
+                    active_plaquette=np.asarray(entry["active_plaquette"], dtype=np.int64),
+                    frozen=frozen.reshape(L, L),
+                    weights=tuple(c["weight"] for c in cond["layers"]),
+                    biases=tuple(c["bias"] for c in cond["layers"]),
+                    bins=int(entry["bins"]),
+                    rotation=bool(entry["rotation"]),
+                    min_bin_width=float(entry["min_bin_width"]),
+                    min_bin_height=float(entry["min_bin_height"]),
+                    min_derivative=float(entry["min_derivative"]),
                 )
             )
         elif kind == "global_scaling":
@@ -206,7 +286,7 @@ def log_z(model: Model) -> float:
 # --- layers ------------------------------------------------------------------------------------
 
 
-def conditioner(params: Params, layer: Coupling, b: Array) -> Array:
+def conditioner(params: Params, layer: Coupling | SplineCoupling, b: Array) -> Array:
     """MLP with tanh between linear maps ``y = W h + c``; output read as ``(n_params, n_a)``."""
     h = b
     last = len(layer.weights) - 1
@@ -307,7 +387,7 @@ def _conv_circular(h: Array, weight: Array, bias: Array | None) -> Array:
     return out if bias is None else out + bias[:, None, None]
 
 
-def u1_conditioner(params: Params, layer: U1Coupling, b: Array) -> Array:
+def u1_conditioner(params: Params, layer: U1Coupling | U1SplineCoupling, b: Array) -> Array:
     """``(1 + 3K, n_a)``: row 0 ``r`` (the active plaquettes with the active links at 0), then
     the conv net's ``3K`` channels at the active plaquettes, from ``(cos P, sin P)`` of the
     frozen plaquettes (section 4.3)."""
@@ -338,18 +418,115 @@ def _u1_map(layer: U1Coupling, a: Array, p: Array, inverse: bool) -> tuple[Array
     return out, jnp.log(d1), d2 / d1
 
 
-def layer_params(params: Params, layer: Coupling | U1Coupling, b: Array) -> Array:
-    if isinstance(layer, U1Coupling):
+# --- rational-quadratic splines (4.11-4.15) ------------------------------------------------------
+
+
+def _spline_knots(raw: Array, low: float, high: float, min_size: float) -> Array:
+    """``(n, K+1)`` knots from ``(n, K)`` raw sizes: ``m + (1 − K m) softmax`` of the range,
+    end knots exactly ``low`` and ``high``."""
+    K = raw.shape[-1]
+    sizes = min_size + (1 - min_size * K) * jax.nn.softmax(raw, axis=-1)
+    inner = low + (high - low) * jnp.cumsum(sizes, axis=-1)[:, :-1]
+    n = raw.shape[0]
+    return jnp.concatenate([jnp.full((n, 1), low), inner, jnp.full((n, 1), high)], axis=-1)
+
+
+def _knot_derivative(raw: Array, min_derivative: float) -> Array:
+    """``δ = δ_min + softplus(raw + log(e^{1 − δ_min} − 1))``: raw 0 gives 1."""
+    return min_derivative + jax.nn.softplus(raw + math.log(math.expm1(1 - min_derivative)))
+
+
+def rq_spline(
+    x: Array, xk: Array, yk: Array, dk: Array, inverse: bool
+) -> tuple[Array, Array, Array]:
+    """(4.11)-(4.14) element-wise for ``x (n,)`` and knots ``(n, K+1)``: ``(out, log-derivative,
+    its x-derivative)``; identity outside the knot range of the input side."""
+    lo_in = (yk if inverse else xk)[:, 0]
+    hi_in = (yk if inverse else xk)[:, -1]
+    inside = (x >= lo_in) & (x <= hi_in)
+    safe = jnp.where(inside, x, lo_in)  # finite values in the discarded branch
+    knots_in = yk if inverse else xk
+    k = jnp.sum(safe[:, None] >= knots_in[:, 1:-1], axis=-1)  # bin index, 0 .. K-1
+
+    def at(t: Array, j: Array) -> Array:
+        return jnp.take_along_axis(t, j[:, None], axis=-1)[:, 0]
+
+    x0, y0, d0 = at(xk, k), at(yk, k), at(dk, k)
+    w, h, d1 = at(xk, k + 1) - x0, at(yk, k + 1) - y0, at(dk, k + 1)
+    s = h / w
+    c_d = d0 + d1 - 2 * s
+    if inverse:
+        dy = safe - y0
+        qa = h * (s - d0) + dy * c_d
+        qb = h * d0 - dy * c_d
+        qc = -s * dy
+        xi = 2 * qc / (-qb - jnp.sqrt(jnp.maximum(qb * qb - 4 * qa * qc, 0.0)))
+        out = x0 + w * xi
+    else:
+        xi = (safe - x0) / w
+        out = y0 + h * (s * xi**2 + d0 * xi * (1 - xi)) / (s + c_d * xi * (1 - xi))
+    num = d1 * xi**2 + 2 * s * xi * (1 - xi) + d0 * (1 - xi) ** 2
+    den = s + c_d * xi * (1 - xi)
+    log_d = 2 * jnp.log(s) + jnp.log(num) - 2 * jnp.log(den)
+    d_num = 2 * d1 * xi + 2 * s * (1 - 2 * xi) - 2 * d0 * (1 - xi)
+    grad = (d_num / num - 2 * c_d * (1 - 2 * xi) / den) / w
+    if inverse:
+        # (4.14): −log f' and −(f''/f')/f' at the root.
+        log_d, grad = -log_d, -grad * jnp.exp(-log_d)
+    zero = jnp.zeros_like(x)
+    return jnp.where(inside, out, x), jnp.where(inside, log_d, zero), jnp.where(inside, grad, zero)
+
+
+def _spline_map(
+    layer: SplineCoupling, a: Array, p: Array, inverse: bool
+) -> tuple[Array, Array, Array]:
+    """The neural spline flow's map: ``p (3K − 1, n)`` raw widths, heights, interior δ."""
+    K, B = layer.bins, layer.bound
+    q = p.T
+    xk = _spline_knots(q[:, :K], -B, B, layer.min_bin_width)
+    yk = _spline_knots(q[:, K : 2 * K], -B, B, layer.min_bin_height)
+    ones = jnp.ones((q.shape[0], 1))
+    dk = jnp.concatenate([ones, _knot_derivative(q[:, 2 * K :], layer.min_derivative), ones], 1)
+    return rq_spline(a, xk, yk, dk, inverse)
+
+
+def _u1_spline_map(
+    layer: U1SplineCoupling, a: Array, p: Array, inverse: bool
+) -> tuple[Array, Array, Array]:
+    """(4.15) on the active plaquette ``P = a + r``: ``a' = (g(P mod 2π) + ρ − r) mod 2π``."""
+    K = layer.bins
+    r, q = p[0], p[1:].T
+    xk = _spline_knots(q[:, :K], 0.0, TWO_PI, layer.min_bin_width)
+    yk = _spline_knots(q[:, K : 2 * K], 0.0, TWO_PI, layer.min_bin_height)
+    delta = _knot_derivative(q[:, 2 * K : 3 * K], layer.min_derivative)
+    dk = jnp.concatenate([delta, delta[:, :1]], axis=1)
+    rho = q[:, 3 * K] if layer.rotation else jnp.zeros_like(a)
+    if inverse:
+        plaq, log_d, grad = rq_spline(jnp.mod(a + r - rho, TWO_PI), xk, yk, dk, True)
+        return jnp.mod(plaq - r, TWO_PI), log_d, grad
+    out, log_d, grad = rq_spline(jnp.mod(a + r, TWO_PI), xk, yk, dk, False)
+    return jnp.mod(out + rho - r, TWO_PI), log_d, grad
+
+
+Conditioned = Coupling | U1Coupling | SplineCoupling | U1SplineCoupling
+
+
+def layer_params(params: Params, layer: Conditioned, b: Array) -> Array:
+    if isinstance(layer, U1Coupling | U1SplineCoupling):
         return u1_conditioner(params, layer, b)
     return conditioner(params, layer, b)
 
 
 def elementwise(
-    layer: Coupling | U1Coupling, a: Array, p: Array, inverse: bool
+    layer: Conditioned, a: Array, p: Array, inverse: bool
 ) -> tuple[Array, Array, Array]:
     """``(f(a), log f'(a), f''/f')`` of the layer's element-wise map (or of its inverse)."""
     if isinstance(layer, U1Coupling):
         return _u1_map(layer, a, p, inverse)
+    if isinstance(layer, SplineCoupling):
+        return _spline_map(layer, a, p, inverse)
+    if isinstance(layer, U1SplineCoupling):
+        return _u1_spline_map(layer, a, p, inverse)
     return _affine_or_additive(layer, a, p, inverse)
 
 

@@ -11,7 +11,13 @@ import pytest
 from check_vectors import VECTORS, differences, load, port_arrays
 
 CASES = sorted(p.name for p in VECTORS.iterdir() if p.is_dir())
-COVERED = ["realnvp_gmm_d6", "z2nice_phi4_4x4", "u1_4x4_8layers"]
+COVERED = [
+    "realnvp_gmm_d6",
+    "z2nice_phi4_4x4",
+    "u1_4x4_8layers",
+    "nsf_gmm_d4",
+    "u1_circular_4x4",
+]
 
 
 def test_the_vectors_are_there() -> None:
