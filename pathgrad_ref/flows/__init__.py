@@ -8,6 +8,7 @@ from .glow import ActNorm, LULinear, Permutation, glow_flow
 from .masks import alternating_mask, checkerboard_mask
 from .models import real_nvp, z2_nice
 from .scaling import GlobalScaling
+from .splines import CircularSpline, RationalQuadraticSpline, rational_quadratic
 from .transforms import Additive, Affine, Elementwise, ElementwiseTransform
 from .u1 import U1Coupling, u1_flow
 
@@ -19,6 +20,7 @@ __all__ = [
     "AdditiveCoupling",
     "Affine",
     "AffineCoupling",
+    "CircularSpline",
     "Coupling",
     "Elementwise",
     "ElementwiseTransform",
@@ -28,11 +30,13 @@ __all__ = [
     "Layer",
     "MaskedAutoregressive",
     "Permutation",
+    "RationalQuadraticSpline",
     "U1Coupling",
     "alternating_mask",
     "checkerboard_mask",
     "glow_flow",
     "masked_autoregressive_flow",
+    "rational_quadratic",
     "real_nvp",
     "u1_flow",
     "z2_nice",
