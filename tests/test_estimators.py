@@ -137,6 +137,9 @@ FD_TOL = {
     "realnvp-gmm": 1e-9,
     "z2nice-phi4": 1e-9,
     "u1-gauge": 1e-7,
+    "glow-gmm": 1e-9,
+    "maf-gmm": 1e-9,
+    "mafspline-gmm": 1e-9,
     "nsf-gmm": 5e-8,
     "u1-circular": 5e-8,
 }
