@@ -10,11 +10,18 @@ import torch
 from torch import Tensor
 from torch.func import grad, jacrev, vmap
 
-from pathgrad_ref.flows import Flow, real_nvp, u1_flow, z2_nice
+from pathgrad_ref.flows import (
+    Flow,
+    glow_flow,
+    masked_autoregressive_flow,
+    real_nvp,
+    u1_flow,
+    z2_nice,
+)
 from pathgrad_ref.samplers import hmc_sample
 from pathgrad_ref.targets import GaussianMixture, Phi4, Target, U1Gauge
 
-SETUPS = ("realnvp-gmm", "z2nice-phi4", "u1-gauge")
+SETUPS = ("realnvp-gmm", "z2nice-phi4", "u1-gauge", "glow-gmm", "maf-gmm")
 
 
 def perturb(module: torch.nn.Module, scale: float = 0.3, seed: int = 0) -> None:
@@ -44,6 +51,13 @@ def make_setup(
             # both link directions.
             flow = u1_flow(4, n_layers=8, n_mixture=3, hidden=(4,), kernel_size=3)
             target = U1Gauge(4, beta=1.0)
+        elif name == "glow-gmm":
+            # ActNorm -> LULinear -> affine coupling, twice (both coupling halves).
+            flow, target = glow_flow(4, n_blocks=2, hidden=(16, 16)), GaussianMixture(4)
+        elif name == "maf-gmm":
+            # Three autoregressive layers, the order reversed between them.
+            flow = masked_autoregressive_flow(4, n_layers=3, hidden=(16, 16))
+            target = GaussianMixture(4)
         else:
             raise ValueError(f"unknown setup {name!r}; expected one of {SETUPS}")
     flow = flow.to(device=device, dtype=dtype)

@@ -128,7 +128,13 @@ def _directional_fd(
 # KL directions was 5e-11 for RealNVP and Z2Nice (rounding), and 4.2e-9 for the 8-layer U(1)
 # flow, whose objective carries the bisection tolerance (1e-13) of every layer's inverse,
 # divided by ε. Plain central differences at ε = 1e-5 were truncation-limited at 9e-4 there.
-FD_TOL = {"realnvp-gmm": 1e-9, "z2nice-phi4": 1e-9, "u1-gauge": 1e-7}
+FD_TOL = {
+    "realnvp-gmm": 1e-9,
+    "z2nice-phi4": 1e-9,
+    "u1-gauge": 1e-7,
+    "glow-gmm": 1e-9,
+    "maf-gmm": 1e-9,
+}
 
 
 @pytest.mark.parametrize("dirn", ["reverse", "forward"])

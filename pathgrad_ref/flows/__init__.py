@@ -1,29 +1,42 @@
 """Normalizing flows: the layer contract, coupling and scaling layers, masks, constructors."""
 
+from .autoregressive import MADE, MaskedAutoregressive, masked_autoregressive_flow
 from .base import Flow, Layer
 from .conditioners import MLP
 from .coupling import AdditiveCoupling, AffineCoupling, Coupling
+from .glow import ActNorm, LULinear, Permutation, glow_flow
 from .masks import alternating_mask, checkerboard_mask
 from .models import real_nvp, z2_nice
 from .scaling import GlobalScaling
+from .splines import CircularSpline, RationalQuadraticSpline, rational_quadratic
 from .transforms import Additive, Affine, Elementwise, ElementwiseTransform
 from .u1 import U1Coupling, u1_flow
 
 __all__ = [
+    "MADE",
     "MLP",
+    "ActNorm",
     "Additive",
     "AdditiveCoupling",
     "Affine",
     "AffineCoupling",
+    "CircularSpline",
     "Coupling",
     "Elementwise",
     "ElementwiseTransform",
     "Flow",
     "GlobalScaling",
+    "LULinear",
     "Layer",
+    "MaskedAutoregressive",
+    "Permutation",
+    "RationalQuadraticSpline",
     "U1Coupling",
     "alternating_mask",
     "checkerboard_mask",
+    "glow_flow",
+    "masked_autoregressive_flow",
+    "rational_quadratic",
     "real_nvp",
     "u1_flow",
     "z2_nice",

@@ -13,7 +13,8 @@ is the whole of the fast path; the estimators only compose these steps.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -51,6 +52,10 @@ class Layer(nn.Module, ABC):
       ``torch.compile`` (:func:`is_compiling`) that graph is not the eager one, and the step
       must take its VJPs functionally (``torch.func.vjp``) instead.
     - ``inverse_and_score(y, score)`` is the same for the inverse map.
+
+    A subclass must write ``forward`` and ``inverse``; the two score steps have a default that is
+    correct for every invertible layer (:meth:`forward_and_score`, ``docs/theory.md`` §4.5),
+    at the price of one pass of the *other* direction. Layers with a closed form override them.
     """
 
     @abstractmethod
@@ -59,11 +64,66 @@ class Layer(nn.Module, ABC):
     @abstractmethod
     def inverse(self, y: Tensor) -> tuple[Tensor, Tensor]: ...
 
-    @abstractmethod
-    def forward_and_score(self, x: Tensor, score: Tensor) -> tuple[Tensor, Tensor, Tensor]: ...
+    def forward_and_score(self, x: Tensor, score: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Default score step, ``s_y = J_g(y)ᵀ s_x + ∇_y ladj_g(y)`` with ``g = T^{-1}``,
+        ``ladj_g = log|det ∂g/∂y|``, at ``y = T(x)``.
 
-    @abstractmethod
-    def inverse_and_score(self, y: Tensor, score: Tensor) -> tuple[Tensor, Tensor, Tensor]: ...
+        It follows from ``log q_y(y) = log q_x(g(y)) + ladj_g(y)`` and equals the contract's
+        ``J_T^{-T}(s_x − ∇_x ladj_T(x))``. It is one input-only VJP of ``y ↦ (g(y), ladj_g(y))``
+        with cotangent ``(s_x, 1)``, parameters held fixed: one inverse pass and its backward
+        per layer. Shapes: ``x``, ``score`` and the returned score ``(N, *event_shape)``,
+        ``log_det`` ``(N,)``; ``y`` and ``log_det`` carry the graph in the parameters.
+        """
+        y, log_det = self.forward(x)
+        return y, log_det, _score_through(self.inverse, y, score, "inverse")
+
+    def inverse_and_score(self, y: Tensor, score: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Default score step through the inverse, ``s_x = J_T(x)ᵀ s_y + ∇_x ladj_T(x)`` at
+        ``x = T^{-1}(y)``: one input-only VJP of ``x ↦ (T(x), ladj_T(x))`` with cotangent
+        ``(s_y, 1)``, i.e. one forward pass and its backward. Shapes as in
+        :meth:`forward_and_score`."""
+        x, log_det = self.inverse(y)
+        return x, log_det, _score_through(self.forward, x, score, "forward")
+
+
+def _score_through(
+    other: Callable[[Tensor], tuple[Tensor, Tensor]], point: Tensor, score: Tensor, name: str
+) -> Tensor:
+    """``J_other(u)ᵀ score + ∇_u ladj_other(u)`` at ``u = point`` (detached), parameters fixed.
+
+    ``torch.func.vjp`` differentiates the function itself, so the step is the same in eager
+    code, inside other ``torch.func`` transforms and under ``torch.compile`` (where an autograd
+    VJP through the graph of a compiled region can find no path; see
+    :class:`pathgrad_ref.flows.coupling.Coupling`). Under ``no_grad`` the transform still
+    differentiates to its primal (it ignores an outer ``no_grad``) but records no graph in the
+    parameters: the returned score is a detached value.
+    """
+
+    def pass_of_other(u: Tensor) -> tuple[Tensor, Tensor]:
+        out, ladj = other(u)
+        # A map that does not depend on its input (an ``inverse`` that detaches, or computes
+        # under ``no_grad``) would give a zero VJP: a wrong score, silently. Refuse it. A
+        # log-det that is constant in ``u`` (linear, volume-preserving layers) is legitimate.
+        if not out.requires_grad:
+            raise RuntimeError(
+                f"default score step: the layer's {name}() output does not depend on its input "
+                "under torch.func.vjp (does it detach, use .data or no_grad?); expected a "
+                "differentiable map of the input"
+            )
+        if out.shape != score.shape or ladj.shape != score.shape[:1]:
+            raise ValueError(
+                f"default score step: {name}() returned shapes {tuple(out.shape)} and "
+                f"{tuple(ladj.shape)}; expected {tuple(score.shape)} and {tuple(score.shape[:1])}"
+            )
+        return out, ladj
+
+    with torch.no_grad():
+        # torch's annotation of vjp does not describe the returned pair precisely.
+        result: Any = torch.func.vjp(pass_of_other, point.detach())
+        (_, ladj), vjp_fn = result
+        (new_score,) = vjp_fn((score.detach(), torch.ones_like(ladj)))
+    out: Tensor = new_score
+    return out
 
 
 class Flow(nn.Module):
