@@ -144,7 +144,7 @@ class ZukoTransform(Layer):
     ``(N, d)``; ``log_det`` ``(N,)``.
     """
 
-    def __init__(self, lazy: nn.Module, flipped: bool) -> None:
+    def __init__(self, lazy: Any, flipped: bool) -> None:
         super().__init__()
         self.lazy = lazy
         self.flipped = bool(flipped)
@@ -177,7 +177,7 @@ class ZukoCoupling(Coupling):
     step is :meth:`Coupling._score_step` with the map read from zuko's ``meta`` on every call.
     """
 
-    def __init__(self, lazy: nn.Module, flipped: bool) -> None:
+    def __init__(self, lazy: Any, flipped: bool) -> None:
         super().__init__(~lazy.mask.bool(), lazy, _FromZukoMeta())
         self.flipped = bool(flipped)
 
@@ -221,7 +221,7 @@ class ZukoAutoregressive2(Layer):
     order: Tensor
     unpermute: Tensor
 
-    def __init__(self, lazy: nn.Module, flipped: bool) -> None:
+    def __init__(self, lazy: Any, flipped: bool) -> None:
         super().__init__()
         self.lazy = lazy
         self.flipped = bool(flipped)
