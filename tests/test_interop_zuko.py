@@ -30,14 +30,14 @@ from pathgrad_ref.interop.zuko import (  # noqa: E402
     ZukoTransform,
 )
 
-EQUAL_PAIRS = [
-    ("reverse-path-fast", "reverse-path-naive"),
-    ("reverse-path-dropin", "reverse-path-naive"),
-    ("reverse-standard", "reverse-standard-naive"),
-    ("forward-path-fast", "forward-path-naive"),
-    ("forward-path-gdreg", "forward-path-naive"),
-    ("forward-standard", "forward-standard-naive"),
-]
+# Each fast estimator against the oracle of its gradient (the naive twin); one oracle
+# evaluation serves every estimator that shares it.
+ORACLE = {
+    "reverse-path-naive": ("reverse-path-fast", "reverse-path-dropin"),
+    "reverse-standard-naive": ("reverse-standard",),
+    "forward-path-naive": ("forward-path-fast", "forward-path-gdreg"),
+    "forward-standard-naive": ("forward-standard",),
+}
 
 FLOWS = ("nice", "realnvp", "maf-coupling", "nsf-coupling", "nsf-autoregressive", "ncsf")
 ORIENTATIONS = ("zuko", "reverse-kl")
@@ -121,7 +121,7 @@ def _target_batch(name: str, wrapped: Flow, target: Target, n: int, seed: int = 
     return torch.remainder(x + math.pi, 2 * math.pi) - math.pi  # back on the torus
 
 
-def _batch(name: str, estimator: str, wrapped: Flow, target: Target, n: int = 6) -> Tensor:
+def _batch(name: str, estimator: str, wrapped: Flow, target: Target, n: int = 4) -> Tensor:
     if direction(estimator) == "reverse":
         return _base_batch(wrapped, n)
     return _target_batch(name, wrapped, target, n)
@@ -151,16 +151,17 @@ def test_layers_get_the_closed_form_where_known(
     assert all(type(layer) is LAYER[flow_name] for layer in wrapped.layers)
 
 
-@pytest.mark.parametrize(("fast", "oracle"), EQUAL_PAIRS, ids=[f"{a}=={b}" for a, b in EQUAL_PAIRS])
+@pytest.mark.parametrize("oracle", list(ORACLE))
 def test_estimators_agree_with_oracle(
-    setup: tuple[Any, Flow, Target], flow_name: str, fast: str, oracle: str
+    setup: tuple[Any, Flow, Target], flow_name: str, oracle: str
 ) -> None:
     _, wrapped, target = setup
-    batch = _batch(flow_name, fast, wrapped, target)
-    g_fast = gradient(fast, wrapped, target, batch)
+    batch = _batch(flow_name, oracle, wrapped, target)
     g_oracle = gradient(oracle, wrapped, target, batch)
-    assert g_fast.keys() == dict(wrapped.named_parameters()).keys()
-    assert rel_err(g_fast, g_oracle) <= 1e-9
+    assert g_oracle.keys() == dict(wrapped.named_parameters()).keys()
+    for fast in ORACLE[oracle]:
+        g_fast = gradient(fast, wrapped, target, batch)
+        assert rel_err(g_fast, g_oracle) <= 1e-9, fast
 
 
 def test_path_differs_from_standard(setup: tuple[Any, Flow, Target], flow_name: str) -> None:
@@ -198,7 +199,7 @@ def test_sticking_the_landing(setup: tuple[Any, Flow, Target], dirn: str) -> Non
     """At ``p = q_θ`` the path gradient of every single sample vanishes; the standard one not."""
     _, wrapped, _ = setup
     own = FlowDensity(wrapped)
-    z = _base_batch(wrapped, 3, seed=11)
+    z = _base_batch(wrapped, 2, seed=11)
     with torch.no_grad():
         x, _ = wrapped(z)
     samples = z if dirn == "reverse" else x

@@ -47,7 +47,7 @@ this adapter reads; ``tests/test_interop_zuko.py`` proves it against the oracle 
 def _zuko() -> ModuleType:
     """zuko, imported on first use (with a warning if its version is not the one read here)."""
     try:
-        import zuko  # type: ignore[import-untyped]
+        import zuko
     except ImportError as err:  # pragma: no cover - exercised only without zuko installed
         raise ImportError(
             f"from_zuko needs zuko: pip install 'pathgrad-ref[zuko]' (zuko=={ZUKO_VERSION})"
