@@ -240,6 +240,12 @@ class ZukoAutoregressive2(Layer):
     def _merge(self, g0: Tensor, g1: Tensor) -> Tensor:
         return torch.cat([g0, g1], dim=1).index_select(1, self.unpermute)
 
+    def _split_elementwise(self, res: Elementwise) -> tuple[Elementwise, Elementwise]:
+        """Group 0 and group 1 parts of an element-wise result over all features."""
+        out, ld = self._split(res.out), self._split(res.log_deriv)
+        gld = (None, None) if res.grad_log_deriv is None else self._split(res.grad_log_deriv)
+        return Elementwise(out[0], ld[0], gld[0]), Elementwise(out[1], ld[1], gld[1])
+
     def _params(self, g0: Tensor) -> _Univariate:
         """All features' maps from the hyper-network at ``(g0, 0)`` (group 1 is masked out)."""
         cond = self._merge(g0, g0.new_zeros(g0.shape[0], self.second.numel()))
@@ -249,9 +255,9 @@ class ZukoAutoregressive2(Layer):
         """``(y, log_det, pieces)`` of zuko's map (``zuko_forward``) or of its inverse."""
         x0, x1 = self._split(x)
         if zuko_forward:  # coupling on group 1 conditioned on the input x0, then group 0
-            uni = self._params(x0)
-            res1 = uni.select(self.second).apply(x1, inverse=False)
-            res0 = uni.select(self.first).apply(x0, inverse=False)
+            # One element-wise pass over all features (group 0's parameters are the fixed
+            # ones); x0 reaches the maps' parameters only, so the VJP to x0 is the coupling's.
+            res0, res1 = self._split_elementwise(self._params(x0).apply(x, inverse=False))
             passive = x0
         else:  # group 0 (fixed parameters) first, then group 1 conditioned on its output
             fixed = self._params(x0.new_zeros(1, self.first.numel()))
