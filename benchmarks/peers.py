@@ -57,6 +57,7 @@ from pathgrad_ref.targets import GaussianMixture
 
 RESULTS = Path(__file__).resolve().parent / "results"
 RESULTS_MD = RESULTS.parent / "RESULTS.md"
+README = RESULTS.parent.parent / "README.md"
 Step = Callable[[], Tensor]
 
 # The brief's targets on spline coupling flows, CPU: fast / peer step time at most this.
@@ -328,6 +329,25 @@ def render(data: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def headline(data: dict[str, Any]) -> str:
+    """The README's one-line ratios (CPU rows only)."""
+    parts = []
+    for setup, num, den in [
+        ("zuko-nsf", "ours-fast", "zuko-total"),
+        ("zuko-nsf", "ours-fast", "tfp-stl"),
+        ("normflows-nsf", "ours-fast", "normflows-stl"),
+        ("zuko-maf", "ours-fast", "zuko-total"),
+    ]:
+        r = data["setups"].get(setup, {}).get("ratios", {}).get(f"{num}/{den}")
+        if r is not None:
+            parts.append(f"{setup}: our fast step / {den} = **{r['median']:.2f}**")
+    return "; ".join(parts) + (
+        f" (commit `{data['commit']}`, {data['provenance']['cpu']}, 1 thread, load "
+        f"{data['provenance'].get('load_average_1_5_15', ['n/a'])[0]}; details in "
+        "`benchmarks/RESULTS.md`).\n"
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--device", default="cpu")
@@ -361,6 +381,8 @@ def main(argv: list[str] | None = None) -> None:
     print(text)
     if not harness.replace_block(RESULTS_MD, f"peers-{device.type}", text):
         print(f"(no peers-{device.type} markers in {RESULTS_MD}; not rendered there)")
+    if device.type == "cpu":
+        harness.replace_block(README, "peers-headline", headline(data))
 
 
 if __name__ == "__main__":
