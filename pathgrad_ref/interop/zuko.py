@@ -8,7 +8,7 @@ orientation into its leaves and turns each into a :class:`~pathgrad_ref.flows.La
 the layers: the parameters are zuko's own tensors, so an optimiser built on either object trains
 both.
 
-Score steps (``docs/theory.md`` §4): zuko's coupling transforms get the closed form of
+Score steps (``docs/theory.md`` §4 and §11): zuko's coupling transforms get the closed form of
 :class:`~pathgrad_ref.flows.Coupling` (one input-only VJP through the conditioner on the graph the
 pass builds anyway). This covers ``GeneralCouplingTransform`` (NICE, RealNVP) and
 ``MaskedAutoregressiveTransform`` with ``passes=2`` (the coupling NSF/MAF), with the univariate
@@ -205,7 +205,7 @@ class ZukoAutoregressive2(Layer):
 
     zuko's ``order`` splits the features into groups 0 and 1; the hyper-network gives group 1
     parameters from group 0 and group 0 parameters from its biases alone (``docs/theory.md``
-    §4). So the data-to-latent map ``u ↦ v`` is a coupling followed by an element-wise map with
+    §11). So the data-to-latent map ``u ↦ v`` is a coupling followed by an element-wise map with
     fixed parameters,
 
         v_1 = f(u_1; c_1(u_0)),   v_0 = f(u_0; c_0),
