@@ -134,6 +134,7 @@ FD_TOL = {
     "u1-gauge": 1e-7,
     "glow-gmm": 1e-9,
     "maf-gmm": 1e-9,
+    "mafspline-gmm": 1e-9,
 }
 
 

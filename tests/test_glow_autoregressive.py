@@ -24,6 +24,7 @@ from pathgrad_ref.flows import (
     LULinear,
     MaskedAutoregressive,
     Permutation,
+    RationalQuadraticSpline,
     glow_flow,
     masked_autoregressive_flow,
 )
@@ -31,7 +32,14 @@ from pathgrad_ref.flows import (
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 DIM = 5
-KINDS = ["actnorm", "lulinear", "permutation", "maf-affine", "maf-affine-reversed"]
+KINDS = [
+    "actnorm",
+    "lulinear",
+    "permutation",
+    "maf-affine",
+    "maf-affine-reversed",
+    "maf-spline",
+]
 
 
 def _layer(kind: str) -> Layer:
@@ -46,6 +54,8 @@ def _layer(kind: str) -> Layer:
         return MaskedAutoregressive(DIM, hidden=(8, 8))
     if kind == "maf-affine-reversed":
         return MaskedAutoregressive(DIM, hidden=(7,), order=torch.tensor([2, 4, 0, 1, 3]))
+    if kind == "maf-spline":
+        return MaskedAutoregressive(DIM, RationalQuadraticSpline(bins=4, bound=3.0), hidden=(8,))
     raise ValueError(kind)
 
 

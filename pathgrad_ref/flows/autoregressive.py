@@ -17,16 +17,20 @@ The score steps use the one-pass map wherever the mathematics allows it (the def
   sample needs anyway, then ``s_y = J_g(y)ᵀ s_x + ∇_y log|det J_g(y)|``: one VJP through the
   **one-pass** ``g``. Extra cost over ``forward``: one MADE pass and its backward.
 - ``inverse_and_score`` (forward KL, Algorithm 1 through the inverse): the one-pass ``inverse``,
-  then ``s_x = J_T(x)ᵀ s_y + ∇_x log|det J_T(x)|``: one VJP through the **sequential** ``T``,
-  ``d`` MADE passes and their backward. Cost ∝ ``d``, where the standard (maximum likelihood)
-  estimator needs one pass: for an autoregressive flow trained by forward KL the fast path is
-  the expensive estimator (measured in ``benchmarks/RESULTS.md``).
+  then ``s_x = J_T(x)ᵀ s_y + ∇_x log|det J_T(x)|``. The default would take that VJP through
+  the **sequential** ``T`` (``d`` MADE passes and their backward); the override solves the
+  equivalent triangular system ``J_g(y)ᵀ s_x = s_y − ∇_y log|det J_g(y)|`` by ``d − 1`` Jacobi
+  steps, each one VJP through the graph of the one-pass ``g`` (one MADE forward, ``d``
+  backwards). Cost ∝ ``d`` either way, where the standard (maximum likelihood) estimator needs
+  one pass: for an autoregressive flow trained by forward KL the path gradient is the expensive
+  estimator (measured in ``benchmarks/RESULTS.md``).
 """
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -109,8 +113,9 @@ class MaskedAutoregressive(Layer):
 
     ``forward`` (sampling direction) is sequential: ``d`` MADE passes; ``inverse`` (density
     direction) is one pass. ``log|det ∂y/∂x| = Σ_i log f'(x_i; c_i)`` (triangular Jacobian). The
-    score steps are the default ones of :class:`Layer`, which here take the VJP through the
-    one-pass map in the sampling direction (see the module docstring for the costs).
+    sampling-direction score step is the default one of :class:`Layer` (a VJP through the
+    one-pass map); the inverse one solves a triangular system with VJPs of the one-pass map
+    (see the module docstring for the costs).
     """
 
     def __init__(
@@ -162,9 +167,42 @@ class MaskedAutoregressive(Layer):
         return super().forward_and_score(x, score)
 
     def inverse_and_score(self, y: Tensor, score: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """One-pass ``inverse``, then one VJP through the sequential forward at ``x``:
-        ``s_x = J_T(x)ᵀ s_y + ∇_x log|det J_T(x)|``, cost ∝ ``d``."""
-        return super().inverse_and_score(y, score)
+        """One-pass ``inverse``, then ``s_x = J_g(y)^{-T} (s_y − ∇_y log|det J_g(y)|)`` by a
+        triangular solve that needs only the one-pass map ``g``.
+
+        ``J_g = D + N`` with ``D = diag(∂x_i/∂y_i) = diag(exp(log (f^{-1})'))`` and ``N`` strictly
+        lower triangular in the order, so ``D^{-1} Nᵀ`` is nilpotent and the Jacobi iteration
+
+            w ← w + D^{-1} (u − J_gᵀ w),        w_0 = D^{-1} u,   u = s_y − ∇_y log|det J_g|
+
+        is exact after ``d − 1`` steps. Each step is one VJP through the graph of *one* MADE pass
+        (``torch.func.vjp``'s function is reused): one forward and ``d`` backward passes of the
+        MADE in all, where the default step would run the sequential forward (``d`` passes) and
+        its backward. Cost ∝ ``d`` either way; maximum likelihood needs one pass.
+        """
+        x, log_det = self.inverse(y)
+
+        def density(u: Tensor) -> tuple[tuple[Tensor, Tensor], Tensor]:
+            res = self.transform.inverse(u, self.made(u))
+            if not res.out.requires_grad:
+                raise RuntimeError(
+                    "MaskedAutoregressive.inverse_and_score: the density map does not depend on "
+                    "its input under torch.func.vjp; expected a differentiable map"
+                )
+            return (res.out, res.log_deriv.sum(1)), res.log_deriv
+
+        with torch.no_grad():  # values only: no graph in the parameters (see Layer's default)
+            result: Any = torch.func.vjp(density, y.detach(), has_aux=True)
+            (out, ladj), vjp_fn, log_deriv = result
+            none, one = torch.zeros_like(out), torch.ones_like(ladj)
+            (grad_ladj,) = vjp_fn((none, one))
+            u = score.detach() - grad_ladj
+            inv_diag = torch.exp(-log_deriv)
+            w = u * inv_diag
+            for _ in range(self.dim - 1):
+                (jt_w,) = vjp_fn((w, torch.zeros_like(ladj)))
+                w = w + (u - jt_w) * inv_diag
+        return x, log_det, w
 
 
 TRANSFORMS = ("affine", "spline")
