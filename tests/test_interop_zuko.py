@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -315,3 +316,17 @@ def test_example_runs_with_a_tiny_budget(
     assert curves["zuko"][0][1] == pytest.approx(curves["path"][0][1], rel=1e-5)
     assert all(0 < ess <= 1 for c in curves.values() for _, ess in c)
     assert "final reverse ESS after 3 steps" in capsys.readouterr().out
+
+
+def test_without_zuko_the_error_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``pathgrad_ref.interop`` imports zuko only when ``from_zuko`` is called; without zuko the
+    call fails with the install command, and ``import pathgrad_ref`` never needed it."""
+    from pathgrad_ref.interop import zuko as adapter
+
+    monkeypatch.setitem(sys.modules, "zuko", None)  # makes ``import zuko`` raise ImportError
+    adapter._zuko.cache_clear()
+    try:
+        with pytest.raises(ImportError, match=r"pip install 'pathgrad-ref\[zuko\]'"):
+            from_zuko(torch.nn.Linear(3, 3))
+    finally:
+        adapter._zuko.cache_clear()

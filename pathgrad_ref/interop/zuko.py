@@ -48,7 +48,7 @@ def _zuko() -> ModuleType:
     """zuko, imported on first use (with a warning if its version is not the one read here)."""
     try:
         import zuko
-    except ImportError as err:  # pragma: no cover - exercised only without zuko installed
+    except ImportError as err:
         raise ImportError(
             f"from_zuko needs zuko: pip install 'pathgrad-ref[zuko]' (zuko=={ZUKO_VERSION})"
         ) from err
