@@ -330,22 +330,32 @@ def render(data: dict[str, Any]) -> str:
 
 
 def headline(data: dict[str, Any]) -> str:
-    """The README's one-line ratios (CPU rows only)."""
-    parts = []
-    for setup, num, den in [
-        ("zuko-nsf", "ours-fast", "zuko-total"),
-        ("zuko-nsf", "ours-fast", "tfp-stl"),
-        ("normflows-nsf", "ours-fast", "normflows-stl"),
-        ("zuko-maf", "ours-fast", "zuko-total"),
-    ]:
-        r = data["setups"].get(setup, {}).get("ratios", {}).get(f"{num}/{den}")
-        if r is not None:
-            parts.append(f"{setup}: our fast step / {den} = **{r['median']:.2f}**")
-    return "; ".join(parts) + (
-        f" (commit `{data['commit']}`, {data['provenance']['cpu']}, 1 thread, load "
-        f"{data['provenance'].get('load_average_1_5_15', ['n/a'])[0]}; details in "
-        "`benchmarks/RESULTS.md`).\n"
+    """The README's headline ratios (CPU rows only), one bullet per peer."""
+
+    def ratio(setup: str, key: str) -> str:
+        r = data["setups"].get(setup, {}).get("ratios", {}).get(key)
+        return "n/a" if r is None else f"**{r['median']:.2f}**"
+
+    p = data["provenance"]
+    nsf_total, nsf_stl = (
+        ratio("zuko-nsf", "ours-fast/zuko-total"),
+        ratio("zuko-nsf", "ours-fast/tfp-stl"),
     )
+    nf_stl = ratio("normflows-nsf", "ours-fast/normflows-stl")
+    maf_total = ratio("zuko-maf", "ours-fast/zuko-total")
+    load = p.get("load_average_1_5_15", ["n/a"])[0]
+    lines = [
+        f"- zuko NSF (`passes=2`): our fast-path step = {nsf_total} × zuko's total-gradient "
+        f"step, {nsf_stl} × the TFP-style stop-gradient STL step",
+        f"- normflows `CoupledRationalQuadraticSpline` flow: {nf_stl} × "
+        "`reverse_kld(score_fn=False)`",
+        f"- zuko MAF (fully autoregressive): {maf_total} × zuko's total-gradient step (every "
+        "path gradient pays MAF's sequential density pass)",
+        "",
+        f"(commit `{data['commit']}`, {p['cpu']}, {p['torch_threads']} thread, load {load}; "
+        "`benchmarks/RESULTS.md` has every row.)",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
