@@ -1,7 +1,7 @@
 """Train a zuko neural spline flow on a Gaussian mixture with the fast path gradient.
 
     pip install -e ".[zuko]"
-    python examples/zuko_reverse_kl.py      # d = 4, 400 steps each: under 2 min on a CPU
+    python examples/zuko_reverse_kl.py      # d = 4, 400 steps of 128 each: under 2 min on a CPU
     python examples/zuko_reverse_kl.py --steps 2000 --dim 6
 
 Two copies of the same zuko NSF (coupling, ``passes=2``), same seed, same base draws, same
@@ -12,7 +12,9 @@ optimiser and budget:
 - **path**: the same zuko flow through :func:`pathgrad_ref.interop.from_zuko`, trained with the
   ``reverse-path-fast`` estimator (Algorithm 1: the score carried along the sampling pass).
 
-It prints the reverse effective sample size of both along the way and at the end. The target,
+It prints the reverse effective sample size of both along the way and at the end. Measured
+with ``--threads 1`` on a shared 2-core CPU at load ≈ 7: 1 min 33 s wall in all, final ESS 0.958
+(zuko, total gradient) and 0.991 (path gradient). The target,
 ``pathgrad_ref.targets.GaussianMixture``, has 2^d modes at the corners of ``{−1, 1}^d``.
 """
 
@@ -111,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, list[tuple[int, float]]
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dim", type=int, default=4)
     parser.add_argument("--steps", type=int, default=400)
-    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--every", type=int, default=100, help="ESS every this many steps")
