@@ -20,7 +20,8 @@ JAX_CPU = ["jax==0.10.2", "jaxlib==0.10.2"]
 
 def _install(session: nox.Session) -> None:
     session.install(TORCH_CPU)
-    session.install("-e", ".[dev]")
+    # The zuko extra, so that the tests and the type check cover pathgrad_ref.interop.
+    session.install("-e", ".[dev,zuko]")
 
 
 @nox.session
