@@ -30,14 +30,14 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import harness
 import torch
 
-from pathgrad_ref.flows import Flow, glow_flow, masked_autoregressive_flow
+from pathgrad_ref.flows import Flow, glow_flow, masked_autoregressive_flow, neural_spline_flow
 from pathgrad_ref.targets import GaussianMixture
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,17 +55,12 @@ ROWS: dict[str, tuple[str, dict[str, Any], int]] = {
 HIDDEN = (64, 64)
 
 
-def _nsf(dim: int, n_couplings: int, bins: int) -> Flow:
-    import pathgrad_ref.flows as flows
-
-    make: Callable[..., Flow] = flows.neural_spline_flow  # type: ignore[attr-defined]
-    return make(dim, n_couplings=n_couplings, bins=bins, hidden=HIDDEN)
-
-
 def make_flow(row: str) -> Flow:
     _, args, _ = ROWS[row]
     if row == "nsf":
-        return _nsf(**args)
+        return neural_spline_flow(
+            args["dim"], n_couplings=args["n_couplings"], bins=args["bins"], hidden=HIDDEN
+        )
     if row == "glow":
         return glow_flow(args["dim"], args["n_blocks"], HIDDEN)
     return masked_autoregressive_flow(args["dim"], args["n_layers"], HIDDEN, "affine")

@@ -44,7 +44,8 @@ from .estimators import ESTIMATORS, direction, get_estimator, gradient
 from .flows import Flow, real_nvp, u1_flow, z2_nice
 from .flows.coupling import AdditiveCoupling, AffineCoupling, Coupling
 from .flows.scaling import GlobalScaling
-from .flows.u1 import U1Conditioner, U1Coupling
+from .flows.splines import RationalQuadraticSpline
+from .flows.u1 import CircularPlaquetteTransform, U1Conditioner, U1Coupling
 from .targets import GaussianMixture, Phi4, Target, U1Gauge
 
 DEFAULT_DIR = Path(__file__).resolve().parents[1] / "conformance"
@@ -186,6 +187,92 @@ def _linear_stack(prefix: str, seq: nn.Sequential) -> list[dict[str, Any]]:
     return out
 
 
+_U1_INPUT = (
+    "channels (cos P, sin P) of the plaquettes P (L, L) of the links with "
+    "the active links set to 0, multiplied by the frozen mask (1 on frozen "
+    "plaquettes, 0 elsewhere)"
+)
+
+_SPLINE_KNOTS = (
+    "knots t_0 = lo, t_k = lo + (hi - lo) * cumsum(m + (1 - K m) softmax(raw))_{k-1} for "
+    "0 < k < K, t_K = hi (m the minimum bin size); knot derivatives delta = min_derivative + "
+    "softplus(raw + log(expm1(1 - min_derivative)))"
+)
+_SPLINE_MAP = (
+    "rational-quadratic spline (Durkan et al. 2019): in bin k, w = x_{k+1} - x_k, "
+    "h = y_{k+1} - y_k, s = h / w, xi = (x - x_k) / w, f = y_k + h (s xi^2 + delta_k xi (1 - xi)) "
+    "/ (s + (delta_k + delta_{k+1} - 2 s) xi (1 - xi)); bin k holds x_k <= x < x_{k+1} (the last "
+    "bin also its right end); inverse by the root xi = 2c / (-b - sqrt(b^2 - 4ac)) of the "
+    "quadratic in xi"
+)
+
+
+def _spline_entry(i: int, layer: Coupling, spline: RationalQuadraticSpline) -> dict[str, Any]:
+    net = layer.conditioner.net
+    assert isinstance(net, nn.Sequential)
+    K = spline.bins
+    return {
+        "kind": "rqs_coupling",
+        "active": layer.active.tolist(),
+        "passive": layer.passive.tolist(),
+        "bins": K,
+        "bound": spline.bound,
+        "min_bin_width": spline.params.min_bin_width,
+        "min_bin_height": spline.params.min_bin_height,
+        "min_derivative": spline.params.min_derivative,
+        "conditioner": {
+            "kind": "mlp",
+            "activation": type(net[1]).__name__.lower() if len(net) > 1 else "none",
+            "layers": _linear_stack(f"layers.{i}.conditioner.net", net),
+            "input": "b = x_flat[:, passive] (passive sites in the listed order)",
+            "output": f"(N, {spline.n_params} * n_active) read as (N, {spline.n_params}, "
+            f"n_active): rows [0, K) width logits, [K, 2K) height logits, [2K, 3K - 1) raw "
+            f"interior knot derivatives; K = {K}",
+        },
+        "transform": f"a' = f(a) on [-B, B] (B = bound), identity outside; x and y knots on "
+        f"[-B, B] from the width and height logits; {_SPLINE_KNOTS}; boundary derivatives "
+        f"delta_0 = delta_K = 1; {_SPLINE_MAP}; log|det| = sum log f'(a)",
+    }
+
+
+def _u1_spline_entry(
+    i: int,
+    layer: U1Coupling,
+    transform: CircularPlaquetteTransform,
+    cond: U1Conditioner,
+    frozen: list[int],
+) -> dict[str, Any]:
+    spline = transform.spline
+    K = spline.bins
+    rot = ", [3K, 3K + 1) rotation rho" if spline.rotation else ""
+    return {
+        "kind": "u1_spline_coupling",
+        "index": layer.index,
+        "active": layer.active.tolist(),
+        "passive": layer.passive.tolist(),
+        "active_plaquette": cond.active_plaquette.tolist(),
+        "frozen_plaquettes": frozen,
+        "bins": K,
+        "rotation": spline.rotation,
+        "min_bin_width": spline.params.min_bin_width,
+        "min_bin_height": spline.params.min_bin_height,
+        "min_derivative": spline.params.min_derivative,
+        "conditioner": {
+            "kind": "conv2d",
+            "activation": "tanh",
+            "layers": _linear_stack(f"layers.{i}.conditioner.net", cond.net),
+            "input": _U1_INPUT,
+            "output": f"{spline.n_params} channels on (L, L), read at active_plaquette: channels "
+            f"[0, K) width logits, [K, 2K) height logits, [2K, 3K) raw knot derivatives "
+            f"delta_0 .. delta_(K-1){rot}; K = {K}, L = {cond.L}",
+        },
+        "transform": f"P = a + r with r the active plaquette at a = 0; a' = (g(P mod 2pi) + rho "
+        f"- r) mod 2pi (rho = 0 without rotation); g on [0, 2pi] from the logits: "
+        f"{_SPLINE_KNOTS}; delta_K = delta_0; {_SPLINE_MAP}; inverse: P = g^-1((a' + r - rho) "
+        f"mod 2pi), a = (P - r) mod 2pi; log|det| = sum log g'(P mod 2pi)",
+    }
+
+
 def _coupling_entry(i: int, layer: Coupling) -> dict[str, Any]:
     active = layer.active.tolist()
     passive = layer.passive.tolist()
@@ -197,6 +284,8 @@ def _coupling_entry(i: int, layer: Coupling) -> dict[str, Any]:
         mu, site = divmod(active[0], L * L)
         offset = divmod(site, L)[1 - mu]
         frozen = torch.nonzero(cond.frozen.reshape(-1) > 0).flatten().tolist()
+        if isinstance(layer.transform, CircularPlaquetteTransform):
+            return _u1_spline_entry(i, layer, layer.transform, cond, frozen)
         return {
             "kind": "u1_coupling",
             "index": layer.index,
@@ -212,9 +301,7 @@ def _coupling_entry(i: int, layer: Coupling) -> dict[str, Any]:
                 "kind": "conv2d",
                 "activation": "tanh",
                 "layers": _linear_stack(f"layers.{i}.conditioner.net", cond.net),
-                "input": "channels (cos P, sin P) of the plaquettes P (L, L) of the links with "
-                "the active links set to 0, multiplied by the frozen mask (1 on frozen "
-                "plaquettes, 0 elsewhere)",
+                "input": _U1_INPUT,
                 "output": f"3K channels on (L, L), read at active_plaquette: channels [0, K) "
                 f"mixture logits, [K, 2K) raw slopes, [2K, 3K) shifts beta; L = {L}",
             },
@@ -223,6 +310,8 @@ def _coupling_entry(i: int, layer: Coupling) -> dict[str, Any]:
             "(1 + alpha_k) + (1 - alpha_k) cos(P - beta_k)); w = softmax(logits); "
             "alpha = alpha_min + (1 - alpha_min) exp(raw); log|det| = sum log h'(P)",
         }
+    if isinstance(layer.transform, RationalQuadraticSpline):
+        return _spline_entry(i, layer, layer.transform)
     net = layer.conditioner.net
     assert isinstance(net, nn.Sequential)
     act = type(net[1]).__name__.lower() if len(net) > 1 else "none"

@@ -55,7 +55,16 @@ import torch  # noqa: E402
 from pathgrad_ref.flows import Flow  # noqa: E402
 from pathgrad_ref.targets import Target  # noqa: E402
 
-SETUPS = ("realnvp-gmm", "z2nice-phi4", "u1-gauge", "glow-gmm", "maf-gmm", "mafspline-gmm")
+SETUPS = (
+    "realnvp-gmm",
+    "z2nice-phi4",
+    "u1-gauge",
+    "nsf-gmm",
+    "u1-circular",
+    "glow-gmm",
+    "maf-gmm",
+    "mafspline-gmm",
+)
 ESTIMATOR_NAMES = (
     "reverse-standard",
     "reverse-path-dropin",

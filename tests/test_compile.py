@@ -31,7 +31,7 @@ from pathgrad_ref.estimators import (
     per_call_finite_enabled,
     set_per_call_finite_check,
 )
-from pathgrad_ref.flows import Flow, real_nvp, u1_flow, z2_nice
+from pathgrad_ref.flows import Flow, neural_spline_flow, real_nvp, u1_flow, z2_nice
 from pathgrad_ref.flows.coupling import Coupling
 from pathgrad_ref.targets import GaussianMixture, Phi4, Target, U1Gauge
 
@@ -58,8 +58,9 @@ SETUPS = ("realnvp-gmm", "z2nice-phi4", "u1-gauge")
 
 
 def tiny_setup(name: str, device: torch.device) -> tuple[Flow, Target]:
-    """The three flows of the paper at the smallest sizes that keep every code path: two
-    couplings (both halves, and for U(1) both link directions), one hidden layer."""
+    """The three flows of the paper and the spline flow at the smallest sizes that keep every
+    code path: two couplings (both halves, and for U(1) both link directions), one hidden
+    layer."""
     flow: Flow
     target: Target
     if name == "realnvp-gmm":
@@ -69,6 +70,9 @@ def tiny_setup(name: str, device: torch.device) -> tuple[Flow, Target]:
     elif name == "u1-gauge":
         flow = u1_flow(4, n_layers=2, n_mixture=2, hidden=(2,), kernel_size=3)
         target = U1Gauge(4, beta=1.0)
+    elif name == "nsf-gmm":
+        flow = neural_spline_flow(4, n_couplings=2, bins=4, bound=2.5, hidden=(8,))
+        target = GaussianMixture(4)
     else:
         raise ValueError(name)
     flow = flow.to(device=device, dtype=torch.float64)
@@ -161,6 +165,15 @@ def test_compiled_step_is_exact_reduce_overhead(
 
 @pytest.mark.compile
 @pytest.mark.usefixtures("fresh_dynamo")
+def test_compiled_spline_flow_step_is_exact(device: torch.device) -> None:
+    """The neural spline flow (rational-quadratic couplings: searchsorted, gather and
+    ``torch.where`` over the identity tails) compiles, and its fast path stays exact; one
+    representative, as compilation is slow on the CPU."""
+    check_compiled_step("nsf-gmm", "reverse-path-fast", device, mode=None)
+
+
+@pytest.mark.compile
+@pytest.mark.usefixtures("fresh_dynamo")
 @pytest.mark.parametrize("name", ["reverse-path-fast", "forward-path-fast"])
 def test_compile_estimator(name: str, device: torch.device) -> None:
     """The library's compiled estimator, as the trainer uses it: per-call finiteness check off,
@@ -207,7 +220,7 @@ def test_per_call_finite_switch(name: str, device: torch.device) -> None:
 
 
 @pytest.mark.parametrize("inverse", [False, True])
-@pytest.mark.parametrize("setup", SETUPS)
+@pytest.mark.parametrize("setup", [*SETUPS, "nsf-gmm"])
 def test_functional_score_step_equals_eager_step(
     setup: str, inverse: bool, device: torch.device
 ) -> None:

@@ -6,7 +6,7 @@ from .conditioners import MLP
 from .coupling import AdditiveCoupling, AffineCoupling, Coupling
 from .glow import ActNorm, LULinear, Permutation, glow_flow
 from .masks import alternating_mask, checkerboard_mask
-from .models import real_nvp, z2_nice
+from .models import neural_spline_flow, real_nvp, z2_nice
 from .scaling import GlobalScaling
 from .splines import CircularSpline, RationalQuadraticSpline, rational_quadratic
 from .transforms import Additive, Affine, Elementwise, ElementwiseTransform
@@ -36,6 +36,7 @@ __all__ = [
     "checkerboard_mask",
     "glow_flow",
     "masked_autoregressive_flow",
+    "neural_spline_flow",
     "rational_quadratic",
     "real_nvp",
     "u1_flow",

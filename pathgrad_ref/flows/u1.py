@@ -20,7 +20,9 @@ so the active plaquette becomes ``h(P)``, ``f'(a) = h'(P)`` and ``∂_a log f' =
 ``h`` is a mixture of tan transforms, a diffeomorphism of the circle conditioned on the frozen
 plaquettes, which are gauge invariant: the layer commutes with gauge transformations. The
 fast-path score step of :class:`Coupling` applies unchanged; the inverse solves ``h(P) = P'``
-by bisection with implicit-function-theorem gradients (:mod:`.implicit`).
+by bisection with implicit-function-theorem gradients (:mod:`.implicit`). With
+``transform="circular-spline"`` ``h`` is instead a circular rational-quadratic spline
+(:class:`~pathgrad_ref.flows.splines.CircularSpline`), whose inverse is closed form: no bisection.
 """
 
 from __future__ import annotations
@@ -36,9 +38,11 @@ from ..distributions import Uniform
 from .base import Flow, Layer
 from .coupling import Coupling
 from .implicit import implicit_inverse
+from .splines import CircularSpline
 from .transforms import Elementwise, ElementwiseTransform
 
 TWO_PI = 2.0 * math.pi
+U1_TRANSFORMS = ("tan-mixture", "circular-spline")
 
 
 def _plaquette(links: Tensor) -> Tensor:
@@ -226,13 +230,45 @@ class PlaquetteTransform(ElementwiseTransform):
         return Elementwise(out, -torch.log(dh), -d2h / (dh * dh))
 
 
+class CircularPlaquetteTransform(ElementwiseTransform):
+    """``f(a; r, q) = (h(a + r; q) − r) mod 2π`` with ``h`` a circular spline
+    (:class:`~pathgrad_ref.flows.splines.CircularSpline`, which wraps ``P = a + r`` into
+    ``[0, 2π)`` itself): the active plaquette ``P`` becomes ``h(P)``.
+
+    ``p`` has shape ``(N, 1 + n_spline, n)``: ``p[:, 0] = r``, the rest the spline parameters.
+    Forward: ``log f' = log h'(P)``, ``∂_a log f' = h''(P)/h'(P)``. Inverse: ``P = h^{-1}(a' + r)``
+    in closed form, ``a = (P − r) mod 2π``, with the spline's inverse log-derivative and its
+    gradient. The shift by ``r`` and the reductions mod 2π change no derivative.
+    """
+
+    def __init__(self, bins: int = 8, rotation: bool = True) -> None:
+        self.spline = CircularSpline(bins, rotation=rotation)
+        self.n_params = 1 + self.spline.n_params
+
+    def _split(self, p: Tensor) -> tuple[Tensor, Tensor]:
+        if p.shape[1] != self.n_params:
+            raise ValueError(f"expected {self.n_params} parameters on axis 1, got {p.shape[1]}")
+        return p[:, 0], p[:, 1:]
+
+    def forward(self, a: Tensor, p: Tensor) -> Elementwise:
+        r, q = self._split(p)
+        res = self.spline.forward(a + r, q)
+        return Elementwise(torch.remainder(res.out - r, TWO_PI), res.log_deriv, res.grad_log_deriv)
+
+    def inverse(self, a: Tensor, p: Tensor) -> Elementwise:
+        r, q = self._split(p)
+        res = self.spline.inverse(a + r, q)
+        return Elementwise(torch.remainder(res.out - r, TWO_PI), res.log_deriv, res.grad_log_deriv)
+
+
 class U1Conditioner(nn.Module):
-    """``(N, n_passive) -> (N, 1 + 3K, n_active)``: ``r`` and the mixture parameters.
+    """``(N, n_passive) -> (N, 1 + C, n_active)``: ``r`` and ``C`` transform parameters (``C = 3K``
+    mixture parameters, or ``n_channels`` when given, e.g. a circular spline's).
 
     Rebuilds the link field with zeros on the active links, so that the plaquettes give ``r``
     at the active plaquettes and the true values at the frozen ones; ``(cos P, sin P)`` of the
-    frozen plaquettes (zeros elsewhere) go through a periodic conv net whose ``3K`` output
-    channels at each active plaquette site are that active link's mixture parameters.
+    frozen plaquettes (zeros elsewhere) go through a periodic conv net whose ``C`` output
+    channels at each active plaquette site are that active link's transform parameters.
     """
 
     unpermute: Tensor
@@ -248,6 +284,7 @@ class U1Conditioner(nn.Module):
         kernel_size: int = 3,
         activation: type[nn.Module] = nn.Tanh,
         zero_init: bool = True,
+        n_channels: int | None = None,
     ) -> None:
         super().__init__()
         if kernel_size < 1 or kernel_size % 2 != 1:
@@ -261,7 +298,7 @@ class U1Conditioner(nn.Module):
         self.register_buffer("unpermute", torch.argsort(order), persistent=False)
         self.register_buffer("active_plaquette", active_plaquette, persistent=False)
         self.register_buffer("frozen", frozen.to(torch.get_default_dtype()), persistent=False)
-        sizes = [2, *hidden, 3 * n_mixture]
+        sizes = [2, *hidden, 3 * n_mixture if n_channels is None else n_channels]
         layers: list[nn.Module] = []
         for i, (c_in, c_out) in enumerate(itertools.pairwise(sizes)):
             layers.append(
@@ -306,9 +343,13 @@ class U1Coupling(Coupling):
         alpha_min: floor of the tan-transform slopes ``α``.
         tol, max_iter: bisection tolerance and iteration bound of the inverse
             (see :func:`~pathgrad_ref.flows.implicit.implicit_inverse`).
+        transform: ``"tan-mixture"`` (:class:`PlaquetteTransform`, the paper's) or
+            ``"circular-spline"`` (:class:`CircularPlaquetteTransform`: closed-form inverse;
+            ``n_mixture``, ``alpha_min``, ``tol`` and ``max_iter`` then play no part).
+        bins, rotation: the circular spline's bins and whether it ends with a rotation.
     """
 
-    transform: PlaquetteTransform
+    transform: PlaquetteTransform | CircularPlaquetteTransform
 
     def __init__(
         self,
@@ -321,12 +362,30 @@ class U1Coupling(Coupling):
         alpha_min: float = 1e-3,
         tol: float | None = None,
         max_iter: int = 200,
+        transform: str = "tan-mixture",
+        bins: int = 8,
+        rotation: bool = True,
     ) -> None:
         links, _, _ = u1_masks(L, index)
-        conditioner = U1Conditioner(L, index, n_mixture, hidden, kernel_size, zero_init=zero_init)
-        super().__init__(
-            links, conditioner, PlaquetteTransform(n_mixture, alpha_min, tol, max_iter)
+        plaquette_map: PlaquetteTransform | CircularPlaquetteTransform
+        if transform == "tan-mixture":
+            plaquette_map = PlaquetteTransform(n_mixture, alpha_min, tol, max_iter)
+        elif transform == "circular-spline":
+            plaquette_map = CircularPlaquetteTransform(bins, rotation)
+        else:
+            raise ValueError(
+                f"unknown U(1) transform {transform!r}; expected one of {U1_TRANSFORMS}"
+            )
+        conditioner = U1Conditioner(
+            L,
+            index,
+            n_mixture,
+            hidden,
+            kernel_size,
+            zero_init=zero_init,
+            n_channels=plaquette_map.n_params - 1,
         )
+        super().__init__(links, conditioner, plaquette_map)
         self.index = index
         if not torch.equal(conditioner.unpermute, self.unpermute):
             raise AssertionError("conditioner and coupling disagree on the link ordering")
@@ -342,15 +401,34 @@ def u1_flow(
     alpha_min: float = 1e-3,
     tol: float | None = None,
     max_iter: int = 200,
+    transform: str = "tan-mixture",
+    bins: int = 8,
+    rotation: bool = True,
 ) -> Flow:
     """The U(1) flow (``docs/theory.md`` §7.3): ``n_layers`` gauge-equivariant couplings
     ``U1Coupling(L, i)``, ``i = 0, …, n_layers − 1``, over the uniform base on
     ``[0, 2π)^{2×L×L}``; events ``(N, 2, L, L)``. Defaults *(from the authors' public code)*:
-    24 layers, 6 tan transforms, conv channels ``[8, 8]``, kernel 3."""
+    24 layers, 6 tan transforms, conv channels ``[8, 8]``, kernel 3. ``transform=
+    "circular-spline"`` puts circular splines of ``bins`` bins (and a rotation) on the
+    plaquettes instead of tan mixtures: explicitly invertible, no bisection (``docs/theory.md``
+    §4.4)."""
     if n_layers < 1:
         raise ValueError(f"n_layers must be >= 1, got {n_layers}")
     layers: list[Layer] = [
-        U1Coupling(L, i, n_mixture, hidden, kernel_size, zero_init, alpha_min, tol, max_iter)
+        U1Coupling(
+            L,
+            i,
+            n_mixture,
+            hidden,
+            kernel_size,
+            zero_init,
+            alpha_min,
+            tol,
+            max_iter,
+            transform=transform,
+            bins=bins,
+            rotation=rotation,
+        )
         for i in range(n_layers)
     ]
     return Flow(Uniform((2, L, L), 0.0, TWO_PI), layers)
