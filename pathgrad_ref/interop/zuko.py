@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from ..distributions import BaseDistribution
-from ..flows.base import Flow, Layer
+from ..flows.base import Flow, Layer, is_compiling
 from ..flows.coupling import Coupling
 from ..flows.transforms import Elementwise, ElementwiseTransform
 
@@ -99,25 +99,32 @@ class _Univariate(NamedTuple):
         return res
 
 
-def _read_univariate(dependent: Any) -> _Univariate | None:
-    """The tensors of the map inside zuko's ``DependentTransform(univariate, 1)``; ``None`` for
-    a univariate map without a closed-form score step here."""
+# The tensors each known univariate map of zuko holds, by kind.
+_FIELDS = {
+    "additive": ("shift",),
+    "affine": ("shift", "log_scale", "scale"),
+    "rqs": ("horizontal", "vertical", "derivatives"),
+}
+
+
+def _kind(dependent: Any) -> str | None:
+    """The kind of the map inside zuko's ``DependentTransform(univariate, 1)``; ``None`` for a
+    map without a closed-form score step here. Called when wrapping, not on every step (the
+    ``isinstance`` checks need zuko's classes, which compiled code should not look up)."""
     t = getattr(dependent, "base", None)
     zt = _zuko().transforms
     if isinstance(t, zt.AdditiveTransform):
-        return _Univariate("additive", (t.shift,))
+        return "additive"
     if isinstance(t, zt.MonotonicAffineTransform):
-        return _Univariate("affine", (t.shift, t.log_scale, t.scale))
+        return "affine"
     if isinstance(t, zt.MonotonicRQSTransform):
-        return _Univariate("rqs", (t.horizontal, t.vertical, t.derivatives))
+        return "rqs"
     return None
 
 
-def _univariate(dependent: Any) -> _Univariate:
-    u = _read_univariate(dependent)
-    if u is None:  # from_zuko only builds the closed-form layers for known maps
-        raise TypeError(f"from_zuko: no closed form for {dependent!r}")
-    return u
+def _univariate(kind: str, dependent: Any) -> _Univariate:
+    """The tensors of the map of kind ``kind`` (from :func:`_kind`) that zuko's ``meta`` built."""
+    return _Univariate(kind, tuple(getattr(dependent.base, f) for f in _FIELDS[kind]))
 
 
 class _FromZukoMeta(ElementwiseTransform):
@@ -177,9 +184,10 @@ class ZukoCoupling(Coupling):
     step is :meth:`Coupling._score_step` with the map read from zuko's ``meta`` on every call.
     """
 
-    def __init__(self, lazy: Any, flipped: bool) -> None:
+    def __init__(self, lazy: Any, flipped: bool, kind: str) -> None:
         super().__init__(~lazy.mask.bool(), lazy, _FromZukoMeta())
         self.flipped = bool(flipped)
+        self.kind = kind
 
     def _elementwise_inverse(self, inverse: bool) -> bool:
         # Unflipped: forward (sampling) = inverse of zuko's map = the univariate's inverse.
@@ -187,7 +195,7 @@ class ZukoCoupling(Coupling):
 
     def _couple(self, x: Tensor, inverse: bool) -> tuple[Tensor, Tensor, Tensor, Elementwise]:
         a, b = self._split(x)  # a: transformed (zuko's x_b), b: passive (zuko's x_a)
-        uni = _univariate(cast(Any, self.conditioner).meta(None, b))
+        uni = _univariate(self.kind, cast(Any, self.conditioner).meta(None, b))
         res = uni.apply(a, self._elementwise_inverse(inverse))
         return self._merge(res.out, b), res.log_deriv.sum(1), b, res
 
@@ -221,10 +229,11 @@ class ZukoAutoregressive2(Layer):
     order: Tensor
     unpermute: Tensor
 
-    def __init__(self, lazy: Any, flipped: bool) -> None:
+    def __init__(self, lazy: Any, flipped: bool, kind: str) -> None:
         super().__init__()
         self.lazy = lazy
         self.flipped = bool(flipped)
+        self.kind = kind
         groups = lazy.order.long()
         self.register_buffer("first", torch.nonzero(groups == 0).flatten(), persistent=False)
         self.register_buffer("second", torch.nonzero(groups == 1).flatten(), persistent=False)
@@ -249,7 +258,7 @@ class ZukoAutoregressive2(Layer):
     def _params(self, g0: Tensor) -> _Univariate:
         """All features' maps from the hyper-network at ``(g0, 0)`` (group 1 is masked out)."""
         cond = self._merge(g0, g0.new_zeros(g0.shape[0], self.second.numel()))
-        return _univariate(cast(Any, self.lazy).meta(None, cond))
+        return _univariate(self.kind, cast(Any, self.lazy).meta(None, cond))
 
     def _pass(self, x: Tensor, zuko_forward: bool) -> tuple[Tensor, Tensor, Any]:
         """``(y, log_det, pieces)`` of zuko's map (``zuko_forward``) or of its inverse."""
@@ -285,8 +294,6 @@ class ZukoAutoregressive2(Layer):
                 "the fast-path score step needs an input that requires grad "
                 "(start from z.detach().requires_grad_())"
             )
-        from ..flows.base import is_compiling
-
         if is_compiling():  # the autograd VJP below needs the eager graph; see Coupling
             if inverse:
                 return Layer.inverse_and_score(self, x, score)
@@ -457,18 +464,20 @@ def _layer(lazy: Any, flipped: bool, probe: Tensor) -> Layer:
         )
     zf = _zuko().flows
     layer: Layer
-    if isinstance(lazy, zf.GeneralCouplingTransform) and _read_univariate(
-        lazy.meta(None, probe[:, lazy.mask.bool()])
-    ):
-        layer = ZukoCoupling(lazy, flipped)
+    kind: str | None = None
+    if isinstance(lazy, zf.GeneralCouplingTransform):
+        kind = _kind(lazy.meta(None, probe[:, lazy.mask.bool()]))
+        if kind is not None:
+            layer = ZukoCoupling(lazy, flipped, kind)
     elif (
         isinstance(lazy, zf.MaskedAutoregressiveTransform)
         and lazy.passes == 2
         and lazy.order is not None
-        and _read_univariate(lazy.meta(None, probe))
     ):
-        layer = ZukoAutoregressive2(lazy, flipped)
-    else:
+        kind = _kind(lazy.meta(None, probe))
+        if kind is not None:
+            layer = ZukoAutoregressive2(lazy, flipped, kind)
+    if kind is None:
         layer = ZukoTransform(lazy, flipped)
     _check_layer(layer, lazy, probe)
     return layer
