@@ -62,6 +62,12 @@ def test_every_flag_named_in_the_code_exists(experiments: dict[str, Experiment])
     must be a flag of the parser (the issue found ``--hmc-n-chains`` in an error message)."""
     known = set().union(*(parser_flags(e) for e in experiments.values())) | {"--help"}
     known |= {f for a in load_script("study").build_parser()._actions for f in a.option_strings}
+    known |= {
+        f for a in load_script("heavy_tails").build_parser()._actions for f in a.option_strings
+    }
+    # --compare is parsed inside paper_runs/studies/compare.py (tests/test_study.py runs it).
+    assert 'add_argument("--compare"' in (ROOT / "paper_runs/studies/compare.py").read_text()
+    known.add("--compare")
     named: set[str] = set()
     for path in [*ROOT.glob("pathgrad_ref/training/*.py"), *ROOT.glob("paper_runs/*.py")]:
         for literal in re.findall(r"\"[^\"\n]*\"", path.read_text()):
