@@ -41,7 +41,13 @@ if str(HERE) not in sys.path:
 
 from studies import rules  # noqa: E402
 from studies.provenance import history_entry  # noqa: E402
-from studies.report import markdown, plot, provenance_lines, verdict_rows  # noqa: E402
+from studies.report import (  # noqa: E402
+    markdown,
+    plot,
+    provenance_lines,
+    record_verdicts,
+    verdict_rows,
+)
 from studies.running import (  # noqa: E402
     StudyError,
     StudyInterruptedError,
@@ -195,7 +201,9 @@ def finish(spec: StudySpec, root: Path, *, commit: bool, why: str | None) -> dic
         if not why:
             raise StudyError(f'{dest / "study.json"} exists: say why it is replaced with --why "…"')
         previous = json.loads((dest / "study.json").read_text())
-        history = [*(previous.get("history") or []), history_entry(previous, why)]
+        # Its verdicts under the current rules, so that the new record says what changed.
+        verdicts = record_verdicts(with_aggregates(previous)) if previous.get("runs") else []
+        history = [*(previous.get("history") or []), history_entry(previous, why, verdicts)]
     study = summarise(spec, runs, study_provenance(spec, runs, HERE), history)
     write_json(root / "study.json", study)
     plot(study, root)

@@ -23,6 +23,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--dtype", default="float64", choices=["float64", "float32"], help="floating dtype"
     )
+    parser.addoption(
+        "--compile-backend",
+        default=None,
+        choices=["inductor", "aot_eager"],
+        help="one torch.compile backend for the whole compile grid of tests/test_compile.py "
+        "(default: inductor for the fast path and RealNVP, aot_eager for the rest)",
+    )
 
 
 def _requested_device(config: pytest.Config) -> torch.device:

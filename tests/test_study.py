@@ -546,6 +546,52 @@ def test_replacing_a_committed_study_keeps_its_history(
     assert new["provenance"]["commands"] == [["python", "paper_runs/study.py", "gmm-reverse"]]
 
 
+def test_a_replacing_record_says_which_verdicts_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The replaced record's verdicts, under the rules in force, go into the new record's
+    history, and its provenance lines set them against the new verdicts: a known answer,
+    4 seeds of equal ESS (pending re-run; the tests alone: inconclusive) replaced by 8 seeds
+    where the path gradient is clearly better (holds)."""
+    from script_support import load_script
+
+    from studies.report import provenance_lines
+
+    study_py = load_script("study")
+    spec = study_py.STUDIES["gmm-reverse"]
+    results = tmp_path / "results"
+    (results / spec.name).mkdir(parents=True)
+    old = _synthetic({"reverse-standard": STD8[:4], "reverse-path-fast": STD8[:4]})
+    old["spec"] = {**old["spec"], "seeds": [0, 1, 2, 3]}
+    old["provenance"] = {"date": "2026-01-01T00:00:00Z", "commit": "abc"}
+    (results / spec.name / "study.json").write_text(json.dumps(old))
+    monkeypatch.setattr(study_py, "RESULTS_DIR", results)
+    monkeypatch.setattr(study_py, "render_results", lambda: tmp_path / "RESULTS.md")
+    synthetic = _synthetic({"reverse-standard": STD8, "reverse-path-fast": _shift(STD8, 0.3)})
+    monkeypatch.setattr(
+        study_py, "collect", lambda spec, root: [
+            {"estimator": r["estimator"], "seed": r["seed"], "curve": r["curve"],
+             "summary": {"status": "completed", "final": r["final"]}, "invocations": []}
+            for r in synthetic["runs"]
+        ],
+    )  # fmt: skip
+    (tmp_path / "run").mkdir()
+    study_py.finish(spec, tmp_path / "run", commit=True, why="8 seeds")
+    new = json.loads((results / spec.name / "study.json").read_text())
+    [entry] = new["history"]
+    one_a = next(v for v in entry["verdicts"] if v["claim"] == "1a")
+    assert one_a == {
+        "claim": "1a",
+        "estimator": "reverse-path-fast",
+        "verdict": "pending re-run",
+        "tests": "inconclusive",
+    }
+    text = "\n".join(provenance_lines(study_py.with_aggregates(new)))
+    assert (
+        "1a (`reverse-path-fast`): pending re-run (tests alone: inconclusive) → holds" in text
+    )
+
+
 def test_committed_records_carry_provenance_and_history() -> None:
     for path in sorted((ROOT / "paper_runs" / "results").glob("*/study.json")):
         record = json.loads(path.read_text())

@@ -90,9 +90,16 @@ def provenance(folder: Path, commands: Sequence[Sequence[str]]) -> dict[str, Any
     }
 
 
-def history_entry(previous: dict[str, Any], why: str) -> dict[str, Any]:
-    """What a replaced record was: its date and code commit (from its provenance) and why it
-    was replaced. (Entries reconstructed from git for records older than their provenance
-    have ``commit: null`` and name the commit that added the record, ``committed_in``.)"""
+def history_entry(
+    previous: dict[str, Any], why: str, verdicts: Sequence[dict[str, str]] = ()
+) -> dict[str, Any]:
+    """What a replaced record was: its date and code commit (from its provenance), why it was
+    replaced and, where given, its verdicts under the rules in force when it was replaced
+    (``verdicts``, see ``report.record_verdicts``). (Entries reconstructed from git for records
+    older than their provenance have ``commit: null`` and name the commit that added the
+    record, ``committed_in``.)"""
     prov = previous.get("provenance") or {}
-    return {"date": prov.get("date"), "commit": prov.get("commit"), "why": why}
+    entry: dict[str, Any] = {"date": prov.get("date"), "commit": prov.get("commit"), "why": why}
+    if verdicts:
+        entry["verdicts"] = [dict(v) for v in verdicts]
+    return entry

@@ -87,7 +87,39 @@ def provenance_lines(study: dict[str, Any]) -> list[str]:
             f"- replaced: the record of {h.get('date') or '–'} (code commit "
             f"`{h.get('commit') or 'not recorded'}`{where}): {h.get('why')}"
         )
+        if h.get("verdicts"):
+            lines.append(f"  - its verdicts → this record's: {verdict_changes(study, h)}")
     return lines
+
+
+def record_verdicts(study: dict[str, Any]) -> list[dict[str, str]]:
+    """Every verdict of a record, as kept in a replacing record's ``history``: ``claim``
+    (the claim's number, or the preset's target), ``estimator``, ``verdict`` and ``tests``
+    (what the tests alone give; differs from ``verdict`` where the design withholds one)."""
+    if rules.is_preset_check(study):
+        return [
+            {"claim": q["target"], "estimator": q["estimator"], "verdict": q["verdict"],
+             "tests": q["verdict"]}
+            for q in rules.quick_targets(study)
+        ]  # fmt: skip
+    return [
+        {"claim": c.number, "estimator": c.estimator, "verdict": c.verdict,
+         "tests": c.tests_verdict}
+        for c in rules.decide(study)
+    ]  # fmt: skip
+
+
+def verdict_changes(study: dict[str, Any], replaced: dict[str, Any]) -> str:
+    """``"1a (`reverse-path-fast`): pending re-run (tests alone: holds) → holds; …"``: each
+    verdict of a replaced record (a ``history`` entry with ``verdicts``) against this one's."""
+    now = {(v["claim"], v["estimator"]): v["verdict"] for v in record_verdicts(study)}
+    parts = []
+    for v in replaced.get("verdicts") or []:
+        was = v["verdict"] + (f" (tests alone: {v['tests']})" if v["tests"] != v["verdict"] else "")
+        new = now.get((v["claim"], v["estimator"]), "not tested now")
+        same = " (unchanged)" if new == v["verdict"] else ""
+        parts.append(f"{v['claim']} (`{v['estimator']}`): {was} → {new}{same}")
+    return "; ".join(parts)
 
 
 def verdict_rows(study: dict[str, Any]) -> list[dict[str, str]]:

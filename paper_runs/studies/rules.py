@@ -257,6 +257,7 @@ class Claim:
     p_for_holm: float = math.nan
     p_against_holm: float = math.nan
     verdict: str = INCONCLUSIVE
+    tests_verdict: str = INCONCLUSIVE  # what the tests alone give, before the design checks
     note: str = ""
     values: dict[str, Any] = field(default_factory=dict)
 
@@ -444,6 +445,7 @@ def decide(study: dict[str, Any]) -> list[Claim]:
             c.verdict = FAILS
         else:
             c.verdict = INCONCLUSIVE
+        c.tests_verdict = c.verdict
         reasons = []
         if n_seeds < MIN_SEEDS:
             reasons.append(f"{n_seeds} seeds < {MIN_SEEDS}")
