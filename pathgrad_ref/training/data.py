@@ -8,9 +8,8 @@ Layout of a cached sample set, ``<cache_dir>/<name>-<key>/``:
 - ``chunk_00000.pt``, …: ``(n_i, *event_shape)`` tensors, together the samples in order.
 
 A set is written to a temporary folder and renamed into place, so a killed generation never
-leaves a partial set behind. Chunks load with ``weights_only=True`` and ``mmap=True``: a
-50-million-sample set is paged in from disk on demand and shared between processes, not copied
-into each one's memory.
+leaves a partial set behind. Chunks load with ``weights_only=True`` and are concatenated into
+one tensor (the paper's sets are at most 10⁵ small samples).
 """
 
 from __future__ import annotations
@@ -42,53 +41,13 @@ sample (e.g. a global sign flip for φ⁴), to remove the imbalance between mode
 chains started at random leave behind."""
 
 
-class SampleStore:
-    """Samples ``(N, *event_shape)`` held as a list of chunks (CPU tensors, possibly
-    memory-mapped); indexing gathers across chunks."""
-
-    def __init__(self, chunks: Sequence[Tensor]) -> None:
-        chunks = [c for c in chunks if c.shape[0] > 0]
-        if not chunks:
-            raise ValueError("SampleStore needs at least one non-empty chunk")
-        shapes = {tuple(c.shape[1:]) for c in chunks}
-        if len(shapes) != 1:
-            raise ValueError(f"SampleStore: chunks of different event shapes {sorted(shapes)}")
-        self.chunks = list(chunks)
-        sizes = torch.tensor([c.shape[0] for c in self.chunks])
-        self._ends = torch.cumsum(sizes, 0)
-        self._starts = self._ends - sizes
-        self.event_shape: tuple[int, ...] = shapes.pop()
-
-    def __len__(self) -> int:
-        return int(self._ends[-1])
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.chunks[0].dtype
-
-    def gather(self, index: Tensor) -> Tensor:
-        """``samples[index]``, shape ``(len(index), *event_shape)``, on the CPU."""
-        index = index.to(device="cpu", dtype=torch.int64)
-        if len(self.chunks) == 1:
-            return self.chunks[0][index]
-        which = torch.searchsorted(self._ends, index, right=True)
-        out = torch.empty((index.numel(), *self.event_shape), dtype=self.dtype)
-        for c in torch.unique(which).tolist():
-            sel = (which == c).nonzero().flatten()
-            out[sel] = self.chunks[c][index[sel] - self._starts[c]]
-        return out
-
-    def all(self) -> Tensor:
-        """Every sample in one tensor (a copy unless there is a single chunk)."""
-        return self.chunks[0] if len(self.chunks) == 1 else torch.cat(self.chunks)
-
-
 @dataclass
 class TargetSamples:
-    """Training and held-out target samples (either may be ``None``) and how they were made."""
+    """Training and held-out target samples ``(N, *event_shape)`` on the CPU (either may be
+    ``None``) and how they were made."""
 
-    train: SampleStore | None
-    test: SampleStore | None
+    train: Tensor | None
+    test: Tensor | None
     metadata: dict[str, Any]
 
 
@@ -168,8 +127,8 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
 
 def load_sample_set(
     folder: str | os.PathLike[str], verify: bool = True
-) -> tuple[SampleStore, dict[str, Any]]:
-    """Load a set written by :func:`save_sample_set` (``weights_only=True``, memory-mapped).
+) -> tuple[Tensor, dict[str, Any]]:
+    """Load a set written by :func:`save_sample_set` as one tensor ``(N, *event_shape)``.
     With ``verify`` every chunk's SHA-256 is checked against ``metadata.json`` (one read of
     the set). A damaged, truncated or missing file is a :class:`ConfigError` naming it and
     saying to delete the folder, which the next run then regenerates."""
@@ -179,7 +138,8 @@ def load_sample_set(
     n_chunks, sums = metadata.get("n_chunks"), metadata.get("sha256")
     if not isinstance(n_chunks, int) or not isinstance(sums, list) or len(sums) != n_chunks:
         raise unusable(src / "metadata.json", "lacks the chunk count or checksums", todo)
-    chunks = []
+    chunks: list[Tensor] = []
+    shape = torch.Size()
     for i in range(n_chunks):
         path = src / chunk_name(i)
         if not path.exists():
@@ -187,15 +147,16 @@ def load_sample_set(
         if verify and file_sha256(path) != sums[i]:
             raise unusable(path, "does not match its checksum (damaged or truncated)", todo)
         try:
-            t = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            t = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # torch raises many types for damaged archives
             raise unusable(path, f"cannot be loaded ({type(e).__name__})", todo) from None
-        if not isinstance(t, Tensor) or t.dim() < 1:
-            raise unusable(path, "is not a tensor of samples", todo)
+        if not isinstance(t, Tensor) or t.dim() < 1 or (chunks and t.shape[1:] != shape):
+            raise unusable(path, "is not a tensor of samples like the others", todo)
         chunks.append(t)
-    if sum(c.shape[0] for c in chunks) != metadata.get("n_samples"):
+        shape = t.shape[1:]
+    if sum(c.shape[0] for c in chunks) != metadata.get("n_samples") or not chunks:
         raise unusable(src / "metadata.json", "disagrees with its chunks on the sample count", todo)
-    return SampleStore(chunks), metadata
+    return torch.cat(chunks), metadata
 
 
 def exact_samples(
@@ -204,11 +165,11 @@ def exact_samples(
     """Samples from the target's exact sampler: the training and test sets from two
     independent CPU streams seeded by ``seed``, stored in ``dtype``."""
 
-    def draw(n: int, split: int) -> SampleStore | None:
+    def draw(n: int, split: int) -> Tensor | None:
         if n == 0:
             return None
         g = torch.Generator().manual_seed(stream_seed(seed, 0, 100 + split))
-        return SampleStore([target.sample(n, g).to(dtype)])
+        return target.sample(n, g).to(dtype)
 
     def info(n: int) -> dict[str, Any] | None:
         return {"n_samples": n, "seed": seed} if n else None
@@ -325,7 +286,7 @@ def cached_hmc_samples(
     log: Callable[[str], None] = print,
     verify: bool = True,
     **sampler: Any,
-) -> tuple[SampleStore, dict[str, Any]]:
+) -> tuple[Tensor, dict[str, Any]]:
     """``n`` HMC samples of ``target`` for data split ``split`` (``"train"``/``"test"``,
     independent streams), from the cache if present, else generated by :func:`generate_hmc`
     (which takes the ``sampler`` keywords: ``periodic``, ``observable``, ``symmetry``,
@@ -356,61 +317,3 @@ def cached_hmc_samples(
         f"{report['step_size']:.3g}; cached in {folder}"
     )
     return store, meta
-
-
-class MinibatchSampler:
-    """Random minibatches (with replacement) of a :class:`SampleStore`, with indices drawn from
-    a generator seeded by ``seed``.
-
-    ``on_device``: copy the samples to ``device`` in ``dtype`` once and draw the indices there
-    (no host transfer per step); otherwise each minibatch is gathered on the CPU from the
-    (memory-mapped) chunks and moved over. ``None`` decides with :meth:`fits`. (On the CPU a
-    single chunk is used in place.) The choice is :attr:`on_device`; runs that are compared
-    should share it.
-    """
-
-    def __init__(
-        self,
-        store: SampleStore,
-        seed: int,
-        device: torch.device,
-        dtype: torch.dtype,
-        on_device: bool | None = None,
-    ) -> None:
-        self.store = store
-        self.device = device
-        self.dtype = dtype
-        self.on_device = self.fits(store, device, dtype) if on_device is None else on_device
-        self._resident: Tensor | None = None
-        if device.type == "cpu" and len(store.chunks) == 1:
-            self._resident = store.chunks[0].to(dtype=dtype)
-        elif self.on_device:
-            resident = torch.empty((len(store), *store.event_shape), dtype=dtype, device=device)
-            start = 0
-            for c in store.chunks:
-                resident[start : start + c.shape[0]].copy_(c)
-                start += c.shape[0]
-            self._resident = resident
-        where = self._resident.device if self._resident is not None else torch.device("cpu")
-        self.generator = torch.Generator(device=where).manual_seed(seed)
-
-    @staticmethod
-    def fits(store: SampleStore, device: torch.device, dtype: torch.dtype) -> bool:
-        """Whether ``store`` in ``dtype`` takes at most 40% of the free memory of a CUDA
-        device, or 2 GiB on the CPU."""
-        limit = int(0.4 * torch.cuda.mem_get_info(device)[0]) if device.type == "cuda" else 2 << 30
-        itemsize = torch.empty((), dtype=dtype).element_size()
-        return len(store) * math.prod(store.event_shape) * itemsize <= limit
-
-    def draw(self, n: int) -> Tensor:
-        """``(n, *event_shape)`` samples drawn uniformly with replacement."""
-        if self._resident is not None:
-            index = torch.randint(
-                len(self.store), (n,), generator=self.generator, device=self._resident.device
-            )
-            return self._resident[index]
-        index = torch.randint(len(self.store), (n,), generator=self.generator)
-        batch = self.store.gather(index)
-        if self.device.type == "cuda":
-            batch = batch.pin_memory()
-        return batch.to(device=self.device, dtype=self.dtype, non_blocking=True)

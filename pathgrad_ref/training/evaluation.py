@@ -45,7 +45,6 @@ from ..metrics import (
     reverse_ess_error,
 )
 from ..targets.base import Target
-from .data import SampleStore
 
 MIN_EFFECTIVE_SAMPLES = 10.0
 RELIABLE_EFFECTIVE_SAMPLES = 1000.0
@@ -147,8 +146,8 @@ def evaluate(
     generator: torch.Generator,
     observables: Sequence[Observable] = (),
     log_z: float | None = None,
-    test: SampleStore | None = None,
-    train: SampleStore | None = None,
+    test: Tensor | None = None,
+    train: Tensor | None = None,
     chunk: int = 4096,
 ) -> dict[str, Any]:
     """Metrics of ``flow`` (see the module docstring) on ``n_samples`` flow samples drawn with
@@ -193,17 +192,16 @@ def evaluate(
 
 @torch.no_grad()
 def evaluate_on_samples(
-    flow: Flow, target: Target, samples: SampleStore, *, log_z: float | None, chunk: int
+    flow: Flow, target: Target, samples: Tensor, *, log_z: float | None, chunk: int
 ) -> dict[str, float]:
     """NLL, forward ESS and (with ``log_z``) ``KL(p‖q)`` on target samples, moved to the
     flow's device and dtype ``chunk`` at a time."""
     log_qs, log_ws = [], []
-    for c in samples.chunks:
-        for part in torch.split(c, chunk):
-            x = part.to(device=flow.device, dtype=flow.dtype)
-            log_q = flow.log_prob(x)
-            log_qs.append(log_q.to(torch.float64))
-            log_ws.append((-target.action(x) - log_q).to(torch.float64))
+    for part in torch.split(samples, chunk):
+        x = part.to(device=flow.device, dtype=flow.dtype)
+        log_q = flow.log_prob(x)
+        log_qs.append(log_q.to(torch.float64))
+        log_ws.append((-target.action(x) - log_q).to(torch.float64))
     log_q_all, log_w = torch.cat(log_qs), torch.cat(log_ws)
     out = {
         "nll": float(-log_q_all.mean()),
@@ -216,7 +214,7 @@ def evaluate_on_samples(
 
 
 def references(
-    observables: Sequence[Observable], test: SampleStore | None, tau_int: float = math.nan
+    observables: Sequence[Observable], test: Tensor | None, tau_int: float = math.nan
 ) -> dict[str, dict[str, Any]]:
     """Per observable: the exact value where known, and the mean over held-out target samples
     if there are any, with the error ``std · sqrt(2 τ_int / N)``. ``value``/``err``/``source``
@@ -225,8 +223,7 @@ def references(
     for o in observables:
         ref: dict[str, Any] = {}
         if test is not None:
-            values = torch.cat([o.fn(c.to(torch.float64)) for c in test.chunks])
-            est = sample_mean(values, tau_int)
+            est = sample_mean(o.fn(test.to(torch.float64)), tau_int)
             ref.update(sample_value=est.mean, sample_err=est.err)
         if o.exact is not None:
             ref.update(value=o.exact, err=0.0, source="exact")

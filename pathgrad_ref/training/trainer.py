@@ -57,7 +57,7 @@ from ..precision import apply_precision_policy
 from ..targets.base import Target
 from . import files as ckpt
 from .config import ConfigError, TrainConfig
-from .data import MinibatchSampler, SampleStore, TargetSamples
+from .data import TargetSamples
 from .distributed import (
     DistContext,
     all_reduce,
@@ -208,9 +208,8 @@ class Trainer:
     ``metrics.jsonl``, ``checkpoint.pt``, ``summary.json`` and plots (rank 0 writes; ``None``:
     nothing is written). ``data``: ``train`` for forward-KL estimators, ``test`` for NLL,
     forward ESS and the observables' sample references. ``log_z``: where known (absolute KL).
-    ``run_config``: JSON-ready description stored in checkpoints and the summary.
-    ``data_on_device``: hold the training samples on ``device`` (``None``: decide from the free
-    memory, :meth:`MinibatchSampler.fits`).
+    ``run_config``: JSON-ready description stored in checkpoints and the summary. The training
+    samples are held on ``device``; minibatches are drawn with replacement.
     """
 
     def __init__(
@@ -228,7 +227,6 @@ class Trainer:
         run_config: dict[str, Any] | None = None,
         log: Callable[[str], None] = print,
         title: str = "",
-        data_on_device: bool | None = None,
     ) -> None:
         try:
             config.validate()
@@ -267,21 +265,20 @@ class Trainer:
         self.generators = {
             "batch": device_generator(device, stream_seed(config.seed, rank, _BATCH_STREAM))
         }
-        self.sampler: MinibatchSampler | None = None
-        self.train_subset: SampleStore | None = None
+        self.train_samples: Tensor | None = None  # on the device, for forward-KL minibatches
+        self.train_subset: Tensor | None = None
         if self.direction == "forward":
             if data is None or data.train is None:
                 why = f"{config.estimator} minimises the forward KL and needs training samples"
                 raise ConfigError("train.estimator", why + " of the target, but this run has none")
+            check_finite(data.train, "training samples of the target")
+            self.train_samples = data.train.to(device=device, dtype=self.dtype)
             seed = stream_seed(config.seed, rank, _INDEX_STREAM)
-            self.sampler = MinibatchSampler(data.train, seed, device, self.dtype, data_on_device)
-            self.generators["index"] = self.sampler.generator
-            for chunk in data.train.chunks:
-                check_finite(chunk, "training samples of the target")
+            self.generators["index"] = device_generator(device, seed)
             # A fixed part of the training set, as large as the held-out set, for the training
             # NLL (its gap to the held-out NLL shows overfitting).
             k = min(len(data.train), len(data.test) if data.test is not None else 10_000)
-            self.train_subset = SampleStore([data.train.gather(torch.arange(k))])
+            self.train_subset = data.train[:k]
         broadcast_parameters(self.flow, self.ctx)
 
         self.step = 0
@@ -313,9 +310,13 @@ class Trainer:
     # ------------------------------------------------------------------ one step
 
     def _draw_batch(self) -> Tensor:
-        if self.sampler is not None:
-            return self.sampler.draw(self.local_batch)
-        return self.flow.base.sample(self.local_batch, self.generators["batch"])
+        """Base samples, or a minibatch of the training samples drawn with replacement (the
+        indices from the generator's device: on ``meta`` a CPU stream)."""
+        if self.train_samples is None:
+            return self.flow.base.sample(self.local_batch, self.generators["batch"])
+        g, n = self.generators["index"], len(self.train_samples)
+        index = torch.randint(n, (self.local_batch,), generator=g, device=g.device)
+        return self.train_samples[index.to(self.device)]
 
     def _train_step(self) -> tuple[Tensor, Tensor, Tensor]:
         """One step; returns ``(loss, grad_norm, finite)``: the loss averaged over ranks and
@@ -350,10 +351,6 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return loss_mean, norm, finite
-
-    def _record(self, loss: Tensor, grad_norm: Tensor, finite: Tensor) -> None:
-        """The device-side bookkeeping of a step (:class:`_Counters`); no host read."""
-        self.counters.update(loss, grad_norm, finite)
 
     def check(self, plateau: bool) -> None:
         """Read the on-device counters (one transfer) into :attr:`read`, :attr:`n_skipped` and
@@ -438,9 +435,9 @@ class Trainer:
         the step (training streams untouched)."""
         seed, n = stream_seed(self.config.seed, 0, _NOISE_STREAM, self.step), self.local_batch
         draw: Callable[[], Tensor]
-        if self.sampler is not None:
-            store, gen = self.sampler.store, torch.Generator().manual_seed(seed)
-            draw = lambda: store.gather(torch.randint(len(store), (n,), generator=gen))  # noqa: E731
+        if self.data is not None and self.data.train is not None and self.direction == "forward":
+            train, gen = self.data.train, torch.Generator().manual_seed(seed)
+            draw = lambda: train[torch.randint(len(train), (n,), generator=gen)]  # noqa: E731
         else:
             base_gen = device_generator(self.device, seed)
             draw = lambda: self.flow.base.sample(n, base_gen)  # noqa: E731
@@ -598,7 +595,7 @@ class Trainer:
             stop = over_time
             while self.step < cfg.steps and not stop:
                 with self._timed("train"):
-                    self._record(*self._train_step())
+                    self.counters.update(*self._train_step())
                 self.step += 1
                 self.interval_steps += 1
                 at_eval = self.step % cfg.eval_every == 0
