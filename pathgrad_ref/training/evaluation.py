@@ -8,7 +8,6 @@ NaN below ``MIN_EFFECTIVE_SAMPLES`` effective samples, where it means nothing). 
 target samples ``x_j ~ p``: NLL ``−mean(log q_θ)``, forward ESS ``N² / (Σ w · Σ 1/w)`` and
 ``KL(p‖q) = mean(log w) − log Z``; on part of the training samples the training NLL, whose gap
 to the held-out one shows overfitting. Both ESS come with delta-method standard errors.
-:func:`gradient_noise` measures the variance of the standard and the path gradient.
 
 When can a reweighted estimate be trusted? :func:`unreliable_reason`, the one place the rule
 is written, asks for two things:
@@ -35,12 +34,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..estimators import Direction
 from ..flows.base import Flow
 from ..metrics import (
     forward_ess,
     forward_ess_error,
-    gradient_variance,
     reverse_ess,
     reverse_ess_error,
 )
@@ -232,25 +229,3 @@ def references(
         if ref:
             refs[o.name] = ref
     return refs
-
-
-GRADIENT_PAIRS: dict[Direction, tuple[str, str]] = {
-    "reverse": ("reverse-standard", "reverse-path-fast"),
-    "forward": ("forward-standard", "forward-path-fast"),
-}
-"""The standard and the path estimator compared by :func:`gradient_noise`, per direction."""
-
-
-def gradient_noise(
-    flow: Flow, target: Target, direction: Direction, batches: Sequence[Tensor]
-) -> dict[str, float]:
-    """``Σ_k Var[g_k]`` (the trace of the gradient covariance) of the standard and of the path
-    gradient of ``direction`` at the flow's current parameters, over the same independent
-    ``batches`` (at least two; base samples for the reverse KL, target samples for the
-    forward KL). Returns ``grad_var_standard`` and ``grad_var_path``; ``.grad`` fields are left
-    untouched."""
-    standard, path = GRADIENT_PAIRS[direction]
-    return {
-        "grad_var_standard": gradient_variance(standard, flow, target, batches).total_variance(),
-        "grad_var_path": gradient_variance(path, flow, target, batches).total_variance(),
-    }

@@ -2,37 +2,31 @@
 clipping, skipping of non-finite steps, periodic evaluation, resumable checkpoints and a clean
 stop on SIGINT or SIGTERM.
 
-One step, on every data-parallel rank ``r`` of ``W``: draw ``batch_size / W`` samples from the
-rank's own stream (base samples for a reverse-KL estimator, a minibatch of the training target
-samples for a forward one); ``loss, _ = estimator(flow, target, batch)``; ``backward``; average
-the gradients over the ranks; if the loss or the global gradient norm is not finite, skip the
-update and count it, otherwise clip the norm and take the Adam step.
+One step, on every data-parallel rank of ``W``: draw ``batch_size / W`` samples from the rank's
+own stream (base samples for a reverse-KL estimator, a minibatch of the training samples for a
+forward one); ``loss, _ = estimator(flow, target, batch)``; ``backward``; average the gradients
+over the ranks; if the loss or the global gradient norm is not finite, skip the update and count
+it, otherwise clip the norm and take the Adam step.
 
-No step reads a value on the host. The flag "not finite" goes to the fused Adam kernel (CUDA,
-and the CPU since torch 2.4, the package's floor) as ``found_inf``, the protocol of
-``torch.amp.GradScaler``: the kernel leaves parameters, moments and step count untouched. The
-loop's bookkeeping stays on the device (:class:`_Counters`) and is read in one transfer every
-``STOP_VOTE_EVERY`` steps and at evaluation, checkpoint and stop steps (:meth:`Trainer.check`).
-Hence, deliberately: ``max_nonfinite`` non-finite steps in a row stop the run up to
-``STOP_VOTE_EVERY - 1`` steps late (with the parameters of the last good step); the plateau
-schedule counts its patience in finite steps (a new minimum is any lower loss) but lowers the
-rate, to ``max(lr · lr_factor, lr_min)``, only at multiples of ``STOP_VOTE_EVERY``, so that a
-resumed run decides alike.
+No step reads a value on the host: "not finite" goes to the fused Adam kernel as ``found_inf``
+(the protocol of ``torch.amp.GradScaler``), which then leaves parameters, moments and step count
+untouched, and the bookkeeping stays on the device (:class:`_Counters`), read in one transfer
+every ``STOP_VOTE_EVERY`` steps and at evaluation, checkpoint and stop steps. Hence a run of
+``max_nonfinite`` non-finite steps stops up to ``STOP_VOTE_EVERY - 1`` steps late, and the
+plateau schedule (patience counted in finite steps) lowers the rate only at multiples of
+``STOP_VOTE_EVERY``, so that a resumed run decides alike.
 
-The clock: ``train_time_s`` is the time of the training steps alone (batch draw, estimator,
-backward, optimiser step, the counter reads and stop votes); ``eval_time_s`` and
-``checkpoint_time_s`` the time spent evaluating (and logging) and writing checkpoints;
-``wall_time_s`` all of it; all cumulative over resumed segments. On a GPU the queued steps'
-time reaches the clock at the next counter read, so the clock adds no host synchronisation.
-``--time-limit``, the progress bar and the step times use ``train_time_s``.
+The clock: ``train_time_s`` (the training steps alone: batch, estimator, backward, optimiser,
+counter reads, stop votes; used by ``--time-limit``, the progress bar and step times),
+``eval_time_s``, ``checkpoint_time_s`` and ``wall_time_s``, all cumulative over resumed
+segments. On a GPU the queued steps' time reaches the clock at the next counter read.
 
-Every ``eval_every`` steps rank 0 evaluates (:func:`~.evaluation.evaluate`) on fresh flow
-samples from a stream seeded by the step (evaluation never disturbs training), with the means
-of loss, gradient norm and step time since the last evaluation. On SIGINT or SIGTERM the step
-is finished, a checkpoint written and the summary says ``"status": "interrupted"``; a second
-signal stops at once. Under ``torchrun`` the ranks vote every ``STOP_VOTE_EVERY`` steps, so they
-stop at one step. On the CPU a resumed run retraces an uninterrupted one exactly: the checkpoint
-holds parameters, Adam's state, every random stream of every rank and the counters.
+Every ``eval_every`` steps rank 0 evaluates on flow samples from a stream seeded by the step
+(evaluation never disturbs training). On SIGINT or SIGTERM the step is finished, a checkpoint
+written and the summary says ``"status": "interrupted"``; a second signal stops at once. Under
+``torchrun`` the ranks vote on stopping every ``STOP_VOTE_EVERY`` steps. On the CPU a resumed
+run retraces an uninterrupted one exactly: the checkpoint holds parameters, Adam's state, every
+random stream of every rank and the counters.
 """
 
 from __future__ import annotations
@@ -53,6 +47,7 @@ from torch import Tensor
 from .._validation import check_finite, per_call_finite_check
 from ..estimators import compile_estimator, direction, get_estimator
 from ..flows.base import Flow
+from ..metrics import gradient_variance
 from ..precision import apply_precision_policy
 from ..targets.base import Target
 from . import files as ckpt
@@ -67,7 +62,7 @@ from .distributed import (
     stream_seed,
     trainable,
 )
-from .evaluation import Observable, evaluate, gradient_noise, references
+from .evaluation import Observable, evaluate, references
 from .files import unusable, write_json
 from .plots import plot_run
 from .report import MetricRecord, MetricsLog, describe, fmt
@@ -133,10 +128,6 @@ class StopSignals:
                 signal.signal(s, h)
 
 
-def _scalar(value: float, dtype: torch.dtype, device: torch.device) -> Tensor:
-    return torch.tensor(value, dtype=dtype, device=device)
-
-
 class _Counters:
     """The loop's per-step bookkeeping as 0-d device tensors, updated without host reads:
     non-finite steps in a row (``consecutive``), the longest such run (``longest``), all
@@ -151,7 +142,7 @@ class _Counters:
         s = {"best": math.inf, **(state or {})}
         for k in self.KEYS:
             dtype = torch.float64 if k in self._FLOAT else torch.int64
-            setattr(self, k, _scalar(s.get(k, 0), dtype, device))
+            setattr(self, k, torch.tensor(s.get(k, 0), dtype=dtype, device=device))
 
     def update(self, loss: Tensor, grad_norm: Tensor, finite: Tensor) -> None:
         """Count a step with 0-d float64 ``loss`` and ``grad_norm`` and 0-d bool ``finite``."""
@@ -186,18 +177,15 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        dev = torch.device(name)
+        dev: torch.device | None = torch.device(name)
     except RuntimeError:
-        raise ConfigError("train.device", f"expected auto, cpu or cuda[:K], got {name!r}") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError("train.device", f"{name}: CUDA is not available on this machine")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ConfigError(
-                "train.device", f"{name}: only {torch.cuda.device_count()} CUDA device(s) here"
-            )
-    elif dev.type != "cpu":
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
         raise ConfigError("train.device", f"expected auto, cpu or cuda[:K], got {name!r}")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device", f"{name}: CUDA is not available on this machine")
+    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+        raise ConfigError("train.device", f"{name}: only {torch.cuda.device_count()} CUDA devices")
     return dev
 
 
@@ -353,12 +341,9 @@ class Trainer:
         return loss_mean, norm, finite
 
     def check(self, plateau: bool) -> None:
-        """Read the on-device counters (one transfer) into :attr:`read`, :attr:`n_skipped` and
-        :attr:`consecutive_nonfinite`; raise :class:`TrainingError` if a run
-        of ``max_nonfinite`` non-finite steps in a row has occurred; if ``plateau`` (only at
-        steps that are multiples of ``STOP_VOTE_EVERY``, so that resumed runs decide alike) and
-        the plateau schedule is on, lower the rate when the finite steps since the lowest loss
-        exceed ``lr_patience``."""
+        """Read the on-device counters (one transfer); raise :class:`TrainingError` after
+        ``max_nonfinite`` non-finite steps in a row; if ``plateau`` and the plateau schedule is
+        on, lower the rate when the finite steps since the lowest loss exceed ``lr_patience``."""
         cfg = self.config
         c = self.read = self.counters.state()
         self.consecutive_nonfinite = int(c["consecutive"])
@@ -430,9 +415,10 @@ class Trainer:
         return record
 
     def _gradient_noise(self) -> dict[str, float]:
-        """Variance of the standard and path gradients at the current parameters over
-        ``grad_var_batches`` fresh batches of the training batch size, from a stream seeded by
-        the step (training streams untouched)."""
+        """``grad_var_standard`` and ``grad_var_path``: ``Σ_k Var[g_k]`` of the standard and
+        the path gradient of the run's direction at the current parameters, over
+        ``grad_var_batches`` fresh batches from a stream seeded by the step (training streams
+        and ``.grad`` untouched)."""
         seed, n = stream_seed(self.config.seed, 0, _NOISE_STREAM, self.step), self.local_batch
         draw: Callable[[], Tensor]
         if self.data is not None and self.data.train is not None and self.direction == "forward":
@@ -442,7 +428,11 @@ class Trainer:
             base_gen = device_generator(self.device, seed)
             draw = lambda: self.flow.base.sample(n, base_gen)  # noqa: E731
         batches = [draw().to(self.device, self.dtype) for _ in range(self.config.grad_var_batches)]
-        return gradient_noise(self.flow, self.target, self.direction, batches)
+        d, args = self.direction, (self.flow, self.target, batches)
+        return {
+            "grad_var_standard": gradient_variance(f"{d}-standard", *args).total_variance(),
+            "grad_var_path": gradient_variance(f"{d}-path-fast", *args).total_variance(),
+        }
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -548,14 +538,11 @@ class Trainer:
     def train(self, resume: bool = False) -> dict[str, Any]:
         """Run until ``config.steps``, the time limit or a stop signal; returns the summary
         (also written to ``summary.json`` by rank 0), whose ``status`` is ``completed``,
-        ``stopped`` (time limit), ``interrupted`` (signal; ``signal`` names it) or ``failed``.
-        ``resume`` continues from ``run_dir/checkpoint.pt`` if it exists. Raises
-        :class:`TrainingError` once ``max_nonfinite`` skipped steps in a row have occurred (at
-        the next read of the device counters, see the module docstring), :class:`HardStop` on a
-        second stop signal."""
-        # The estimators' per-call finiteness test reads a flag back from the device (a host
-        # synchronisation, and a graph break when compiled) at every step; base samples are
-        # finite by construction and target samples were checked once, in __init__.
+        ``stopped`` (time limit), ``interrupted`` (signal) or ``failed``. ``resume`` continues
+        from ``run_dir/checkpoint.pt`` if it exists. Raises :class:`TrainingError` after
+        ``max_nonfinite`` skipped steps in a row, :class:`HardStop` on a second signal."""
+        # The estimators' per-call finiteness test is a host read at every step; base samples
+        # are finite by construction and target samples were checked once, in __init__.
         with self.signals.installed(), per_call_finite_check(False):
             return self._train(resume)
 
