@@ -1,27 +1,18 @@
 """Evaluation of a flow against its target, as plain functions.
 
-With flow samples ``x_i ~ q_θ`` and log importance weights ``log w_i = −S(x_i) − log q_θ(x_i)``
-(``S`` the action, ``p ∝ e^{−S}``): reverse ESS ``(Σ w)² / (N Σ w²)``; ``KL(q‖p) = −mean(log w)
-+ log Z`` where ``log Z`` is known; observables reweighted, ``Ô = Σ w O / Σ w``, with the
-delta-method error ``sqrt(Σ w² (O − Ô)²) / Σ w`` (weights normalised in log space; reported as
-NaN below ``MIN_EFFECTIVE_SAMPLES`` effective samples, where it means nothing). On held-out
-target samples ``x_j ~ p``: NLL ``−mean(log q_θ)``, forward ESS ``N² / (Σ w · Σ 1/w)`` and
-``KL(p‖q) = mean(log w) − log Z``; on part of the training samples the training NLL, whose gap
-to the held-out one shows overfitting. Both ESS come with delta-method standard errors.
+With flow samples ``x_i ~ q_θ`` and log weights ``log w_i = −S(x_i) − log q_θ(x_i)`` (``p ∝
+e^{−S}``): reverse ESS ``(Σ w)² / (N Σ w²)``; ``KL(q‖p) = −mean(log w) + log Z`` where ``log Z``
+is known; observables reweighted, ``Ô = Σ w O / Σ w``, with the delta-method error ``sqrt(Σ w²
+(O − Ô)²) / Σ w`` (NaN below ``MIN_EFFECTIVE_SAMPLES`` effective samples). On held-out target
+samples: NLL ``−mean(log q_θ)``, forward ESS ``N² / (Σ w · Σ 1/w)`` and ``KL(p‖q) = mean(log w)
+− log Z``; on part of the training samples the training NLL (its gap shows overfitting).
 
 When can a reweighted estimate be trusted? :func:`unreliable_reason`, the one place the rule
-is written, asks for two things:
-
-- ``N_eff = ESS · N ≥ RELIABLE_EFFECTIVE_SAMPLES`` (1000). The error bar is computed from the
-  weights themselves and only describes the estimate once the tail of the weight distribution
-  has been sampled: the 8×8, κ = 0.3 φ⁴ flow of an earlier quick preset
-  (``python paper_runs/phi4.py --kappa 0.3``), at ``N_eff ≈ 290``, sat 3–5σ off its HMC
-  reference at every evaluation. At 1000 the error bar itself is good to about
-  ``1/sqrt(2 N_eff) ≈ 2%``.
-- where held-out target samples exist, forward ESS ``≥ RELIABLE_FORWARD_ESS`` (0.01). The
-  reverse ESS is blind to regions where ``q_θ ≈ 0`` but ``p`` is not (flow samples never go
-  there); the forward ESS, on samples of ``p``, is not: below 1% the flow misses part of the
-  target, and no reweighting of its samples recovers what they never visit.
+is written, asks for ``N_eff = ESS · N ≥ RELIABLE_EFFECTIVE_SAMPLES`` (1000: below it the error
+bar, computed from the weights, does not describe the estimate; an 8×8, κ = 0.3 φ⁴ flow at
+``N_eff ≈ 290`` sat 3–5σ off its HMC reference) and, where held-out target samples exist,
+forward ESS ``≥ RELIABLE_FORWARD_ESS`` (0.01: the reverse ESS is blind to regions where
+``q_θ ≈ 0`` but ``p`` is not, and no reweighting recovers what the flow never visits).
 """
 
 from __future__ import annotations
@@ -49,9 +40,8 @@ RELIABLE_FORWARD_ESS = 0.01
 
 
 def unreliable_reason(n_eff: Any, ess_forward: Any = None) -> str:
-    """Why reweighted estimates from ``n_eff = ESS · N`` effective flow samples (and, where
-    held-out target samples exist, forward ESS ``ess_forward``) cannot be trusted; ``""`` when
-    they can (see the module docstring). The one place the rule is written."""
+    """Why reweighted estimates from ``n_eff`` effective flow samples (and forward ESS
+    ``ess_forward``, where known) cannot be trusted; ``""`` when they can (module docstring)."""
     why = []
     if not (isinstance(n_eff, (int, float)) and n_eff >= RELIABLE_EFFECTIVE_SAMPLES):
         shown = f"{n_eff:.3g}" if isinstance(n_eff, (int, float)) else "–"
@@ -129,9 +119,7 @@ def sample_mean(values: Tensor, tau_int: float = 0.5) -> Estimate:
 
 def _ess(fn: Callable[[Tensor], float], log_w: Tensor) -> float:
     """``fn(log_w)``, or 0 when a weight is NaN or infinite (a broken flow has no sample size)."""
-    if not bool(torch.isfinite(log_w).all()):
-        return 0.0
-    return fn(log_w)
+    return fn(log_w) if bool(torch.isfinite(log_w).all()) else 0.0
 
 
 @torch.no_grad()
