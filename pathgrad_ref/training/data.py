@@ -1,15 +1,10 @@
 """Target samples for forward-KL training and held-out evaluation: exact samplers, or HMC
 generated once and cached on disk.
 
-Layout of a cached sample set, ``<cache_dir>/<name>-<key>/``:
-
-- ``metadata.json``: the settings that produced it (whose hash is ``key``) and the sampler's
-  report (acceptance rate, ``τ_int``, step size, time);
-- ``chunk_00000.pt``, …: ``(n_i, *event_shape)`` tensors, together the samples in order.
-
-A set is written to a temporary folder and renamed into place, so a killed generation never
-leaves a partial set behind. Chunks load with ``weights_only=True`` and are concatenated into
-one tensor (the paper's sets are at most 10⁵ small samples).
+A cached set, ``<cache_dir>/<name>-<key>/``, holds ``metadata.json`` (the settings, whose hash
+is ``key``, the sampler's report and every chunk's SHA-256) and ``chunk_00000.pt``, …: tensors
+``(n_i, *event_shape)``, together the samples in order. It is written to a temporary folder and
+renamed into place, so a killed generation leaves no partial set. A set loads as one tensor.
 """
 
 from __future__ import annotations
@@ -58,9 +53,9 @@ def settings_key(settings: dict[str, Any]) -> str:
 
 
 class SampleSetWriter:
-    """Writes a cached sample set chunk by chunk into a temporary sibling of ``folder`` and
-    renames it into place on :meth:`finish` (so only finished sets are ever visible). If
-    another process finished the same set first, its copy is kept."""
+    """Writes a sample set chunk by chunk into a temporary sibling of ``folder``, renamed into
+    place by :meth:`finish` (if another process finished the same set first, its copy is kept);
+    as a context manager, the temporary folder never outlives the block."""
 
     def __init__(self, folder: str | os.PathLike[str]) -> None:
         self.folder = Path(folder)
@@ -72,9 +67,14 @@ class SampleSetWriter:
         self.n_samples = 0
         self.sha256: list[str] = []
 
+    def __enter__(self) -> SampleSetWriter:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
     def add(self, chunk: Tensor) -> None:
-        """Write the next chunk ``(n_i, *event_shape)`` (moved to the CPU) and record its
-        SHA-256."""
+        """Write the next chunk ``(n_i, *event_shape)`` (moved to the CPU), with its SHA-256."""
         data = chunk.detach().to("cpu").contiguous().clone()
         path = self.tmp / chunk_name(self.n_chunks)
         atomic_write(path, lambda f: torch.save(data, f))
@@ -90,27 +90,17 @@ class SampleSetWriter:
         except OSError:
             if not (self.folder / "metadata.json").exists():
                 raise
-        finally:
-            self.discard()
         return self.folder
-
-    def discard(self) -> None:
-        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def save_sample_set(
     folder: str | os.PathLike[str], chunks: Sequence[Tensor], metadata: dict[str, Any]
 ) -> Path:
-    """Write chunks and metadata as a cached sample set at ``folder`` (atomically, see
-    :class:`SampleSetWriter`). Returns ``folder``."""
-    writer = SampleSetWriter(folder)
-    try:
+    """Write ``chunks`` and ``metadata`` as a sample set at ``folder``; returns ``folder``."""
+    with SampleSetWriter(folder) as writer:
         for chunk in chunks:
             writer.add(chunk)
-    except BaseException:
-        writer.discard()
-        raise
-    return writer.finish(metadata)
+        return writer.finish(metadata)
 
 
 def chunk_name(i: int) -> str:
@@ -128,10 +118,9 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
 def load_sample_set(
     folder: str | os.PathLike[str], verify: bool = True
 ) -> tuple[Tensor, dict[str, Any]]:
-    """Load a set written by :func:`save_sample_set` as one tensor ``(N, *event_shape)``.
-    With ``verify`` every chunk's SHA-256 is checked against ``metadata.json`` (one read of
-    the set). A damaged, truncated or missing file is a :class:`ConfigError` naming it and
-    saying to delete the folder, which the next run then regenerates."""
+    """Load a set written by :class:`SampleSetWriter` as one tensor ``(N, *event_shape)``, with
+    ``verify`` checking every chunk's SHA-256. A damaged, truncated or missing file is an
+    :func:`~.files.unusable` error saying to delete the folder (the next run regenerates it)."""
     src = Path(folder)
     todo = f"delete {src} and it will be generated again"
     metadata = read_json(src / "metadata.json", todo)
@@ -300,16 +289,12 @@ def cached_hmc_samples(
         return store, meta
     log(f"generating {n} {split} samples by HMC on {device} ({hmc.n_chains} chains) ...")
     split_id = {"train": 0, "test": 1}.get(split, 2)
-    writer = SampleSetWriter(folder)
-    try:
+    with SampleSetWriter(folder) as writer:
         report = generate_hmc(
             target, n, hmc, seed=seed, split=split_id, dtype=dtype, device=device,
             on_chunk=writer.add, **sampler,
         )  # fmt: skip
-    except BaseException:
-        writer.discard()
-        raise
-    writer.finish({"settings": settings, "report": report, "torch": torch.__version__})
+        writer.finish({"settings": settings, "report": report, "torch": torch.__version__})
     store, meta = load_sample_set(folder, verify=False)
     log(
         f"  {n} samples in {report['generation_time_s']:.1f} s: acceptance "
