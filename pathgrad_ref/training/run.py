@@ -1,9 +1,6 @@
-"""One run of an experiment from resolved settings: checks made before anything is written,
-then target samples, the trainer, and its summary.
-
-Everything a run would read is checked first (the settings, the model they build, and on
-``--resume`` the checkpoint, ``config.json`` and ``metrics.jsonl`` of the run folder), so that a
-failed start or resume changes nothing on disk.
+"""One run of an experiment from resolved settings: checks, then target samples, the trainer
+and its summary. Everything a run would read (settings, the model they build, on ``--resume``
+the run folder's files) is checked first, so that a failed start or resume changes nothing.
 """
 
 from __future__ import annotations
@@ -51,9 +48,8 @@ def _prefixed(prefix: str, check: Callable[[], None]) -> None:
 
 
 def check_settings(exp: Experiment, settings: Settings) -> None:
-    """:class:`ConfigError` for a value or combination that cannot work, before any work:
-    field checks, a forward-KL estimator without samples, the experiment's own check and
-    whatever the target and the flow refuse to build."""
+    """:class:`ConfigError` for a value or combination that cannot work: field checks, a
+    forward-KL estimator without samples, the experiment's check, what the model refuses."""
     _prefixed("train.", settings.train.validate)
     _prefixed("data.", settings.data.validate)
     name = settings.train.estimator

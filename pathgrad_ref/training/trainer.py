@@ -274,12 +274,10 @@ class Trainer:
         self.counters = _Counters(device)
         self.read: dict[str, float | int] = {}  # the counters as of the last check()
         self.consecutive_nonfinite = self.n_skipped = 0  # host copies, as of the last check()
-        # The clock (see the module docstring), and the training time and steps since the last
-        # evaluation.
+        # The clock, and the training time and steps since the last evaluation.
         self.times = dict.fromkeys(("train", "eval", "checkpoint", "wall"), 0.0)
         self.interval_time, self.interval_steps = 0.0, 0
         self._wall_at = (0.0, time.perf_counter())
-        self.last_eval: MetricRecord = {}
         self.history: list[MetricRecord] = []  # every evaluation record of the run
         report = ((data.metadata.get("test") or {}) if data is not None else {}).get("report")
         tau = float((report or {}).get("tau_int") or math.nan)
@@ -287,13 +285,11 @@ class Trainer:
         self.metrics: MetricsLog | None = None
         self.signals = StopSignals()
         self.stop_signal = 0  # the signal that stopped the last train() call, if any
-        # What the loss value is: the estimator's KL estimate, without log Z where the target
-        # object does not carry it.
+        # The loss is the estimator's KL estimate, without log Z where the target lacks it.
         kl, shift = (
             ("KL(q‖p)", " − log Z") if self.direction == "reverse" else ("KL(p‖q)", " + log Z")
         )
-        shift = "" if target.log_z is not None else shift
-        self.loss_label = f"{kl}{shift} on the training batch"
+        self.loss_label = f"{kl}{'' if target.log_z is not None else shift} on the training batch"
 
     # ------------------------------------------------------------------ one step
 
@@ -377,8 +373,7 @@ class Trainer:
     # ------------------------------------------------------------------ evaluation
 
     def clock(self) -> dict[str, float]:
-        """The clock as recorded: ``train_time_s``, ``eval_time_s``, ``checkpoint_time_s``,
-        ``wall_time_s`` (see the module docstring)."""
+        """``train_time_s``, ``eval_time_s``, ``checkpoint_time_s``, ``wall_time_s``."""
         return {f"{k}_time_s": v for k, v in self.times.items()}
 
     def evaluate(self) -> MetricRecord:
@@ -510,8 +505,7 @@ class Trainer:
         """Rank 0 evaluates, records and prints; every rank restarts the interval."""
         with self._timed("eval"):
             if self.ctx.is_main:
-                self.last_eval = record = self.evaluate()
-                self.history.append(record)
+                self.history.append(record := self.evaluate())
                 if self.metrics is not None:
                     self.metrics.write(record)
                 line = describe(record, self.observables, self.references)
@@ -562,8 +556,6 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", keep_until=resumed_from)
             self.history = list(self.metrics.records)
-            if self.history:
-                self.last_eval = self.history[-1]
         bar: Any = None
         if main and cfg.progress:
             from tqdm.auto import tqdm  # optional dependency, only for the bar
@@ -660,7 +652,7 @@ class Trainer:
             "mean_step_time_s": self.times["train"] / self.step if self.step else None,
             "n_skipped": self.n_skipped,
             "initial": self.history[0] if self.history else {},
-            "final": self.last_eval,
+            "final": self.history[-1] if self.history else {},
             "best_ess_reverse": max(ess) if ess else None,
             "observables": {o.name: o.label for o in self.observables},
             "references": self.references,
