@@ -476,10 +476,8 @@ class Trainer:
             loop = state["loop"]
             self.counters = _Counters(self.device, loop["counters"])
             self.times = {k: float(loop["times"][k]) for k in self.times}
-            self.interval_time, self.interval_steps = (
-                float(loop["interval"][0]),
-                int(loop["interval"][1]),
-            )
+            t, n = loop["interval"]
+            self.interval_time, self.interval_steps = float(t), int(n)
         except (KeyError, RuntimeError, ValueError, IndexError, TypeError) as e:
             raise unusable(path, f"it does not fit this run ({e})") from None
         self.step = int(state["step"])
