@@ -332,21 +332,19 @@ def _trainer_step(setup: str, name: str, dev: torch.device, n: int = 64) -> Call
     """One steady-state step of the project's trainer (batch, estimator, backward, clipping,
     Adam with the on-device skip of non-finite steps, the on-device counters), float32 as in
     training, plateau schedule on; forward estimators draw from samples held on ``dev``."""
-    from pathgrad_ref.training import SampleStore, TargetSamples, TrainConfig, Trainer
+    from pathgrad_ref.training import TargetSamples, TrainConfig, Trainer
 
     flow, target, batch = _batch(setup, name, n=n)
-    data = TargetSamples(train=SampleStore([batch]), test=None, metadata={})
+    data = TargetSamples(train=batch, test=None, metadata={})
     cfg = TrainConfig(
         estimator=name, steps=1000, batch_size=n, lr=1e-4, clip_norm=1.0,
         lr_schedule="plateau", dtype="float32", progress=False,
     )  # fmt: skip
-    trainer = Trainer(
-        flow, target, cfg, device=dev, data=data, data_on_device=True, log=lambda _m: None
-    )
+    trainer = Trainer(flow, target, cfg, device=dev, data=data, log=lambda _m: None)
 
     def step() -> object:
         loss, norm, finite = trainer._train_step()
-        trainer._record(loss, norm, finite)
+        trainer.counters.update(loss, norm, finite)
         return loss
 
     return step

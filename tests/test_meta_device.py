@@ -401,19 +401,17 @@ def test_device_cuda_without_cuda_fails_loudly() -> None:
 
 def _meta_trainer(setup: str, estimator: str) -> Any:
     """A trainer on ``meta`` (float64, clipping on so that its path runs too); forward
-    estimators draw minibatches from CPU-held samples (the sampler's gather-and-move path)."""
-    from pathgrad_ref.training import SampleStore, TargetSamples, TrainConfig, Trainer
+    estimators draw minibatch indices from a CPU stream and move them to ``meta``."""
+    from pathgrad_ref.training import TargetSamples, TrainConfig, Trainer
 
     flow, target = make_setup(setup, torch.device("cpu"), torch.float64)
     train = torch.randn(40, *flow.event_shape, dtype=torch.float64, generator=_gen(0))
-    data = TargetSamples(train=SampleStore([train]), test=None, metadata={})
+    data = TargetSamples(train=train, test=None, metadata={})
     cfg = TrainConfig(
         estimator=estimator, steps=3, batch_size=8, clip_norm=0.5, lr_schedule="plateau",
         lr_patience=0, dtype="float64", progress=False,
     )  # fmt: skip
-    return Trainer(
-        flow, target, cfg, device=META, data=data, data_on_device=False, log=lambda _m: None
-    )
+    return Trainer(flow, target, cfg, device=META, data=data, log=lambda _m: None)
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -435,7 +433,7 @@ def test_trainer_steps_on_meta(monkeypatch: pytest.MonkeyPatch, setup: str, esti
         trainer = _meta_trainer(setup, estimator)
         for _ in range(3):
             loss, norm, finite = trainer._train_step()
-            trainer._record(loss, norm, finite)
+            trainer.counters.update(loss, norm, finite)
     runs_inverse = setup == "u1-gauge" and estimator.startswith("forward")
     assert reads.bisection == (3 * _n_layers(trainer.flow) if runs_inverse else 0)
     for t in (loss, norm, finite):

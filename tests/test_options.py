@@ -27,7 +27,6 @@ from pathgrad_ref.training.config import (
     TrainConfig,
     all_options,
 )
-from pathgrad_ref.training.data import MinibatchSampler
 from pathgrad_ref.training.report import fmt
 
 pytestmark = [
@@ -190,23 +189,13 @@ def test_importing_the_library_does_not_import_training() -> None:
     assert done.returncode == 0, done.stderr
 
 
-def test_a_resumed_run_keeps_its_data_path(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, experiments: dict[str, Experiment]
+def test_runtime_records_the_precision_policy(
+    tmp_path: Path, experiments: dict[str, Experiment]
 ) -> None:
-    """Whether the training samples live on the device is decided at the start and recorded;
-    a resumed run keeps that choice (its index stream lives where the samples do) even when
-    the free memory would now decide otherwise."""
+    """``config.json`` records what the run found on its machine (the precision policy set at
+    the start, TF32 off); a resume does not compare it."""
     from pathgrad_ref.training import main
 
-    monkeypatch.setattr(MinibatchSampler, "fits", staticmethod(lambda *a, **k: False))
-    seen: list[bool] = []
-    init = MinibatchSampler.__init__
-
-    def spy(self: MinibatchSampler, *args: Any, **kwargs: Any) -> None:
-        init(self, *args, **kwargs)
-        seen.append(self.on_device)
-
-    monkeypatch.setattr(MinibatchSampler, "__init__", spy)
     out = tmp_path / "run"
     argv = [
         "--estimator", "forward-path-fast", "--steps", "2", "--batch-size", "8",
@@ -215,25 +204,24 @@ def test_a_resumed_run_keeps_its_data_path(
         "--no-progress", "--dtype", "float64", "--out", str(out),
     ]  # fmt: skip
     assert main(experiments["gmm"], argv) == 0
-    assert seen == [False]
     runtime = json.loads((out / "config.json").read_text())["runtime"]
-    assert runtime["training_samples_on_device"] is False
-    # The precision policy set at the start (TF32 off), recorded for the record only.
     assert (runtime["precision"]["matmul"], runtime["precision"]["conv"]) == ("ieee", "ieee")
-    # Resumed when the samples would now fit: the index stream stays where it was.
-    monkeypatch.setattr(MinibatchSampler, "fits", staticmethod(lambda *a, **k: True))
     assert main(experiments["gmm"], [*argv, "--resume", "--steps", "4"]) == 0
-    assert seen == [False, False]
 
 
-def test_on_device_sampler_draws_indices_where_the_samples_are() -> None:
-    from pathgrad_ref.training import SampleStore
+def test_minibatches_come_from_the_index_stream() -> None:
+    """A forward-KL minibatch is the training samples at indices drawn uniformly with
+    replacement from the rank's index stream, the one a checkpoint saves."""
+    from pathgrad_ref.flows import real_nvp
+    from pathgrad_ref.targets import GaussianMixture
+    from pathgrad_ref.training import TargetSamples, TrainConfig, Trainer
+    from pathgrad_ref.training.distributed import stream_seed
 
-    x = torch.randn(40, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    store = SampleStore([x[:25], x[25:]])
-    cpu = torch.device("cpu")
-    resident = MinibatchSampler(store, 5, cpu, torch.float64, on_device=True)
-    gathered = MinibatchSampler(store, 5, cpu, torch.float64, on_device=False)
-    assert resident.on_device and not gathered.on_device
-    # Same seed, same device type: the same minibatches either way.
-    assert torch.equal(resident.draw(16), gathered.draw(16))
+    x = torch.randn(40, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    cfg = TrainConfig(estimator="forward-path-fast", batch_size=16, seed=5, dtype="float64")
+    data = TargetSamples(train=x, test=None, metadata={})
+    flow = real_nvp(2, n_couplings=2, hidden=(4,))
+    trainer = Trainer(flow, GaussianMixture(2), cfg, device=torch.device("cpu"), data=data)
+    gen = torch.Generator().manual_seed(stream_seed(5, 0, 1))
+    for _ in range(2):
+        assert torch.equal(trainer._draw_batch(), x[torch.randint(40, (16,), generator=gen)])

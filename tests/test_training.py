@@ -23,23 +23,23 @@ from pathgrad_ref.training import (
     DataConfig,
     HMCConfig,
     Observable,
-    SampleStore,
     TrainConfig,
     Trainer,
     TrainingError,
-    average_gradients,
     cached_hmc_samples,
     exact_samples,
-    init_distributed,
-    load_sample_set,
-    reweighted_mean,
-    sample_mean,
-    save_sample_set,
 )
 from pathgrad_ref.training import files as ckpt
 from pathgrad_ref.training.config import ConfigError, resume_mismatches
-from pathgrad_ref.training.data import generate_hmc
-from pathgrad_ref.training.distributed import DistContext, shutdown, stream_seed
+from pathgrad_ref.training.data import generate_hmc, load_sample_set, save_sample_set
+from pathgrad_ref.training.distributed import (
+    DistContext,
+    average_gradients,
+    init_distributed,
+    shutdown,
+    stream_seed,
+)
+from pathgrad_ref.training.evaluation import reweighted_mean, sample_mean
 from pathgrad_ref.training.trainer import STOP_VOTE_EVERY
 
 F64 = torch.float64
@@ -60,15 +60,6 @@ def quiet(_message: str) -> None:
 # ---------------------------------------------------------------- target samples
 
 
-def test_sample_store_gathers_across_chunks() -> None:
-    x = torch.randn(23, 3, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
-    store = SampleStore([x[:5], x[5:5], x[5:17], x[17:]])
-    idx = torch.tensor([22, 0, 4, 5, 16, 17, 3, 22])
-    assert len(store) == 23
-    assert torch.equal(store.gather(idx), x[idx])
-    assert torch.equal(store.all(), x)
-
-
 def test_sample_set_round_trip_weights_only(tmp_path: Path) -> None:
     chunks = [torch.randn(4, 2, dtype=F64), torch.randn(3, 2, dtype=F64)]
     folder = save_sample_set(
@@ -77,8 +68,8 @@ def test_sample_set_round_trip_weights_only(tmp_path: Path) -> None:
     assert not list(tmp_path.glob(".set.tmp*")), "the temporary folder must be gone"
     for f in folder.glob("chunk_*.pt"):
         assert isinstance(torch.load(f, weights_only=True), Tensor)
-    store, meta = load_sample_set(folder)
-    assert torch.equal(store.all(), torch.cat(chunks))
+    samples, meta = load_sample_set(folder)
+    assert torch.equal(samples, torch.cat(chunks))
     assert meta["n_samples"] == 7 and meta["x"] == [1, 2] and meta["report"]["tau_int"] is None
 
 
@@ -97,15 +88,15 @@ def test_cached_hmc_samples_round_trip(tmp_path: Path) -> None:
 
     again, meta2 = cached_hmc_samples(target, 80, hmc, **kw)
     assert list(tmp_path.iterdir()) == folders, "the second call must load, not generate"
-    assert torch.equal(again.all(), first.all()) and meta2 == meta1
+    assert torch.equal(again, first) and meta2 == meta1
 
     # Another seed, split or size is another set; the chunk size is not part of the key.
     other, _ = cached_hmc_samples(target, 80, hmc, **{**kw, "split": "train"})
     assert len(list(tmp_path.iterdir())) == 2
-    assert not torch.equal(other.all(), first.all())
+    assert not torch.equal(other, first)
     rechunked = HMCConfig(n_chains=16, n_leapfrog=4, n_therm=10, thin=2, chunk_size=1000)
     same, _ = cached_hmc_samples(target, 80, rechunked, **kw)
-    assert len(list(tmp_path.iterdir())) == 2 and torch.equal(same.all(), first.all())
+    assert len(list(tmp_path.iterdir())) == 2 and torch.equal(same, first)
 
 
 def test_chunked_hmc_continues_the_chains() -> None:
@@ -130,8 +121,8 @@ def test_exact_samples_are_independent_streams() -> None:
     a = exact_samples(target, 100, 50, seed=0, dtype=F64)
     b = exact_samples(target, 0, 50, seed=0, dtype=F64)
     assert a.train is not None and a.test is not None and b.test is not None
-    assert b.train is None and torch.equal(a.test.all(), b.test.all())
-    assert a.train.all().shape == (100, 3) and a.train.dtype == F64
+    assert b.train is None and torch.equal(a.test, b.test)
+    assert a.train.shape == (100, 3) and a.train.dtype == F64
 
 
 def test_symmetry_is_applied(tmp_path: Path) -> None:
@@ -556,9 +547,9 @@ def test_gradient_clipping_and_plateau_decay() -> None:
     assert bool(finite) and float(norm) > 1e-2
     assert seen[0] == pytest.approx(1e-3, rel=1e-3), "the update must use the clipped gradient"
     # With patience 0 the rate decays at the next decision once the loss missed a new minimum.
-    trainer._record(loss, norm, finite)
+    trainer.counters.update(loss, norm, finite)
     for _ in range(6):
-        trainer._record(*trainer._train_step())
+        trainer.counters.update(*trainer._train_step())
     trainer.check(plateau=False)
     assert trainer.optimizer.param_groups[0]["lr"] == 2e-2, "decisions only at plateau steps"
     trainer.check(plateau=True)
@@ -687,7 +678,7 @@ def test_nonfinite_training_samples_are_refused_where_they_are_made() -> None:
     target = GaussianMixture(2)
     data = exact_samples(target, 64, 0, seed=1, dtype=F64)
     assert data.train is not None
-    data.train.chunks[0][5, 1] = math.nan
+    data.train[5, 1] = math.nan
     cfg = TrainConfig(estimator="forward-standard", steps=1, dtype="float64", progress=False)
     with pytest.raises(ValueError, match="training samples of the target: expected finite"):
         Trainer(real_nvp(2, n_couplings=2, hidden=(8,)), target, cfg, device=CPU, data=data)

@@ -10,7 +10,7 @@ module            what
 ``experiment``    :class:`Experiment`: what a script defines (target, flow, presets)
 ``config``        every option once: :class:`TrainConfig`, :class:`DataConfig`,
                   :class:`HMCConfig` fields with their flag, help and check
-``data``          exact and cached HMC target samples (checksummed), minibatches
+``data``          exact and cached HMC target samples (checksummed)
 ``trainer``       :class:`Trainer`: Adam, schedules, clipping, non-finite steps,
                   signals, the clock
 ``distributed``   ``torchrun`` data parallelism: gradient averaging, per-rank streams
@@ -24,17 +24,8 @@ module            what
 
 from .cli import build_parser, main
 from .config import ConfigError, DataConfig, HMCConfig, TrainConfig
-from .data import (
-    MinibatchSampler,
-    SampleStore,
-    TargetSamples,
-    cached_hmc_samples,
-    exact_samples,
-    load_sample_set,
-    save_sample_set,
-)
-from .distributed import DistContext, average_gradients, init_distributed
-from .evaluation import Estimate, Observable, evaluate, reweighted_mean, sample_mean
+from .data import TargetSamples, cached_hmc_samples, exact_samples
+from .evaluation import Observable, evaluate
 from .experiment import Experiment, Param, int_list
 from .run import run_experiment
 from .trainer import RunInterruptedError, Trainer, TrainingError, resolve_device
@@ -42,31 +33,21 @@ from .trainer import RunInterruptedError, Trainer, TrainingError, resolve_device
 __all__ = [
     "ConfigError",
     "DataConfig",
-    "DistContext",
-    "Estimate",
     "Experiment",
     "HMCConfig",
-    "MinibatchSampler",
     "Observable",
     "Param",
     "RunInterruptedError",
-    "SampleStore",
     "TargetSamples",
     "TrainConfig",
     "Trainer",
     "TrainingError",
-    "average_gradients",
     "build_parser",
     "cached_hmc_samples",
     "evaluate",
     "exact_samples",
-    "init_distributed",
     "int_list",
-    "load_sample_set",
     "main",
     "resolve_device",
-    "reweighted_mean",
     "run_experiment",
-    "sample_mean",
-    "save_sample_set",
 ]

@@ -1,11 +1,8 @@
-"""The command line shared by the training scripts in ``paper_runs/``.
-
-``main(experiment, argv)`` builds the parser from the option fields of
-:mod:`~pathgrad_ref.training.config` and the experiment's parameters, fills unset options from
-the chosen preset, checks everything (a bad option, an impossible combination or a damaged run
-file is one ``error:`` line on stderr and exit code 2, and nothing on disk changes), and hands
-over to :func:`~pathgrad_ref.training.run.run_experiment`. Exit codes: 0 done, 1 training
-failed, 2 bad options or files, ``128 + signum`` stopped by SIGINT or SIGTERM.
+"""The command line shared by the training scripts in ``paper_runs/``: the parser is built
+from the option fields of :mod:`.config` and the experiment's parameters, unset options come
+from the preset, and everything is checked before :func:`~.run.run_experiment` (a bad option or
+damaged run file is one ``error:`` line, exit code 2, nothing on disk changed). Exit codes: 0
+done, 1 training failed, 2 bad options or files, ``128 + signum`` stopped by a signal.
 """
 
 from __future__ import annotations
@@ -38,8 +35,7 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
     def config_error(self, e: ConfigError, exp: Experiment) -> NoReturn:
-        """One line for a setting (pointing to ``--help``) or a damaged run file (saying
-        what to do instead), exit code 2."""
+        """One line for a setting (pointing to ``--help``) or a damaged run file, exit code 2."""
         if isinstance(e, RunFileError):
             self.exit(2, f"{self.prog}: error: {e}\n")
         self.error(with_flags(str(e), exp))
@@ -166,8 +162,8 @@ def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
 
 
 def resolve(exp: Experiment, args: argparse.Namespace) -> Settings:
-    """Fill unset options from the preset (then the fields' defaults) and build the
-    settings; :class:`ConfigError` naming the field for values that cannot work."""
+    """Fill unset options from the preset (then the fields' defaults) and build the settings;
+    :class:`ConfigError` naming the field for values that cannot work."""
     values = {opt.name: default for _, opt, default in all_options()}
     values.update(exp.presets[args.preset])
     values.update({k: v for k, v in vars(args).items() if v is not None})
@@ -195,13 +191,6 @@ def resolve(exp: Experiment, args: argparse.Namespace) -> Settings:
     return settings
 
 
-def _resume_command(prog: str, argv: Sequence[str]) -> str:
-    args = [a for a in argv if a != "--overwrite"]
-    if "--resume" not in args:
-        args.append("--resume")
-    return " ".join(["python", prog, *map(shlex.quote, args)])
-
-
 def _hard_stop(signum: int, _frame: FrameType | None) -> None:
     raise HardStop(signum)
 
@@ -224,6 +213,8 @@ def main(exp: Experiment, argv: Sequence[str] | None = None) -> int:
     # that partial sample sets are cleaned up; the trainer handles both signals itself.
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _hard_stop) if in_main_thread else None
+    again = [a for a in argv if a != "--overwrite"] + ([] if "--resume" in argv else ["--resume"])
+    resume = " ".join(["python", parser.prog, *map(shlex.quote, again)])
     ctx = init_distributed(device.type)
     if ctx.enabled and device.type == "cuda":
         device = torch.device("cuda", ctx.local_rank)
@@ -236,18 +227,16 @@ def main(exp: Experiment, argv: Sequence[str] | None = None) -> int:
         return 1
     except RunInterruptedError as e:
         if ctx.is_main:
-            print(
-                f"{parser.prog}: {e}; resume with: {_resume_command(parser.prog, argv)}",
-                file=sys.stderr,
-            )
+            print(f"{parser.prog}: {e}; resume with: {resume}", file=sys.stderr)
         return 128 + e.signum
     except KeyboardInterrupt as e:
         # A second signal, or Ctrl-C outside the training loop (e.g. while sampling).
         signum = e.signum if isinstance(e, HardStop) else signal.SIGINT
         if ctx.is_main:
+            name = signal.Signals(signum).name
             print(
-                f"{parser.prog}: stopped at once by {signal.Signals(signum).name}; the last "
-                f"complete checkpoint stands; resume with: {_resume_command(parser.prog, argv)}",
+                f"{parser.prog}: stopped at once by {name}; the last complete checkpoint "
+                f"stands; resume with: {resume}",
                 file=sys.stderr,
             )
         return 128 + signum
@@ -255,7 +244,7 @@ def main(exp: Experiment, argv: Sequence[str] | None = None) -> int:
         print(
             f"{parser.prog}: training stopped: cannot write {e.filename or 'a run file'} "
             f"({e.strerror or e}); the last checkpoint stands; free space and resume with: "
-            f"{_resume_command(parser.prog, argv)}",
+            f"{resume}",
             file=sys.stderr,
         )
         return 1

@@ -1,15 +1,9 @@
 """Run settings, each defined once: a dataclass field whose metadata holds its command-line
-flag, help text, parser and check (:func:`option`).
-
-The parser, the presets' check, ``config.json``, resume compatibility and error messages are
-all generated from these fields (see :func:`options`). Library errors name fields by their
-dotted path in ``config.json`` (``train.lr``, ``data.hmc.n_chains``); the command line turns
-that path into the flag (``--lr``, ``--hmc-chains``). Adding an option is one field.
-
-A run is fully described by a :class:`TrainConfig`, a :class:`DataConfig` and the experiment's
-own physics and architecture parameters (a plain ``dict``); :func:`config_dict` turns the three
-into the JSON written to ``config.json``. Presets are plain mappings from option names (the
-flag without its dashes, ``batch_size``, ``hmc_chains``) to values.
+flag, help text, parser and check (:func:`option`). The parser, the presets' check,
+``config.json``, resume compatibility and error messages are generated from these fields.
+Errors name fields by their dotted path in ``config.json`` (``train.lr``, ``data.hmc.n_chains``);
+the command line turns it into the flag (``--lr``, ``--hmc-chains``). Presets map option names
+(the flag without dashes: ``batch_size``, ``hmc_chains``) to values.
 """
 
 from __future__ import annotations
@@ -29,8 +23,7 @@ SCHEDULES: tuple[Schedule, ...] = ("constant", "plateau")
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64}
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 
-Check = Callable[[Any], "str | None"]
-"""``value -> None`` if it can work, else what is expected (``"an integer >= 1"``)."""
+Check = Callable[[Any], "str | None"]  # value -> None if it can work, else what is expected
 
 
 class ConfigError(ValueError):
@@ -47,8 +40,7 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class Option:
     """How a field appears on the command line. ``parse``: text → value (``ValueError`` for
-    bad text); ``check``: see :data:`Check`; ``resumable``: may change when a run is resumed
-    (it shapes how long and how visibly the run goes on, not the parameters' trajectory). A
+    bad text); ``resumable``: may change on resume (it does not change the trajectory). A
     ``bool`` field's flag sets the opposite of its default."""
 
     flag: str
@@ -148,8 +140,7 @@ def _estimator(v: Any) -> str | None:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Options of the training loop (:class:`~pathgrad_ref.training.trainer.Trainer`); each
-    field's help says what it does."""
+    """Options of the training loop (:class:`~.trainer.Trainer`), each with its help text."""
 
     estimator: str = option(
         "reverse-path-fast",
@@ -245,15 +236,10 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class HMCConfig:
-    """HMC settings for target samples (:func:`pathgrad_ref.samplers.hmc_sample`).
-
-    ``n_chains`` chains run in one batch; after ``n_therm`` thermalisation trajectories (with
-    step-size adaptation towards ``target_acceptance`` if ``adapt_step_size``) every chain keeps
-    one state every ``thin`` trajectories. Samples are produced ``chunk_size`` at a time,
-    each chunk continuing the chains of the previous one, so that only one chunk is ever held
-    on the device. ``dtype`` is the precision of the trajectories (the stored samples take the
-    run's dtype).
-    """
+    """HMC settings for target samples (:func:`pathgrad_ref.samplers.hmc_sample`): ``n_chains``
+    chains, after ``n_therm`` thermalisation trajectories (adapting the step size if
+    ``adapt_step_size``) keep one state every ``thin`` trajectories, ``chunk_size`` samples at a
+    time (one chunk on the device). ``dtype``: of the trajectories, not the stored samples."""
 
     n_chains: int = count(256, "--hmc-chains", "parallel chains")
     step_size: float = option(
@@ -271,10 +257,8 @@ class HMCConfig:
         check=open_unit, metavar="A",
     )  # fmt: skip
     chunk_size: int = count(1_000_000, "--hmc-chunk", "samples generated per chunk", resumable=True)
-    # float32 by measurement (benchmarks/hmc_precision.py, results/hmc-precision-cpu.json): at
-    # equal settings its acceptance and observables agree with float64 within errors of about
-    # 1e-4 relative (φ⁴ 8×8 and U(1) 8×8), at 0.5-0.7 of the CPU time and about half the GPU
-    # memory traffic.
+    # float32 by measurement (benchmarks/hmc_precision.py): agrees with float64 within ~1e-4
+    # relative errors (φ⁴ and U(1) 8×8) at 0.5-0.7 of the CPU time.
     dtype: str = option(
         "float32", "--hmc-dtype", "HMC precision (float32 agrees with float64 within errors)",
         check=one_of(*DTYPES), choices=tuple(DTYPES),
@@ -290,13 +274,9 @@ class HMCConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Target samples: ``n_train`` for forward-KL minibatches (made only for forward
-    estimators), ``n_test`` held out for NLL, forward ESS and reference observables (``0``:
-    none). ``seed`` seeds the sampler independently of the training seed, so that runs with
-    different training seeds share one cached sample set in ``cache_dir``. ``hmc`` holds the
-    sampler settings of targets without an exact sampler (``None`` for exact samplers). The
-    training and test sets come from independent streams, so each is the same whatever the
-    size of the other."""
+    """Target samples: ``n_train`` for forward-KL minibatches, ``n_test`` held out (``0``: none),
+    from independent streams seeded by ``seed`` (not the training seed: runs of several seeds
+    share one cached set in ``cache_dir``). ``hmc``: for targets without an exact sampler."""
 
     n_train: int = count(
         10_000, "--n-train-samples", "training samples for forward-KL estimators", minimum=0
@@ -363,9 +343,8 @@ def config_dict(
     return {"experiment": experiment, **train_data, "params": dict(params)}
 
 
+# Settings that may change on resume; so may everything under ``runtime`` (the precision flags).
 RESUMABLE_CHANGES = frozenset({"preset"} | {p for p, o, _ in all_options() if o.resumable})
-"""Settings (dotted paths) that may change when a run is resumed; so may everything under
-``runtime`` (what the run found on its machine: the data path, the precision flags)."""
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

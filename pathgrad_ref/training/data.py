@@ -1,16 +1,10 @@
 """Target samples for forward-KL training and held-out evaluation: exact samplers, or HMC
 generated once and cached on disk.
 
-Layout of a cached sample set, ``<cache_dir>/<name>-<key>/``:
-
-- ``metadata.json``: the settings that produced it (whose hash is ``key``) and the sampler's
-  report (acceptance rate, ``τ_int``, step size, time);
-- ``chunk_00000.pt``, …: ``(n_i, *event_shape)`` tensors, together the samples in order.
-
-A set is written to a temporary folder and renamed into place, so a killed generation never
-leaves a partial set behind. Chunks load with ``weights_only=True`` and ``mmap=True``: a
-50-million-sample set is paged in from disk on demand and shared between processes, not copied
-into each one's memory.
+A cached set, ``<cache_dir>/<name>-<key>/``, holds ``metadata.json`` (the settings, whose hash
+is ``key``, the sampler's report and every chunk's SHA-256) and ``chunk_00000.pt``, …: tensors
+``(n_i, *event_shape)``, together the samples in order. It is written to a temporary folder and
+renamed into place, so a killed generation leaves no partial set. A set loads as one tensor.
 """
 
 from __future__ import annotations
@@ -42,53 +36,13 @@ sample (e.g. a global sign flip for φ⁴), to remove the imbalance between mode
 chains started at random leave behind."""
 
 
-class SampleStore:
-    """Samples ``(N, *event_shape)`` held as a list of chunks (CPU tensors, possibly
-    memory-mapped); indexing gathers across chunks."""
-
-    def __init__(self, chunks: Sequence[Tensor]) -> None:
-        chunks = [c for c in chunks if c.shape[0] > 0]
-        if not chunks:
-            raise ValueError("SampleStore needs at least one non-empty chunk")
-        shapes = {tuple(c.shape[1:]) for c in chunks}
-        if len(shapes) != 1:
-            raise ValueError(f"SampleStore: chunks of different event shapes {sorted(shapes)}")
-        self.chunks = list(chunks)
-        sizes = torch.tensor([c.shape[0] for c in self.chunks])
-        self._ends = torch.cumsum(sizes, 0)
-        self._starts = self._ends - sizes
-        self.event_shape: tuple[int, ...] = shapes.pop()
-
-    def __len__(self) -> int:
-        return int(self._ends[-1])
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.chunks[0].dtype
-
-    def gather(self, index: Tensor) -> Tensor:
-        """``samples[index]``, shape ``(len(index), *event_shape)``, on the CPU."""
-        index = index.to(device="cpu", dtype=torch.int64)
-        if len(self.chunks) == 1:
-            return self.chunks[0][index]
-        which = torch.searchsorted(self._ends, index, right=True)
-        out = torch.empty((index.numel(), *self.event_shape), dtype=self.dtype)
-        for c in torch.unique(which).tolist():
-            sel = (which == c).nonzero().flatten()
-            out[sel] = self.chunks[c][index[sel] - self._starts[c]]
-        return out
-
-    def all(self) -> Tensor:
-        """Every sample in one tensor (a copy unless there is a single chunk)."""
-        return self.chunks[0] if len(self.chunks) == 1 else torch.cat(self.chunks)
-
-
 @dataclass
 class TargetSamples:
-    """Training and held-out target samples (either may be ``None``) and how they were made."""
+    """Training and held-out target samples ``(N, *event_shape)`` on the CPU (either may be
+    ``None``) and how they were made."""
 
-    train: SampleStore | None
-    test: SampleStore | None
+    train: Tensor | None
+    test: Tensor | None
     metadata: dict[str, Any]
 
 
@@ -99,9 +53,9 @@ def settings_key(settings: dict[str, Any]) -> str:
 
 
 class SampleSetWriter:
-    """Writes a cached sample set chunk by chunk into a temporary sibling of ``folder`` and
-    renames it into place on :meth:`finish` (so only finished sets are ever visible). If
-    another process finished the same set first, its copy is kept."""
+    """Writes a sample set chunk by chunk into a temporary sibling of ``folder``, renamed into
+    place by :meth:`finish` (if another process finished the same set first, its copy is kept);
+    as a context manager, the temporary folder never outlives the block."""
 
     def __init__(self, folder: str | os.PathLike[str]) -> None:
         self.folder = Path(folder)
@@ -113,9 +67,14 @@ class SampleSetWriter:
         self.n_samples = 0
         self.sha256: list[str] = []
 
+    def __enter__(self) -> SampleSetWriter:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
     def add(self, chunk: Tensor) -> None:
-        """Write the next chunk ``(n_i, *event_shape)`` (moved to the CPU) and record its
-        SHA-256."""
+        """Write the next chunk ``(n_i, *event_shape)`` (moved to the CPU), with its SHA-256."""
         data = chunk.detach().to("cpu").contiguous().clone()
         path = self.tmp / chunk_name(self.n_chunks)
         atomic_write(path, lambda f: torch.save(data, f))
@@ -131,27 +90,17 @@ class SampleSetWriter:
         except OSError:
             if not (self.folder / "metadata.json").exists():
                 raise
-        finally:
-            self.discard()
         return self.folder
-
-    def discard(self) -> None:
-        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def save_sample_set(
     folder: str | os.PathLike[str], chunks: Sequence[Tensor], metadata: dict[str, Any]
 ) -> Path:
-    """Write chunks and metadata as a cached sample set at ``folder`` (atomically, see
-    :class:`SampleSetWriter`). Returns ``folder``."""
-    writer = SampleSetWriter(folder)
-    try:
+    """Write ``chunks`` and ``metadata`` as a sample set at ``folder``; returns ``folder``."""
+    with SampleSetWriter(folder) as writer:
         for chunk in chunks:
             writer.add(chunk)
-    except BaseException:
-        writer.discard()
-        raise
-    return writer.finish(metadata)
+        return writer.finish(metadata)
 
 
 def chunk_name(i: int) -> str:
@@ -168,18 +117,18 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
 
 def load_sample_set(
     folder: str | os.PathLike[str], verify: bool = True
-) -> tuple[SampleStore, dict[str, Any]]:
-    """Load a set written by :func:`save_sample_set` (``weights_only=True``, memory-mapped).
-    With ``verify`` every chunk's SHA-256 is checked against ``metadata.json`` (one read of
-    the set). A damaged, truncated or missing file is a :class:`ConfigError` naming it and
-    saying to delete the folder, which the next run then regenerates."""
+) -> tuple[Tensor, dict[str, Any]]:
+    """Load a set written by :class:`SampleSetWriter` as one tensor ``(N, *event_shape)``, with
+    ``verify`` checking every chunk's SHA-256. A damaged, truncated or missing file is an
+    :func:`~.files.unusable` error saying to delete the folder (the next run regenerates it)."""
     src = Path(folder)
     todo = f"delete {src} and it will be generated again"
     metadata = read_json(src / "metadata.json", todo)
     n_chunks, sums = metadata.get("n_chunks"), metadata.get("sha256")
     if not isinstance(n_chunks, int) or not isinstance(sums, list) or len(sums) != n_chunks:
         raise unusable(src / "metadata.json", "lacks the chunk count or checksums", todo)
-    chunks = []
+    chunks: list[Tensor] = []
+    shape = torch.Size()
     for i in range(n_chunks):
         path = src / chunk_name(i)
         if not path.exists():
@@ -187,15 +136,16 @@ def load_sample_set(
         if verify and file_sha256(path) != sums[i]:
             raise unusable(path, "does not match its checksum (damaged or truncated)", todo)
         try:
-            t = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            t = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # torch raises many types for damaged archives
             raise unusable(path, f"cannot be loaded ({type(e).__name__})", todo) from None
-        if not isinstance(t, Tensor) or t.dim() < 1:
-            raise unusable(path, "is not a tensor of samples", todo)
+        if not isinstance(t, Tensor) or t.dim() < 1 or (chunks and t.shape[1:] != shape):
+            raise unusable(path, "is not a tensor of samples like the others", todo)
         chunks.append(t)
-    if sum(c.shape[0] for c in chunks) != metadata.get("n_samples"):
+        shape = t.shape[1:]
+    if sum(c.shape[0] for c in chunks) != metadata.get("n_samples") or not chunks:
         raise unusable(src / "metadata.json", "disagrees with its chunks on the sample count", todo)
-    return SampleStore(chunks), metadata
+    return torch.cat(chunks), metadata
 
 
 def exact_samples(
@@ -204,11 +154,11 @@ def exact_samples(
     """Samples from the target's exact sampler: the training and test sets from two
     independent CPU streams seeded by ``seed``, stored in ``dtype``."""
 
-    def draw(n: int, split: int) -> SampleStore | None:
+    def draw(n: int, split: int) -> Tensor | None:
         if n == 0:
             return None
         g = torch.Generator().manual_seed(stream_seed(seed, 0, 100 + split))
-        return SampleStore([target.sample(n, g).to(dtype)])
+        return target.sample(n, g).to(dtype)
 
     def info(n: int) -> dict[str, Any] | None:
         return {"n_samples": n, "seed": seed} if n else None
@@ -325,7 +275,7 @@ def cached_hmc_samples(
     log: Callable[[str], None] = print,
     verify: bool = True,
     **sampler: Any,
-) -> tuple[SampleStore, dict[str, Any]]:
+) -> tuple[Tensor, dict[str, Any]]:
     """``n`` HMC samples of ``target`` for data split ``split`` (``"train"``/``"test"``,
     independent streams), from the cache if present, else generated by :func:`generate_hmc`
     (which takes the ``sampler`` keywords: ``periodic``, ``observable``, ``symmetry``,
@@ -339,16 +289,12 @@ def cached_hmc_samples(
         return store, meta
     log(f"generating {n} {split} samples by HMC on {device} ({hmc.n_chains} chains) ...")
     split_id = {"train": 0, "test": 1}.get(split, 2)
-    writer = SampleSetWriter(folder)
-    try:
+    with SampleSetWriter(folder) as writer:
         report = generate_hmc(
             target, n, hmc, seed=seed, split=split_id, dtype=dtype, device=device,
             on_chunk=writer.add, **sampler,
         )  # fmt: skip
-    except BaseException:
-        writer.discard()
-        raise
-    writer.finish({"settings": settings, "report": report, "torch": torch.__version__})
+        writer.finish({"settings": settings, "report": report, "torch": torch.__version__})
     store, meta = load_sample_set(folder, verify=False)
     log(
         f"  {n} samples in {report['generation_time_s']:.1f} s: acceptance "
@@ -356,61 +302,3 @@ def cached_hmc_samples(
         f"{report['step_size']:.3g}; cached in {folder}"
     )
     return store, meta
-
-
-class MinibatchSampler:
-    """Random minibatches (with replacement) of a :class:`SampleStore`, with indices drawn from
-    a generator seeded by ``seed``.
-
-    ``on_device``: copy the samples to ``device`` in ``dtype`` once and draw the indices there
-    (no host transfer per step); otherwise each minibatch is gathered on the CPU from the
-    (memory-mapped) chunks and moved over. ``None`` decides with :meth:`fits`. (On the CPU a
-    single chunk is used in place.) The choice is :attr:`on_device`; runs that are compared
-    should share it.
-    """
-
-    def __init__(
-        self,
-        store: SampleStore,
-        seed: int,
-        device: torch.device,
-        dtype: torch.dtype,
-        on_device: bool | None = None,
-    ) -> None:
-        self.store = store
-        self.device = device
-        self.dtype = dtype
-        self.on_device = self.fits(store, device, dtype) if on_device is None else on_device
-        self._resident: Tensor | None = None
-        if device.type == "cpu" and len(store.chunks) == 1:
-            self._resident = store.chunks[0].to(dtype=dtype)
-        elif self.on_device:
-            resident = torch.empty((len(store), *store.event_shape), dtype=dtype, device=device)
-            start = 0
-            for c in store.chunks:
-                resident[start : start + c.shape[0]].copy_(c)
-                start += c.shape[0]
-            self._resident = resident
-        where = self._resident.device if self._resident is not None else torch.device("cpu")
-        self.generator = torch.Generator(device=where).manual_seed(seed)
-
-    @staticmethod
-    def fits(store: SampleStore, device: torch.device, dtype: torch.dtype) -> bool:
-        """Whether ``store`` in ``dtype`` takes at most 40% of the free memory of a CUDA
-        device, or 2 GiB on the CPU."""
-        limit = int(0.4 * torch.cuda.mem_get_info(device)[0]) if device.type == "cuda" else 2 << 30
-        itemsize = torch.empty((), dtype=dtype).element_size()
-        return len(store) * math.prod(store.event_shape) * itemsize <= limit
-
-    def draw(self, n: int) -> Tensor:
-        """``(n, *event_shape)`` samples drawn uniformly with replacement."""
-        if self._resident is not None:
-            index = torch.randint(
-                len(self.store), (n,), generator=self.generator, device=self._resident.device
-            )
-            return self._resident[index]
-        index = torch.randint(len(self.store), (n,), generator=self.generator)
-        batch = self.store.gather(index)
-        if self.device.type == "cuda":
-            batch = batch.pin_memory()
-        return batch.to(device=self.device, dtype=self.dtype, non_blocking=True)

@@ -1,12 +1,8 @@
-"""Data-parallel training: process-group setup from ``torchrun``'s environment, gradient
-averaging, per-rank random streams.
-
-The estimators call flow methods other than ``forward`` (``forward_and_score``, ``inverse``,
-``transform``), which ``DistributedDataParallel``'s hooks do not see; so instead of the DDP
-wrapper every rank runs its estimator on its share of the batch and the gradients are averaged
-by one ``all_reduce`` after ``backward``. With equal shares and a loss that is a mean over the
-batch this is exactly the gradient on the whole batch. Every collective below is a no-op for a
-single process.
+"""Data-parallel training under ``torchrun``: process group, gradient averaging, per-rank
+random streams. The estimators call flow methods that ``DistributedDataParallel``'s hooks do not
+see, so every rank runs its estimator on its share of the batch and the gradients are averaged
+by one ``all_reduce`` after ``backward`` (exactly the whole batch's gradient for a mean loss).
+Every collective is a no-op for a single process.
 """
 
 from __future__ import annotations
@@ -39,11 +35,9 @@ class DistContext:
 
 
 def init_distributed(device_type: str, timeout_s: float = 7200.0) -> DistContext:
-    """Join the process group that ``torchrun``'s environment describes (``RANK``,
-    ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``): ``nccl`` for CUDA,
-    ``gloo`` for the CPU; without those variables, or with one process, nothing is initialised.
-    ``timeout_s`` bounds how long ranks wait for each other (e.g. while rank 0 makes the target
-    samples)."""
+    """Join the process group of ``torchrun``'s environment (``RANK``, ``WORLD_SIZE``, …):
+    ``nccl`` for CUDA, ``gloo`` for the CPU; nothing without it or with one process.
+    ``timeout_s`` bounds how long ranks wait for each other (e.g. for rank 0's samples)."""
     if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) == 1:
         return DistContext()
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
@@ -74,9 +68,8 @@ def barrier(ctx: DistContext) -> None:
 
 
 def stream_seed(seed: int, rank: int, stream: int, *more: int) -> int:
-    """A 63-bit seed for random stream ``stream`` of ``rank`` (and any further integers, e.g.
-    a step), well mixed from ``seed`` by NumPy's ``SeedSequence``: streams of different ranks
-    and seeds do not overlap in practice (``seed + rank`` schemes would collide across runs)."""
+    """A 63-bit seed for stream ``stream`` of ``rank`` (and further integers, e.g. a step),
+    mixed from ``seed`` by NumPy's ``SeedSequence`` (``seed + rank`` would collide)."""
     state = np.random.SeedSequence([seed, rank, stream, *more]).generate_state(1, dtype=np.uint64)
     return int(state[0]) >> 1
 

@@ -1,28 +1,18 @@
 """Evaluation of a flow against its target, as plain functions.
 
-With flow samples ``x_i ~ q_θ`` and log importance weights ``log w_i = −S(x_i) − log q_θ(x_i)``
-(``S`` the action, ``p ∝ e^{−S}``): reverse ESS ``(Σ w)² / (N Σ w²)``; ``KL(q‖p) = −mean(log w)
-+ log Z`` where ``log Z`` is known; observables reweighted, ``Ô = Σ w O / Σ w``, with the
-delta-method error ``sqrt(Σ w² (O − Ô)²) / Σ w`` (weights normalised in log space; reported as
-NaN below ``MIN_EFFECTIVE_SAMPLES`` effective samples, where it means nothing). On held-out
-target samples ``x_j ~ p``: NLL ``−mean(log q_θ)``, forward ESS ``N² / (Σ w · Σ 1/w)`` and
-``KL(p‖q) = mean(log w) − log Z``; on part of the training samples the training NLL, whose gap
-to the held-out one shows overfitting. Both ESS come with delta-method standard errors.
-:func:`gradient_noise` measures the variance of the standard and the path gradient.
+With flow samples ``x_i ~ q_θ`` and log weights ``log w_i = −S(x_i) − log q_θ(x_i)`` (``p ∝
+e^{−S}``): reverse ESS ``(Σ w)² / (N Σ w²)``; ``KL(q‖p) = −mean(log w) + log Z`` where ``log Z``
+is known; observables reweighted, ``Ô = Σ w O / Σ w``, with the delta-method error ``sqrt(Σ w²
+(O − Ô)²) / Σ w`` (NaN below ``MIN_EFFECTIVE_SAMPLES`` effective samples). On held-out target
+samples: NLL ``−mean(log q_θ)``, forward ESS ``N² / (Σ w · Σ 1/w)`` and ``KL(p‖q) = mean(log w)
+− log Z``; on part of the training samples the training NLL (its gap shows overfitting).
 
 When can a reweighted estimate be trusted? :func:`unreliable_reason`, the one place the rule
-is written, asks for two things:
-
-- ``N_eff = ESS · N ≥ RELIABLE_EFFECTIVE_SAMPLES`` (1000). The error bar is computed from the
-  weights themselves and only describes the estimate once the tail of the weight distribution
-  has been sampled: the 8×8, κ = 0.3 φ⁴ flow of an earlier quick preset
-  (``python paper_runs/phi4.py --kappa 0.3``), at ``N_eff ≈ 290``, sat 3–5σ off its HMC
-  reference at every evaluation. At 1000 the error bar itself is good to about
-  ``1/sqrt(2 N_eff) ≈ 2%``.
-- where held-out target samples exist, forward ESS ``≥ RELIABLE_FORWARD_ESS`` (0.01). The
-  reverse ESS is blind to regions where ``q_θ ≈ 0`` but ``p`` is not (flow samples never go
-  there); the forward ESS, on samples of ``p``, is not: below 1% the flow misses part of the
-  target, and no reweighting of its samples recovers what they never visit.
+is written, asks for ``N_eff = ESS · N ≥ RELIABLE_EFFECTIVE_SAMPLES`` (1000: below it the error
+bar, computed from the weights, does not describe the estimate; an 8×8, κ = 0.3 φ⁴ flow at
+``N_eff ≈ 290`` sat 3–5σ off its HMC reference) and, where held-out target samples exist,
+forward ESS ``≥ RELIABLE_FORWARD_ESS`` (0.01: the reverse ESS is blind to regions where
+``q_θ ≈ 0`` but ``p`` is not, and no reweighting recovers what the flow never visits).
 """
 
 from __future__ import annotations
@@ -35,17 +25,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..estimators import Direction
 from ..flows.base import Flow
 from ..metrics import (
     forward_ess,
     forward_ess_error,
-    gradient_variance,
     reverse_ess,
     reverse_ess_error,
 )
 from ..targets.base import Target
-from .data import SampleStore
 
 MIN_EFFECTIVE_SAMPLES = 10.0
 RELIABLE_EFFECTIVE_SAMPLES = 1000.0
@@ -53,9 +40,8 @@ RELIABLE_FORWARD_ESS = 0.01
 
 
 def unreliable_reason(n_eff: Any, ess_forward: Any = None) -> str:
-    """Why reweighted estimates from ``n_eff = ESS · N`` effective flow samples (and, where
-    held-out target samples exist, forward ESS ``ess_forward``) cannot be trusted; ``""`` when
-    they can (see the module docstring). The one place the rule is written."""
+    """Why reweighted estimates from ``n_eff`` effective flow samples (and forward ESS
+    ``ess_forward``, where known) cannot be trusted; ``""`` when they can (module docstring)."""
     why = []
     if not (isinstance(n_eff, (int, float)) and n_eff >= RELIABLE_EFFECTIVE_SAMPLES):
         shown = f"{n_eff:.3g}" if isinstance(n_eff, (int, float)) else "–"
@@ -133,9 +119,7 @@ def sample_mean(values: Tensor, tau_int: float = 0.5) -> Estimate:
 
 def _ess(fn: Callable[[Tensor], float], log_w: Tensor) -> float:
     """``fn(log_w)``, or 0 when a weight is NaN or infinite (a broken flow has no sample size)."""
-    if not bool(torch.isfinite(log_w).all()):
-        return 0.0
-    return fn(log_w)
+    return fn(log_w) if bool(torch.isfinite(log_w).all()) else 0.0
 
 
 @torch.no_grad()
@@ -147,8 +131,8 @@ def evaluate(
     generator: torch.Generator,
     observables: Sequence[Observable] = (),
     log_z: float | None = None,
-    test: SampleStore | None = None,
-    train: SampleStore | None = None,
+    test: Tensor | None = None,
+    train: Tensor | None = None,
     chunk: int = 4096,
 ) -> dict[str, Any]:
     """Metrics of ``flow`` (see the module docstring) on ``n_samples`` flow samples drawn with
@@ -193,17 +177,16 @@ def evaluate(
 
 @torch.no_grad()
 def evaluate_on_samples(
-    flow: Flow, target: Target, samples: SampleStore, *, log_z: float | None, chunk: int
+    flow: Flow, target: Target, samples: Tensor, *, log_z: float | None, chunk: int
 ) -> dict[str, float]:
     """NLL, forward ESS and (with ``log_z``) ``KL(p‖q)`` on target samples, moved to the
     flow's device and dtype ``chunk`` at a time."""
     log_qs, log_ws = [], []
-    for c in samples.chunks:
-        for part in torch.split(c, chunk):
-            x = part.to(device=flow.device, dtype=flow.dtype)
-            log_q = flow.log_prob(x)
-            log_qs.append(log_q.to(torch.float64))
-            log_ws.append((-target.action(x) - log_q).to(torch.float64))
+    for part in torch.split(samples, chunk):
+        x = part.to(device=flow.device, dtype=flow.dtype)
+        log_q = flow.log_prob(x)
+        log_qs.append(log_q.to(torch.float64))
+        log_ws.append((-target.action(x) - log_q).to(torch.float64))
     log_q_all, log_w = torch.cat(log_qs), torch.cat(log_ws)
     out = {
         "nll": float(-log_q_all.mean()),
@@ -216,7 +199,7 @@ def evaluate_on_samples(
 
 
 def references(
-    observables: Sequence[Observable], test: SampleStore | None, tau_int: float = math.nan
+    observables: Sequence[Observable], test: Tensor | None, tau_int: float = math.nan
 ) -> dict[str, dict[str, Any]]:
     """Per observable: the exact value where known, and the mean over held-out target samples
     if there are any, with the error ``std · sqrt(2 τ_int / N)``. ``value``/``err``/``source``
@@ -225,8 +208,7 @@ def references(
     for o in observables:
         ref: dict[str, Any] = {}
         if test is not None:
-            values = torch.cat([o.fn(c.to(torch.float64)) for c in test.chunks])
-            est = sample_mean(values, tau_int)
+            est = sample_mean(o.fn(test.to(torch.float64)), tau_int)
             ref.update(sample_value=est.mean, sample_err=est.err)
         if o.exact is not None:
             ref.update(value=o.exact, err=0.0, source="exact")
@@ -235,25 +217,3 @@ def references(
         if ref:
             refs[o.name] = ref
     return refs
-
-
-GRADIENT_PAIRS: dict[Direction, tuple[str, str]] = {
-    "reverse": ("reverse-standard", "reverse-path-fast"),
-    "forward": ("forward-standard", "forward-path-fast"),
-}
-"""The standard and the path estimator compared by :func:`gradient_noise`, per direction."""
-
-
-def gradient_noise(
-    flow: Flow, target: Target, direction: Direction, batches: Sequence[Tensor]
-) -> dict[str, float]:
-    """``Σ_k Var[g_k]`` (the trace of the gradient covariance) of the standard and of the path
-    gradient of ``direction`` at the flow's current parameters, over the same independent
-    ``batches`` (at least two; base samples for the reverse KL, target samples for the
-    forward KL). Returns ``grad_var_standard`` and ``grad_var_path``; ``.grad`` fields are left
-    untouched."""
-    standard, path = GRADIENT_PAIRS[direction]
-    return {
-        "grad_var_standard": gradient_variance(standard, flow, target, batches).total_variance(),
-        "grad_var_path": gradient_variance(path, flow, target, batches).total_variance(),
-    }

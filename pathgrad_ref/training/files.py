@@ -1,13 +1,9 @@
 """Run files: one atomic writer, strict JSON, checkpoints, and the one error for a file a run
 cannot use.
 
-Every file a run writes goes through :func:`atomic_write`: the bytes go to a temporary file in
-the destination folder, are flushed to disk (``fsync``) and renamed over the destination with
-``os.replace``; on any error the temporary file is removed and the previous file is untouched.
-So a run killed or out of disk space while writing leaves the last complete file readable.
-
-A checkpoint is a ``dict`` of tensors and plain Python values only (no pickled objects), so it
-loads with ``torch.load(..., weights_only=True)`` and loading it cannot run code.
+Every file a run writes goes through :func:`atomic_write` (temporary file, ``fsync``,
+``os.replace``): a run killed or out of disk space while writing leaves the last complete file.
+A checkpoint holds tensors and plain values only, so it loads with ``weights_only=True``.
 """
 
 from __future__ import annotations
@@ -70,8 +66,7 @@ class RunFileError(ConfigError):
 
 
 def unusable(path: str | os.PathLike[str], why: str, todo: str = "") -> RunFileError:
-    """The error for a run file that cannot be used: names the file, says why and what to do
-    (the command line prints it as one ``error:`` line, exit code 2)."""
+    """The error for a run file that cannot be used: names it, says why and what to do."""
     todo = todo or "restore it, or start afresh with --overwrite or another --out"
     return RunFileError(None, f"{path}: {why}; {todo}")
 
@@ -93,8 +88,7 @@ FORMAT_VERSION = 2
 
 
 def atomic_save(obj: dict[str, Any], path: str | os.PathLike[str]) -> None:
-    """``torch.save(obj, path)`` through :func:`atomic_write` (temporary file,
-    ``fsync``, ``os.replace``): a failed or killed save leaves the previous file intact."""
+    """``torch.save(obj, path)`` through :func:`atomic_write`."""
     atomic_write(path, lambda f: torch.save(obj, f))
 
 
@@ -102,8 +96,8 @@ _KEYS = ("step", "world_size", "model", "optimizer", "rng", "loop")
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Load a checkpoint onto the CPU with ``weights_only=True``; :class:`ConfigError` naming
-    the file if it is empty, truncated, foreign or incomplete."""
+    """Load a checkpoint onto the CPU (``weights_only=True``); :func:`unusable` if it is empty,
+    truncated, foreign or incomplete."""
     p = Path(path)
     try:
         if p.stat().st_size == 0:
@@ -129,10 +123,8 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def global_rng_state() -> dict[str, Any]:
-    """The process-wide RNG states: torch CPU, every CUDA device (if initialised), Python's
-    ``random``. Stored as tensors and plain values. (The training code draws all its random
-    numbers from explicit generators; these are saved so that user code relying on the global
-    streams resumes too.)"""
+    """The process-wide RNG states (torch CPU, CUDA if initialised, Python's ``random``) as
+    tensors and plain values, so that user code relying on the global streams resumes too."""
     state: dict[str, Any] = {"torch_cpu": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
         state["torch_cuda"] = list(torch.cuda.get_rng_state_all())
@@ -144,11 +136,9 @@ def global_rng_state() -> dict[str, Any]:
 def set_global_rng_state(state: dict[str, Any]) -> None:
     """Restore what :func:`global_rng_state` saved (CUDA states only where CUDA is in use)."""
     torch.set_rng_state(state["torch_cpu"])
-    cuda: list[Tensor] | None = state.get("torch_cuda")
-    if cuda is not None and torch.cuda.is_available():
-        n = min(len(cuda), torch.cuda.device_count())
-        for i in range(n):
-            torch.cuda.set_rng_state(cuda[i], i)
+    if torch.cuda.is_available():
+        for i, s in enumerate(state.get("torch_cuda", [])[: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(s, i)
     py = state.get("python")
     if py is not None:
         random.setstate((py["version"], tuple(py["state"]), py["gauss"]))

@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .evaluation import Observable
 from .report import fmt
 
@@ -54,15 +56,6 @@ def series(records: Sequence[Mapping[str, Any]], key: str, x: str = "step") -> C
     return xs, ys
 
 
-def _quantile(values: Sequence[float], q: float) -> float:
-    """Linear-interpolation quantile (numpy's default) of ``values``."""
-    s = sorted(values)
-    pos = q * (len(s) - 1)
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(s) - 1)
-    return s[lo] + (pos - lo) * (s[hi] - s[lo])
-
-
 def band(
     curves: Sequence[Curve], quantiles: tuple[float, float] = (0.0, 1.0)
 ) -> tuple[list[float], list[float], list[float], list[float]]:
@@ -77,9 +70,10 @@ def band(
             at = [y for x, y in zip(xs, ys, strict=True) if x <= g]
             if at:
                 vals.append(at[-1])
-        med.append(_quantile(vals, 0.5))
-        lo.append(_quantile(vals, quantiles[0]))
-        hi.append(_quantile(vals, quantiles[1]))
+        m, low, high = np.quantile(vals, [0.5, *quantiles]).tolist()
+        med.append(m)
+        lo.append(low)
+        hi.append(high)
     return grid, med, lo, hi
 
 

@@ -1,9 +1,6 @@
-"""One run of an experiment from resolved settings: checks made before anything is written,
-then target samples, the trainer, and its summary.
-
-Everything a run would read is checked first (the settings, the model they build, and on
-``--resume`` the checkpoint, ``config.json`` and ``metrics.jsonl`` of the run folder), so that a
-failed start or resume changes nothing on disk.
+"""One run of an experiment from resolved settings: checks, then target samples, the trainer
+and its summary. Everything a run would read (settings, the model they build, on ``--resume``
+the run folder's files) is checked first, so that a failed start or resume changes nothing.
 """
 
 from __future__ import annotations
@@ -15,13 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from ..estimators import direction
 from ..precision import apply_precision_policy
 from ..targets.base import Target
 from . import files
 from .config import ConfigError, DataConfig, TrainConfig, config_dict, resume_mismatches
-from .data import MinibatchSampler, SampleStore, TargetSamples, cached_hmc_samples, exact_samples
+from .data import TargetSamples, cached_hmc_samples, exact_samples
 from .distributed import DistContext, barrier
 from .experiment import Experiment
 from .report import final_line, fmt, read_jsonl
@@ -50,9 +48,8 @@ def _prefixed(prefix: str, check: Callable[[], None]) -> None:
 
 
 def check_settings(exp: Experiment, settings: Settings) -> None:
-    """:class:`ConfigError` for a value or combination that cannot work, before any work:
-    field checks, a forward-KL estimator without samples, the experiment's own check and
-    whatever the target and the flow refuse to build."""
+    """:class:`ConfigError` for a value or combination that cannot work: field checks, a
+    forward-KL estimator without samples, the experiment's check, what the model refuses."""
     _prefixed("train.", settings.train.validate)
     _prefixed("data.", settings.data.validate)
     name = settings.train.estimator
@@ -123,7 +120,7 @@ def load_target_data(
     hmc, observable = data.hmc, exp.hmc_observable(target) if exp.hmc_observable else None
     sampler = {"periodic": exp.hmc_periodic, "symmetry": exp.symmetry, "observable": observable}
 
-    def get(n: int, split: str, quiet: bool) -> tuple[SampleStore | None, dict[str, Any] | None]:
+    def get(n: int, split: str, quiet: bool) -> tuple[Tensor | None, dict[str, Any] | None]:
         """Rank 0 makes (or loads and verifies) a set; the others load what it made, quietly."""
         if n == 0:
             return None, None
@@ -133,7 +130,7 @@ def load_target_data(
             progress=progress and not quiet, **sampler,
         )  # fmt: skip
 
-    test: SampleStore | None = None
+    test: Tensor | None = None
     test_meta: dict[str, Any] | None = None
     if ctx.is_main:
         test, test_meta = get(data.n_test, "test", False)
@@ -183,19 +180,11 @@ def run_experiment(
             say(f"{exp.name}: the exact sampler draws its samples at the start of each run")
         return None
     run_dir = settings.out
-    on_device = None
-    if forward and data is not None and data.train is not None:
-        on_device = MinibatchSampler.fits(data.train, device, train.torch_dtype)
-        saved = run_dir / "config.json"
-        if settings.resume and saved.exists():
-            # The index stream lives where the samples do: a resumed run keeps its data path.
-            kept = (files.read_json(saved).get("runtime") or {}).get("training_samples_on_device")
-            on_device = kept if isinstance(kept, bool) else on_device
     # Process-global precision flags, set once before the model is built, and recorded.
     precision = apply_precision_policy(train.torch_dtype, device).as_dict()
     run_config = config_dict(exp.name, train, settings.data, settings.params)
     run_config["preset"] = settings.preset
-    run_config["runtime"] = {"training_samples_on_device": on_device, "precision": precision}
+    run_config["runtime"] = {"precision": precision}
     if settings.resume and (run_dir / files.CHECKPOINT_NAME).exists():
         saved_config = files.read_json(run_dir / "config.json")
         diff = resume_mismatches(saved_config, json.loads(json.dumps(files.jsonable(run_config))))
@@ -229,7 +218,6 @@ def run_experiment(
         run_config=run_config,
         log=say,
         title=f"{exp.name} {train.estimator}",
-        data_on_device=on_device,
     )
     say(
         f"{exp.name}: {train.estimator}, preset {settings.preset}, {device}, {train.dtype}, "

@@ -2,37 +2,31 @@
 clipping, skipping of non-finite steps, periodic evaluation, resumable checkpoints and a clean
 stop on SIGINT or SIGTERM.
 
-One step, on every data-parallel rank ``r`` of ``W``: draw ``batch_size / W`` samples from the
-rank's own stream (base samples for a reverse-KL estimator, a minibatch of the training target
-samples for a forward one); ``loss, _ = estimator(flow, target, batch)``; ``backward``; average
-the gradients over the ranks; if the loss or the global gradient norm is not finite, skip the
-update and count it, otherwise clip the norm and take the Adam step.
+One step, on every data-parallel rank of ``W``: draw ``batch_size / W`` samples from the rank's
+own stream (base samples for a reverse-KL estimator, a minibatch of the training samples for a
+forward one); ``loss, _ = estimator(flow, target, batch)``; ``backward``; average the gradients
+over the ranks; if the loss or the global gradient norm is not finite, skip the update and count
+it, otherwise clip the norm and take the Adam step.
 
-No step reads a value on the host. The flag "not finite" goes to the fused Adam kernel (CUDA,
-and the CPU since torch 2.4, the package's floor) as ``found_inf``, the protocol of
-``torch.amp.GradScaler``: the kernel leaves parameters, moments and step count untouched. The
-loop's bookkeeping stays on the device (:class:`_Counters`) and is read in one transfer every
-``STOP_VOTE_EVERY`` steps and at evaluation, checkpoint and stop steps (:meth:`Trainer.check`).
-Hence, deliberately: ``max_nonfinite`` non-finite steps in a row stop the run up to
-``STOP_VOTE_EVERY - 1`` steps late (with the parameters of the last good step); the plateau
-schedule counts its patience in finite steps (a new minimum is any lower loss) but lowers the
-rate, to ``max(lr · lr_factor, lr_min)``, only at multiples of ``STOP_VOTE_EVERY``, so that a
-resumed run decides alike.
+No step reads a value on the host: "not finite" goes to the fused Adam kernel as ``found_inf``
+(the protocol of ``torch.amp.GradScaler``), which then leaves parameters, moments and step count
+untouched, and the bookkeeping stays on the device (:class:`_Counters`), read in one transfer
+every ``STOP_VOTE_EVERY`` steps and at evaluation, checkpoint and stop steps. Hence a run of
+``max_nonfinite`` non-finite steps stops up to ``STOP_VOTE_EVERY - 1`` steps late, and the
+plateau schedule (patience counted in finite steps) lowers the rate only at multiples of
+``STOP_VOTE_EVERY``, so that a resumed run decides alike.
 
-The clock: ``train_time_s`` is the time of the training steps alone (batch draw, estimator,
-backward, optimiser step, the counter reads and stop votes); ``eval_time_s`` and
-``checkpoint_time_s`` the time spent evaluating (and logging) and writing checkpoints;
-``wall_time_s`` all of it; all cumulative over resumed segments. On a GPU the queued steps'
-time reaches the clock at the next counter read, so the clock adds no host synchronisation.
-``--time-limit``, the progress bar and the step times use ``train_time_s``.
+The clock: ``train_time_s`` (the training steps alone: batch, estimator, backward, optimiser,
+counter reads, stop votes; used by ``--time-limit``, the progress bar and step times),
+``eval_time_s``, ``checkpoint_time_s`` and ``wall_time_s``, all cumulative over resumed
+segments. On a GPU the queued steps' time reaches the clock at the next counter read.
 
-Every ``eval_every`` steps rank 0 evaluates (:func:`~.evaluation.evaluate`) on fresh flow
-samples from a stream seeded by the step (evaluation never disturbs training), with the means
-of loss, gradient norm and step time since the last evaluation. On SIGINT or SIGTERM the step
-is finished, a checkpoint written and the summary says ``"status": "interrupted"``; a second
-signal stops at once. Under ``torchrun`` the ranks vote every ``STOP_VOTE_EVERY`` steps, so they
-stop at one step. On the CPU a resumed run retraces an uninterrupted one exactly: the checkpoint
-holds parameters, Adam's state, every random stream of every rank and the counters.
+Every ``eval_every`` steps rank 0 evaluates on flow samples from a stream seeded by the step
+(evaluation never disturbs training). On SIGINT or SIGTERM the step is finished, a checkpoint
+written and the summary says ``"status": "interrupted"``; a second signal stops at once. Under
+``torchrun`` the ranks vote on stopping every ``STOP_VOTE_EVERY`` steps. On the CPU a resumed
+run retraces an uninterrupted one exactly: the checkpoint holds parameters, Adam's state, every
+random stream of every rank and the counters.
 """
 
 from __future__ import annotations
@@ -53,11 +47,12 @@ from torch import Tensor
 from .._validation import check_finite, per_call_finite_check
 from ..estimators import compile_estimator, direction, get_estimator
 from ..flows.base import Flow
+from ..metrics import gradient_variance
 from ..precision import apply_precision_policy
 from ..targets.base import Target
 from . import files as ckpt
 from .config import ConfigError, TrainConfig
-from .data import MinibatchSampler, SampleStore, TargetSamples
+from .data import TargetSamples
 from .distributed import (
     DistContext,
     all_reduce,
@@ -67,7 +62,7 @@ from .distributed import (
     stream_seed,
     trainable,
 )
-from .evaluation import Observable, evaluate, gradient_noise, references
+from .evaluation import Observable, evaluate, references
 from .files import unusable, write_json
 from .plots import plot_run
 from .report import MetricRecord, MetricsLog, describe, fmt
@@ -133,10 +128,6 @@ class StopSignals:
                 signal.signal(s, h)
 
 
-def _scalar(value: float, dtype: torch.dtype, device: torch.device) -> Tensor:
-    return torch.tensor(value, dtype=dtype, device=device)
-
-
 class _Counters:
     """The loop's per-step bookkeeping as 0-d device tensors, updated without host reads:
     non-finite steps in a row (``consecutive``), the longest such run (``longest``), all
@@ -151,7 +142,7 @@ class _Counters:
         s = {"best": math.inf, **(state or {})}
         for k in self.KEYS:
             dtype = torch.float64 if k in self._FLOAT else torch.int64
-            setattr(self, k, _scalar(s.get(k, 0), dtype, device))
+            setattr(self, k, torch.tensor(s.get(k, 0), dtype=dtype, device=device))
 
     def update(self, loss: Tensor, grad_norm: Tensor, finite: Tensor) -> None:
         """Count a step with 0-d float64 ``loss`` and ``grad_norm`` and 0-d bool ``finite``."""
@@ -186,18 +177,15 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        dev = torch.device(name)
+        dev: torch.device | None = torch.device(name)
     except RuntimeError:
-        raise ConfigError("train.device", f"expected auto, cpu or cuda[:K], got {name!r}") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError("train.device", f"{name}: CUDA is not available on this machine")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ConfigError(
-                "train.device", f"{name}: only {torch.cuda.device_count()} CUDA device(s) here"
-            )
-    elif dev.type != "cpu":
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
         raise ConfigError("train.device", f"expected auto, cpu or cuda[:K], got {name!r}")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device", f"{name}: CUDA is not available on this machine")
+    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+        raise ConfigError("train.device", f"{name}: only {torch.cuda.device_count()} CUDA devices")
     return dev
 
 
@@ -208,9 +196,8 @@ class Trainer:
     ``metrics.jsonl``, ``checkpoint.pt``, ``summary.json`` and plots (rank 0 writes; ``None``:
     nothing is written). ``data``: ``train`` for forward-KL estimators, ``test`` for NLL,
     forward ESS and the observables' sample references. ``log_z``: where known (absolute KL).
-    ``run_config``: JSON-ready description stored in checkpoints and the summary.
-    ``data_on_device``: hold the training samples on ``device`` (``None``: decide from the free
-    memory, :meth:`MinibatchSampler.fits`).
+    ``run_config``: JSON-ready description stored in checkpoints and the summary. The training
+    samples are held on ``device``; minibatches are drawn with replacement.
     """
 
     def __init__(
@@ -228,7 +215,6 @@ class Trainer:
         run_config: dict[str, Any] | None = None,
         log: Callable[[str], None] = print,
         title: str = "",
-        data_on_device: bool | None = None,
     ) -> None:
         try:
             config.validate()
@@ -267,21 +253,20 @@ class Trainer:
         self.generators = {
             "batch": device_generator(device, stream_seed(config.seed, rank, _BATCH_STREAM))
         }
-        self.sampler: MinibatchSampler | None = None
-        self.train_subset: SampleStore | None = None
+        self.train_samples: Tensor | None = None  # on the device, for forward-KL minibatches
+        self.train_subset: Tensor | None = None
         if self.direction == "forward":
             if data is None or data.train is None:
                 why = f"{config.estimator} minimises the forward KL and needs training samples"
                 raise ConfigError("train.estimator", why + " of the target, but this run has none")
+            check_finite(data.train, "training samples of the target")
+            self.train_samples = data.train.to(device=device, dtype=self.dtype)
             seed = stream_seed(config.seed, rank, _INDEX_STREAM)
-            self.sampler = MinibatchSampler(data.train, seed, device, self.dtype, data_on_device)
-            self.generators["index"] = self.sampler.generator
-            for chunk in data.train.chunks:
-                check_finite(chunk, "training samples of the target")
+            self.generators["index"] = device_generator(device, seed)
             # A fixed part of the training set, as large as the held-out set, for the training
             # NLL (its gap to the held-out NLL shows overfitting).
             k = min(len(data.train), len(data.test) if data.test is not None else 10_000)
-            self.train_subset = SampleStore([data.train.gather(torch.arange(k))])
+            self.train_subset = data.train[:k]
         broadcast_parameters(self.flow, self.ctx)
 
         self.step = 0
@@ -289,12 +274,10 @@ class Trainer:
         self.counters = _Counters(device)
         self.read: dict[str, float | int] = {}  # the counters as of the last check()
         self.consecutive_nonfinite = self.n_skipped = 0  # host copies, as of the last check()
-        # The clock (see the module docstring), and the training time and steps since the last
-        # evaluation.
+        # The clock, and the training time and steps since the last evaluation.
         self.times = dict.fromkeys(("train", "eval", "checkpoint", "wall"), 0.0)
         self.interval_time, self.interval_steps = 0.0, 0
         self._wall_at = (0.0, time.perf_counter())
-        self.last_eval: MetricRecord = {}
         self.history: list[MetricRecord] = []  # every evaluation record of the run
         report = ((data.metadata.get("test") or {}) if data is not None else {}).get("report")
         tau = float((report or {}).get("tau_int") or math.nan)
@@ -302,20 +285,22 @@ class Trainer:
         self.metrics: MetricsLog | None = None
         self.signals = StopSignals()
         self.stop_signal = 0  # the signal that stopped the last train() call, if any
-        # What the loss value is: the estimator's KL estimate, without log Z where the target
-        # object does not carry it.
+        # The loss is the estimator's KL estimate, without log Z where the target lacks it.
         kl, shift = (
             ("KL(q‖p)", " − log Z") if self.direction == "reverse" else ("KL(p‖q)", " + log Z")
         )
-        shift = "" if target.log_z is not None else shift
-        self.loss_label = f"{kl}{shift} on the training batch"
+        self.loss_label = f"{kl}{'' if target.log_z is not None else shift} on the training batch"
 
     # ------------------------------------------------------------------ one step
 
     def _draw_batch(self) -> Tensor:
-        if self.sampler is not None:
-            return self.sampler.draw(self.local_batch)
-        return self.flow.base.sample(self.local_batch, self.generators["batch"])
+        """Base samples, or a minibatch of the training samples drawn with replacement (the
+        indices from the generator's device: on ``meta`` a CPU stream)."""
+        if self.train_samples is None:
+            return self.flow.base.sample(self.local_batch, self.generators["batch"])
+        g, n = self.generators["index"], len(self.train_samples)
+        index = torch.randint(n, (self.local_batch,), generator=g, device=g.device)
+        return self.train_samples[index.to(self.device)]
 
     def _train_step(self) -> tuple[Tensor, Tensor, Tensor]:
         """One step; returns ``(loss, grad_norm, finite)``: the loss averaged over ranks and
@@ -351,17 +336,10 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return loss_mean, norm, finite
 
-    def _record(self, loss: Tensor, grad_norm: Tensor, finite: Tensor) -> None:
-        """The device-side bookkeeping of a step (:class:`_Counters`); no host read."""
-        self.counters.update(loss, grad_norm, finite)
-
     def check(self, plateau: bool) -> None:
-        """Read the on-device counters (one transfer) into :attr:`read`, :attr:`n_skipped` and
-        :attr:`consecutive_nonfinite`; raise :class:`TrainingError` if a run
-        of ``max_nonfinite`` non-finite steps in a row has occurred; if ``plateau`` (only at
-        steps that are multiples of ``STOP_VOTE_EVERY``, so that resumed runs decide alike) and
-        the plateau schedule is on, lower the rate when the finite steps since the lowest loss
-        exceed ``lr_patience``."""
+        """Read the on-device counters (one transfer); raise :class:`TrainingError` after
+        ``max_nonfinite`` non-finite steps in a row; if ``plateau`` and the plateau schedule is
+        on, lower the rate when the finite steps since the lowest loss exceed ``lr_patience``."""
         cfg = self.config
         c = self.read = self.counters.state()
         self.consecutive_nonfinite = int(c["consecutive"])
@@ -395,8 +373,7 @@ class Trainer:
     # ------------------------------------------------------------------ evaluation
 
     def clock(self) -> dict[str, float]:
-        """The clock as recorded: ``train_time_s``, ``eval_time_s``, ``checkpoint_time_s``,
-        ``wall_time_s`` (see the module docstring)."""
+        """``train_time_s``, ``eval_time_s``, ``checkpoint_time_s``, ``wall_time_s``."""
         return {f"{k}_time_s": v for k, v in self.times.items()}
 
     def evaluate(self) -> MetricRecord:
@@ -433,19 +410,24 @@ class Trainer:
         return record
 
     def _gradient_noise(self) -> dict[str, float]:
-        """Variance of the standard and path gradients at the current parameters over
-        ``grad_var_batches`` fresh batches of the training batch size, from a stream seeded by
-        the step (training streams untouched)."""
+        """``grad_var_standard`` and ``grad_var_path``: ``Σ_k Var[g_k]`` of the standard and
+        the path gradient of the run's direction at the current parameters, over
+        ``grad_var_batches`` fresh batches from a stream seeded by the step (training streams
+        and ``.grad`` untouched)."""
         seed, n = stream_seed(self.config.seed, 0, _NOISE_STREAM, self.step), self.local_batch
         draw: Callable[[], Tensor]
-        if self.sampler is not None:
-            store, gen = self.sampler.store, torch.Generator().manual_seed(seed)
-            draw = lambda: store.gather(torch.randint(len(store), (n,), generator=gen))  # noqa: E731
+        if self.data is not None and self.data.train is not None and self.direction == "forward":
+            train, gen = self.data.train, torch.Generator().manual_seed(seed)
+            draw = lambda: train[torch.randint(len(train), (n,), generator=gen)]  # noqa: E731
         else:
             base_gen = device_generator(self.device, seed)
             draw = lambda: self.flow.base.sample(n, base_gen)  # noqa: E731
         batches = [draw().to(self.device, self.dtype) for _ in range(self.config.grad_var_batches)]
-        return gradient_noise(self.flow, self.target, self.direction, batches)
+        d, args = self.direction, (self.flow, self.target, batches)
+        return {
+            "grad_var_standard": gradient_variance(f"{d}-standard", *args).total_variance(),
+            "grad_var_path": gradient_variance(f"{d}-path-fast", *args).total_variance(),
+        }
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -494,10 +476,8 @@ class Trainer:
             loop = state["loop"]
             self.counters = _Counters(self.device, loop["counters"])
             self.times = {k: float(loop["times"][k]) for k in self.times}
-            self.interval_time, self.interval_steps = (
-                float(loop["interval"][0]),
-                int(loop["interval"][1]),
-            )
+            t, n = loop["interval"]
+            self.interval_time, self.interval_steps = float(t), int(n)
         except (KeyError, RuntimeError, ValueError, IndexError, TypeError) as e:
             raise unusable(path, f"it does not fit this run ({e})") from None
         self.step = int(state["step"])
@@ -523,8 +503,7 @@ class Trainer:
         """Rank 0 evaluates, records and prints; every rank restarts the interval."""
         with self._timed("eval"):
             if self.ctx.is_main:
-                self.last_eval = record = self.evaluate()
-                self.history.append(record)
+                self.history.append(record := self.evaluate())
                 if self.metrics is not None:
                     self.metrics.write(record)
                 line = describe(record, self.observables, self.references)
@@ -551,14 +530,11 @@ class Trainer:
     def train(self, resume: bool = False) -> dict[str, Any]:
         """Run until ``config.steps``, the time limit or a stop signal; returns the summary
         (also written to ``summary.json`` by rank 0), whose ``status`` is ``completed``,
-        ``stopped`` (time limit), ``interrupted`` (signal; ``signal`` names it) or ``failed``.
-        ``resume`` continues from ``run_dir/checkpoint.pt`` if it exists. Raises
-        :class:`TrainingError` once ``max_nonfinite`` skipped steps in a row have occurred (at
-        the next read of the device counters, see the module docstring), :class:`HardStop` on a
-        second stop signal."""
-        # The estimators' per-call finiteness test reads a flag back from the device (a host
-        # synchronisation, and a graph break when compiled) at every step; base samples are
-        # finite by construction and target samples were checked once, in __init__.
+        ``stopped`` (time limit), ``interrupted`` (signal) or ``failed``. ``resume`` continues
+        from ``run_dir/checkpoint.pt`` if it exists. Raises :class:`TrainingError` after
+        ``max_nonfinite`` skipped steps in a row, :class:`HardStop` on a second signal."""
+        # The estimators' per-call finiteness test is a host read at every step; base samples
+        # are finite by construction and target samples were checked once, in __init__.
         with self.signals.installed(), per_call_finite_check(False):
             return self._train(resume)
 
@@ -578,8 +554,6 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", keep_until=resumed_from)
             self.history = list(self.metrics.records)
-            if self.history:
-                self.last_eval = self.history[-1]
         bar: Any = None
         if main and cfg.progress:
             from tqdm.auto import tqdm  # optional dependency, only for the bar
@@ -598,7 +572,7 @@ class Trainer:
             stop = over_time
             while self.step < cfg.steps and not stop:
                 with self._timed("train"):
-                    self._record(*self._train_step())
+                    self.counters.update(*self._train_step())
                 self.step += 1
                 self.interval_steps += 1
                 at_eval = self.step % cfg.eval_every == 0
@@ -676,7 +650,7 @@ class Trainer:
             "mean_step_time_s": self.times["train"] / self.step if self.step else None,
             "n_skipped": self.n_skipped,
             "initial": self.history[0] if self.history else {},
-            "final": self.last_eval,
+            "final": self.history[-1] if self.history else {},
             "best_ess_reverse": max(ess) if ess else None,
             "observables": {o.name: o.label for o in self.observables},
             "references": self.references,
