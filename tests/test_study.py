@@ -554,7 +554,6 @@ def test_a_replacing_record_says_which_verdicts_changed(
     4 seeds of equal ESS (pending re-run; the tests alone: inconclusive) replaced by 8 seeds
     where the path gradient is clearly better (holds)."""
     from script_support import load_script
-
     from studies.report import provenance_lines
 
     study_py = load_script("study")
@@ -587,9 +586,7 @@ def test_a_replacing_record_says_which_verdicts_changed(
         "tests": "inconclusive",
     }
     text = "\n".join(provenance_lines(study_py.with_aggregates(new)))
-    assert (
-        "1a (`reverse-path-fast`): pending re-run (tests alone: inconclusive) → holds" in text
-    )
+    assert "1a (`reverse-path-fast`): pending re-run (tests alone: inconclusive) → holds" in text
 
 
 def test_committed_records_carry_provenance_and_history() -> None:
@@ -644,3 +641,31 @@ def test_expected_time_counts_only_the_runs_left(
     other = tmp_path / "other"
     assert study_py.expected_seconds(ten_k, other, 1) == pytest.approx((20 + 30 + 40) * 8 * factor)
     assert study_py.expected_seconds(study_py.STUDIES["u1-reverse"], other, 1) is None
+
+
+def test_dirty_flag_ignores_the_study_records_only(tmp_path: Path) -> None:
+    """A study committed before the next one runs leaves the next one's code clean; any other
+    tracked change makes it dirty. Checked on a scratch repository."""
+    import subprocess
+
+    from studies.provenance import git_dirty
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    git("config", "user.email", "t@example.org")
+    git("config", "user.name", "t")
+    (tmp_path / "paper_runs" / "results" / "s").mkdir(parents=True)
+    files = ["paper_runs/results/s/study.json", "paper_runs/RESULTS.md", "paper_runs/gmm.py"]
+    for f in files:
+        (tmp_path / f).write_text("0\n")
+    git("add", "-A")
+    git("commit", "-qm", "init")
+    folder = tmp_path / "paper_runs"
+    assert git_dirty(folder) is False
+    for f in files[:2]:
+        (tmp_path / f).write_text("1\n")
+    assert git_dirty(folder) is False
+    (tmp_path / files[2]).write_text("1\n")
+    assert git_dirty(folder) is True

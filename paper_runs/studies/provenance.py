@@ -29,9 +29,15 @@ def git_commit(folder: Path) -> str | None:
     return _git(folder, "rev-parse", "HEAD") or None
 
 
+# The records the studies write: committing one study must not mark the next one's code dirty.
+OUTPUTS = ("paper_runs/results", "paper_runs/RESULTS.md")
+
+
 def git_dirty(folder: Path) -> bool | None:
-    """Whether tracked files differ from the commit (``None`` outside git)."""
-    status = _git(folder, "status", "--porcelain", "--untracked-files=no")
+    """Whether tracked files other than the study records (:data:`OUTPUTS`) differ from the
+    commit (``None`` outside git)."""
+    excluded = [f":(top,exclude){o}" for o in OUTPUTS]
+    status = _git(folder, "status", "--porcelain", "--untracked-files=no", "--", ":/", *excluded)
     return None if status is None else bool(status)
 
 
