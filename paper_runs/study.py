@@ -21,10 +21,10 @@ keep the 4-seed studies' training sizes, so that no setting was re-tuned after t
 were seen, and the new ``gmm-forward-10k`` differs from ``gmm-forward`` in the training-set size
 alone. By the wall times of the 4-seed records, all studies at 8 seeds, two runs at a time, fit
 the 90-minute budget for the 2-core machine; ``--dry-run`` prints the estimate per study from
-the committed records (:func:`expected_seconds`). The budget is the machine's: when the re-run
-came, the same machine ran the same code about 3.7 times slower (a RealNVP step on the Gaussian
-mixture, 2.8 ms in the 4-seed record of 2026-11-25, 10 ms in the 8-seed one), and the
-re-run of every study but ``u1-reverse`` took 85 minutes.
+the committed records (:func:`expected_seconds`). The budget is the machine's: when the 8-seed
+re-run came, the same machine ran the same code several times slower (compare the mean step
+times in the study tables with those of the 4-seed records in git history), and ``u1-reverse``
+did not fit.
 """
 
 from __future__ import annotations

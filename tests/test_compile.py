@@ -14,7 +14,7 @@ the layers' structure, and the ones that were wrong) goes through inductor, the 
 that ``--compile`` uses, on every flow; so does every estimator on the RealNVP flow. The other
 pairs compile with ``aot_eager``: dynamo's capture and AOTAutograd's joint forward-backward graph,
 where a broken graph or a lost gradient term shows, without inductor's C++ code generation, which
-costs most of a cold compile on a 2-core CPU (up to a minute per pair).
+costs most of a cold compile on a small CPU.
 ``pytest tests/test_compile.py --compile-backend inductor`` runs the whole grid under inductor.
 """
 

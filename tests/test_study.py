@@ -512,21 +512,20 @@ def test_committed_results_are_rendered_from_their_json() -> None:
     assert load_script("study").results_markdown() == committed
 
 
-def test_replacing_a_committed_study_keeps_its_history(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """``finish(..., commit=True)`` over a committed record asks why, then keeps the old
-    record's date and commit in the new one's history."""
+def _committed_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, old: dict[str, Any]
+) -> tuple[Any, Any, Path]:
+    """``paper_runs/study.py`` loaded with ``old`` as the committed ``gmm-reverse`` record in
+    ``tmp_path/results`` and, as the runs a study would collect, an 8-seed record where the path
+    gradient is clearly better. Returns the module, the study's spec and the record's path."""
     from script_support import load_script
 
     study_py = load_script("study")
     spec = study_py.STUDIES["gmm-reverse"]
     results = tmp_path / "results"
     (results / spec.name).mkdir(parents=True)
-    old = {"provenance": {"date": "2026-01-01T00:00:00Z", "commit": "abc"}, "history": []}
     (results / spec.name / "study.json").write_text(json.dumps(old))
     monkeypatch.setattr(study_py, "RESULTS_DIR", results)
-    (tmp_path / "run").mkdir()
     monkeypatch.setattr(study_py, "render_results", lambda: tmp_path / "RESULTS.md")
     synthetic = _synthetic({"reverse-standard": STD8, "reverse-path-fast": _shift(STD8, 0.3)})
     monkeypatch.setattr(
@@ -536,10 +535,21 @@ def test_replacing_a_committed_study_keeps_its_history(
             for r in synthetic["runs"]
         ],
     )  # fmt: skip
+    (tmp_path / "run").mkdir()
+    return study_py, spec, results / spec.name / "study.json"
+
+
+def test_replacing_a_committed_study_keeps_its_history(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``finish(..., commit=True)`` over a committed record asks why, then keeps the old
+    record's date and commit in the new one's history."""
+    old = {"provenance": {"date": "2026-01-01T00:00:00Z", "commit": "abc"}, "history": []}
+    study_py, spec, record = _committed_over(tmp_path, monkeypatch, old)
     with pytest.raises(study_py.StudyError, match="--why"):
         study_py.finish(spec, tmp_path / "run", commit=True, why=None)
     study_py.finish(spec, tmp_path / "run", commit=True, why="the new clock")
-    new = json.loads((results / spec.name / "study.json").read_text())
+    new = json.loads(record.read_text())
     assert new["history"] == [
         {"date": "2026-01-01T00:00:00Z", "commit": "abc", "why": "the new clock"}
     ]
@@ -553,30 +563,13 @@ def test_a_replacing_record_says_which_verdicts_changed(
     history, and its provenance lines set them against the new verdicts: a known answer,
     4 seeds of equal ESS (pending re-run; the tests alone: inconclusive) replaced by 8 seeds
     where the path gradient is clearly better (holds)."""
-    from script_support import load_script
     from studies.report import provenance_lines
 
-    study_py = load_script("study")
-    spec = study_py.STUDIES["gmm-reverse"]
-    results = tmp_path / "results"
-    (results / spec.name).mkdir(parents=True)
     old = _synthetic({"reverse-standard": STD8[:4], "reverse-path-fast": STD8[:4]})
-    old["spec"] = {**old["spec"], "seeds": [0, 1, 2, 3]}
     old["provenance"] = {"date": "2026-01-01T00:00:00Z", "commit": "abc"}
-    (results / spec.name / "study.json").write_text(json.dumps(old))
-    monkeypatch.setattr(study_py, "RESULTS_DIR", results)
-    monkeypatch.setattr(study_py, "render_results", lambda: tmp_path / "RESULTS.md")
-    synthetic = _synthetic({"reverse-standard": STD8, "reverse-path-fast": _shift(STD8, 0.3)})
-    monkeypatch.setattr(
-        study_py, "collect", lambda spec, root: [
-            {"estimator": r["estimator"], "seed": r["seed"], "curve": r["curve"],
-             "summary": {"status": "completed", "final": r["final"]}, "invocations": []}
-            for r in synthetic["runs"]
-        ],
-    )  # fmt: skip
-    (tmp_path / "run").mkdir()
+    study_py, spec, record = _committed_over(tmp_path, monkeypatch, old)
     study_py.finish(spec, tmp_path / "run", commit=True, why="8 seeds")
-    new = json.loads((results / spec.name / "study.json").read_text())
+    new = json.loads(record.read_text())
     [entry] = new["history"]
     one_a = next(v for v in entry["verdicts"] if v["claim"] == "1a")
     assert one_a == {
