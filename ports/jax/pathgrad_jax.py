@@ -343,6 +343,8 @@ def tan_derivatives(x: Array, q: Array, alpha_min: float) -> tuple[Array, Array]
     return d1, d2
 
 
+# Compiled once per shape: run op by op, the loop would be traced and compiled at every call.
+@partial(jax.jit, static_argnums=(2,))
 def _bisect(y: Array, q: Array, alpha_min: float) -> Array:
     """The root of ``h(x) = y`` in ``[y − π, y + π]`` (``|h(x) − x| < π``), 80 halvings: the
     bracket (2π wide) shrinks below the float64 spacing of the answer."""
