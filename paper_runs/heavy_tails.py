@@ -46,10 +46,10 @@ if str(HERE) not in sys.path:
 
 from studies.provenance import provenance  # noqa: E402
 
+from pathgrad_ref import plots  # noqa: E402
 from pathgrad_ref.estimators import get_estimator  # noqa: E402
 from pathgrad_ref.flows import real_nvp  # noqa: E402
 from pathgrad_ref.targets import GaussianMixture  # noqa: E402
-from pathgrad_ref.training import plots  # noqa: E402
 
 OUT = HERE / "results" / "heavy-tails"
 WRITE_UP = HERE / "heavy_tails.md"

@@ -17,6 +17,7 @@ import pytest
 import torch
 from script_support import ROOT, SCRIPTS, load_script
 
+from pathgrad_ref.evaluation import fmt
 from pathgrad_ref.training import Experiment, build_parser
 from pathgrad_ref.training.cli import flags, resolve, with_flags
 from pathgrad_ref.training.config import (
@@ -27,7 +28,6 @@ from pathgrad_ref.training.config import (
     TrainConfig,
     all_options,
 )
-from pathgrad_ref.training.report import fmt
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:series of .* too short:RuntimeWarning"),

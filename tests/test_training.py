@@ -16,6 +16,7 @@ import torch.multiprocessing as mp
 from torch import Tensor
 
 from pathgrad_ref.estimators import get_estimator
+from pathgrad_ref.evaluation import reweighted_mean, sample_mean
 from pathgrad_ref.flows import Flow, real_nvp
 from pathgrad_ref.samplers import hmc_sample
 from pathgrad_ref.targets import GaussianMixture, Phi4
@@ -39,7 +40,6 @@ from pathgrad_ref.training.distributed import (
     shutdown,
     stream_seed,
 )
-from pathgrad_ref.training.evaluation import reweighted_mean, sample_mean
 from pathgrad_ref.training.trainer import STOP_VOTE_EVERY
 
 F64 = torch.float64
@@ -689,7 +689,7 @@ def test_plot_band_is_median_and_quantiles_of_held_curves() -> None:
     point, then median and quantiles over the curves present there."""
     import numpy as np
 
-    from pathgrad_ref.training.plots import band, series
+    from pathgrad_ref.plots import band, series
 
     rng = np.random.default_rng(0)
     curves = [
@@ -713,7 +713,7 @@ def test_plot_band_is_median_and_quantiles_of_held_curves() -> None:
 def test_the_reliability_rule() -> None:
     """The one rule, at its thresholds: 1000 effective samples, forward ESS 0.01 where held-out
     samples exist; evaluation records carry its verdict."""
-    from pathgrad_ref.training.evaluation import unreliable_reason
+    from pathgrad_ref.evaluation import unreliable_reason
 
     assert unreliable_reason(1000.0) == "" and unreliable_reason(1000.0, 0.01) == ""
     assert unreliable_reason(999.0).startswith("N_eff 999 < 1000")

@@ -11,8 +11,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from pathgrad_ref.training import plots
-from pathgrad_ref.training.report import fmt
+from pathgrad_ref import plots
+from pathgrad_ref.evaluation import fmt
 
 from . import rules
 
@@ -301,7 +301,7 @@ def plot(study: dict[str, Any], out_dir: Path) -> list[Path]:
     """``ess.png`` (reverse ESS against step and training time), and where the record has the
     values ``nll.png`` (held-out and training NLL, held-out forward ESS) and ``gradvar.png``
     (both gradients' summed variance along the runs of each estimator that measured it); each
-    a median over seeds with a min–max band (:mod:`pathgrad_ref.training.plots`)."""
+    a median over seeds with a min–max band (:mod:`pathgrad_ref.plots`)."""
     plt = plots.pyplot()
     out_dir.mkdir(parents=True, exist_ok=True)
     name = study["spec"]["name"]

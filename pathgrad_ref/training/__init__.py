@@ -1,6 +1,7 @@
-"""Training runs: settings, target samples, the loop, evaluation and the run's records, and the
-command line shared by the scripts in ``paper_runs/``. Imported on its own
-(``import pathgrad_ref`` does not import it). A run reads top-down:
+"""Training runs: settings, target samples, the loop and the run's records, and the command line
+shared by the scripts in ``paper_runs/``. Imported on its own (``import pathgrad_ref`` does not
+import it). Evaluation (:mod:`pathgrad_ref.evaluation`) and plots (:mod:`pathgrad_ref.plots`)
+are library modules that any loop can use; this package calls them. A run reads top-down:
 
 ================  ==============================================================
 module            what
@@ -14,18 +15,15 @@ module            what
 ``trainer``       :class:`Trainer`: Adam, schedules, clipping, non-finite steps,
                   signals, the clock
 ``distributed``   ``torchrun`` data parallelism: gradient averaging, per-rank streams
-``evaluation``    :func:`evaluate`: ESS, KL, NLL, reweighted observables and the
-                  rule for when they can be trusted
-``report``        ``metrics.jsonl``, number format, printed lines
-``plots``         the run plots and helpers for plots of many runs
+``report``        ``metrics.jsonl`` and the printed lines
 ``files``         the atomic writer, strict JSON, checkpoints, unusable-file errors
 ================  ==============================================================
 """
 
+from ..evaluation import Observable, evaluate
 from .cli import build_parser, main
 from .config import ConfigError, DataConfig, HMCConfig, TrainConfig
 from .data import TargetSamples, cached_hmc_samples, exact_samples
-from .evaluation import Observable, evaluate
 from .experiment import Experiment, Param, int_list
 from .run import run_experiment
 from .trainer import RunInterruptedError, Trainer, TrainingError, resolve_device

@@ -10,11 +10,11 @@ from typing import Any, Literal
 
 from torch import Tensor
 
+from ..evaluation import Observable
 from ..flows.base import Flow
 from ..targets.base import Target
 from .config import all_options
 from .data import Symmetry
-from .evaluation import Observable
 
 Params = Mapping[str, Any]
 

@@ -3,33 +3,15 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from .evaluation import Observable, unreliable_reason
+from ..evaluation import Observable, fmt, unreliable_reason
 from .files import atomic_write, jsonable, unusable
 
 MetricRecord = dict[str, Any]
-
-
-def fmt(v: Any, digits: int = 3) -> str:
-    """A number as a physicist reads it: ``digits`` significant figures, scientific notation
-    when tiny or huge (never ``0.0000`` for a small non-zero value), ``–`` for a missing or
-    non-finite one; integers and strings as they are."""
-    if v is None or isinstance(v, bool):
-        return "–" if v is None else str(v)
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, float):
-        if not math.isfinite(v):
-            return "–"
-        if v != 0 and not 1e-3 <= abs(v) < 1e5:
-            return f"{v:.{digits - 1}e}"
-        return f"{v:.{digits}g}"
-    return str(v)
 
 
 def describe(

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from ..estimators import direction
+from ..evaluation import fmt
 from ..precision import apply_precision_policy
 from ..targets.base import Target
 from . import files
@@ -22,7 +23,7 @@ from .config import ConfigError, DataConfig, TrainConfig, config_dict, resume_mi
 from .data import TargetSamples, cached_hmc_samples, exact_samples
 from .distributed import DistContext, barrier
 from .experiment import Experiment
-from .report import final_line, fmt, read_jsonl
+from .report import final_line, read_jsonl
 from .trainer import RunInterruptedError, Trainer, resolve_device
 
 

@@ -46,8 +46,10 @@ from torch import Tensor
 
 from .._validation import check_finite, per_call_finite_check
 from ..estimators import compile_estimator, direction, get_estimator
+from ..evaluation import Observable, evaluate, fmt, references
 from ..flows.base import Flow
 from ..metrics import gradient_variance
+from ..plots import plot_run
 from ..precision import apply_precision_policy
 from ..targets.base import Target
 from . import files as ckpt
@@ -62,10 +64,8 @@ from .distributed import (
     stream_seed,
     trainable,
 )
-from .evaluation import Observable, evaluate, references
 from .files import unusable, write_json
-from .plots import plot_run
-from .report import MetricRecord, MetricsLog, describe, fmt
+from .report import MetricRecord, MetricsLog, describe
 
 # Random streams of a rank (the third argument of stream_seed).
 _BATCH_STREAM, _INDEX_STREAM, _EVAL_STREAM, _NOISE_STREAM = 0, 1, 2, 3

@@ -1,4 +1,5 @@
-"""Evaluation of a flow against its target, as plain functions.
+"""Evaluation of a flow against its target, as plain functions that any training loop can call
+(:mod:`pathgrad_ref.training` does), and :func:`fmt`, the number format of its figures.
 
 With flow samples ``x_i ~ q_θ`` and log weights ``log w_i = −S(x_i) − log q_θ(x_i)`` (``p ∝
 e^{−S}``): reverse ESS ``(Σ w)² / (N Σ w²)``; ``KL(q‖p) = −mean(log w) + log Z`` where ``log Z``
@@ -25,14 +26,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..flows.base import Flow
-from ..metrics import (
+from .flows.base import Flow
+from .metrics import (
     forward_ess,
     forward_ess_error,
     reverse_ess,
     reverse_ess_error,
 )
-from ..targets.base import Target
+from .targets.base import Target
 
 MIN_EFFECTIVE_SAMPLES = 10.0
 RELIABLE_EFFECTIVE_SAMPLES = 1000.0
@@ -217,3 +218,20 @@ def references(
         if ref:
             refs[o.name] = ref
     return refs
+
+
+def fmt(v: Any, digits: int = 3) -> str:
+    """A number as a physicist reads it: ``digits`` significant figures, scientific notation
+    when tiny or huge (never ``0.0000`` for a small non-zero value), ``–`` for a missing or
+    non-finite one; integers and strings as they are."""
+    if v is None or isinstance(v, bool):
+        return "–" if v is None else str(v)
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            return "–"
+        if v != 0 and not 1e-3 <= abs(v) < 1e5:
+            return f"{v:.{digits - 1}e}"
+        return f"{v:.{digits}g}"
+    return str(v)

@@ -15,8 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .evaluation import Observable
-from .report import fmt
+from .evaluation import Observable, fmt
 
 Curve = tuple[list[float], list[float]]
 
