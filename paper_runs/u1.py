@@ -49,11 +49,15 @@ PARAMS = (
     Param("kernel_size", int, "conv kernel size (odd)", "K"),
 )
 
-# Quick: about 2-3 minutes on a 2-core CPU (our choice). β = 1 on 8×8, where the flow's
+# Quick: within about two minutes on a 2-core CPU (our choice). β = 1 on 8×8, where the flow's
 # reverse ESS visibly rises; 12 layers rather than 8 because with 8 the KL stalls near 0.85
 # and the ESS ends near 0.2 or below (python paper_runs/u1.py --n-layers 8), with 12 near 0.7
 # and 0.25-0.3. The ESS of this flow fluctuates between evaluations (heavy-tailed weights):
-# 8192 evaluation samples keep its error near 0.02 and N_eff above 1000.
+# 8192 evaluation samples keep its error near 0.02 and N_eff above 1000. 300 steps (it was
+# 1000): the fast path's ESS is near 0.25 from step 200 on (the u1-reverse study's curves), and
+# 1000 steps took 346 s on a day when the development machine ran 3x slower than usual, against
+# the target of about two minutes there and three on a slower machine. Changed after that
+# outcome was seen; the preset's check is a usability target, not a claim of the paper.
 QUICK: dict[str, Any] = {
     "L": 8,
     "beta": 1.0,
@@ -62,7 +66,7 @@ QUICK: dict[str, Any] = {
     "hidden": (8, 8),
     "kernel_size": 3,
     "threads": 1,
-    "steps": 1000,
+    "steps": 300,
     "batch_size": 128,
     "lr": 2e-3,
     "eval_every": 100,
