@@ -23,8 +23,8 @@ alone. By the wall times of the 4-seed records, all studies at 8 seeds, two runs
 the 90-minute budget for the 2-core machine; ``--dry-run`` prints the estimate per study from
 the committed records (:func:`expected_seconds`). The budget is the machine's: when the 8-seed
 re-run came, the same machine ran the same code several times slower (compare the mean step
-times in the study tables with those of the 4-seed records in git history), the others took
-about 85 minutes, and ``u1-reverse`` (about 70 more) was run on its own afterwards.
+times in the study tables with those of the 4-seed records in git history), so ``u1-reverse``
+was run on its own after the others (each record's provenance gives its date and load).
 """
 
 from __future__ import annotations

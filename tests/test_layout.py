@@ -25,6 +25,11 @@ def is_module(name: str) -> bool:
     ).exists()
 
 
+def is_leaf(name: str) -> bool:
+    """A module proper, not a package."""
+    return not (PACKAGE.parent / Path(*name.split(".")) / "__init__.py").exists()
+
+
 def imports(path: Path) -> set[str]:
     """The ``pathgrad_ref`` modules that ``path`` imports, at any depth of its code (a lazy
     import inside a function counts: it is a dependency all the same)."""
@@ -109,11 +114,9 @@ def leaf_graph() -> dict[str, set[str]]:
     def expand(name: str, seen: frozenset[str] = frozenset()) -> set[str]:
         if is_leaf(name) or name in seen:
             return {name} if is_leaf(name) else set()
-        return set().union(*(expand(d, seen | {name}) for d in g[name]), set())
+        return set().union(*(expand(d, seen | {name}) for d in g[name]))
 
-    return {
-        m: set().union(*(expand(d) for d in deps), set()) for m, deps in g.items() if is_leaf(m)
-    }
+    return {m: set().union(*(expand(d) for d in deps)) for m, deps in g.items() if is_leaf(m)}
 
 
 @pytest.mark.parametrize("scope", ["pathgrad_ref.training", "pathgrad_ref"])
@@ -122,7 +125,3 @@ def test_no_module_imports_one_that_imports_it(scope: str) -> None:
     g = {m: deps for m, deps in g.items() if m.startswith(scope)}
     cycle = find_cycle(g)
     assert cycle is None, " → ".join(cycle or [])
-
-
-def is_leaf(name: str) -> bool:
-    return not (PACKAGE.parent / Path(*name.split(".")) / "__init__.py").exists()

@@ -301,7 +301,7 @@ def plot(study: dict[str, Any], out_dir: Path) -> list[Path]:
     """``ess.png`` (reverse ESS against step and training time), and where the record has the
     values ``nll.png`` (held-out and training NLL, held-out forward ESS) and ``gradvar.png``
     (both gradients' summed variance along the runs of each estimator that measured it); each
-    a median over seeds with a min–max band (:mod:`pathgrad_ref.plots`)."""
+    a median over seeds with a min–max band, or the one run's curve (:mod:`pathgrad_ref.plots`)."""
     plt = plots.pyplot()
     out_dir.mkdir(parents=True, exist_ok=True)
     name = study["spec"]["name"]
@@ -323,7 +323,9 @@ def plot(study: dict[str, Any], out_dir: Path) -> list[Path]:
             axes[1].axvline(study["equal_time_s"], color="k", lw=0.8, ls=":", label="equal time")
         for ax in axes:
             plots.legend(ax)
-        fig.suptitle(f"{name}: reverse ESS (median over seeds, band: min–max)")
+        seeds = study["spec"]["seeds"]
+        over = "median over seeds, band: min–max" if len(seeds) > 1 else f"one run, seed {seeds[0]}"
+        fig.suptitle(f"{name}: reverse ESS ({over})")
         written.append(out_dir / "ess.png")
         fig.savefig(written[-1], dpi=110)
         plt.close(fig)

@@ -24,6 +24,20 @@ def computed(case: str) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str
     return meta, vec, port_arrays(meta, vec)
 
 
+def params_and_z(vec: dict[str, np.ndarray]) -> tuple[dict[str, jax.Array], jax.Array]:
+    """The parameters and the base samples ``z (n, dim)`` stored in a case's vectors."""
+    params = {k[6:]: jnp.asarray(v) for k, v in vec.items() if k.startswith("param/")}
+    return params, jnp.asarray(vec["z"]).reshape(vec["z"].shape[0], -1)
+
+
+def layer_error(meta: dict[str, Any], vec: dict[str, np.ndarray], i: int) -> float:
+    """``max|x_{i+1} − vector|`` after layer ``i`` of the forward pass of the model in ``meta``."""
+    model = pj.model_from_manifest(meta)
+    params, z = params_and_z(vec)
+    xs, _, _ = jax.vmap(lambda u: pj.forward_trace(params, model, u))(z)
+    return float(jnp.max(jnp.abs(xs[i] - vec[f"forward/x/{i}"].reshape(z.shape))))
+
+
 COVERED = [
     "realnvp_gmm_d6",
     "z2nice_phi4_4x4",
@@ -65,12 +79,8 @@ def test_a_changed_u1_mask_cycle_fails() -> None:
     meta, vec = load("u1_4x4_8layers")
     for key in ("active", "passive", "active_plaquette", "frozen_plaquettes", "offset"):
         meta["layers"][1][key] = meta["layers"][3][key]
-    model = pj.model_from_manifest(meta)
-    params = {k[6:]: jnp.asarray(v) for k, v in vec.items() if k.startswith("param/")}
-    z = jnp.asarray(vec["z"]).reshape(vec["z"].shape[0], -1)
-    xs, _, _ = jax.vmap(lambda u: pj.forward_trace(params, model, u))(z)
-    assert float(jnp.max(jnp.abs(xs[0] - vec["forward/x/0"].reshape(z.shape)))) < 1e-12
-    assert float(jnp.max(jnp.abs(xs[1] - vec["forward/x/1"].reshape(z.shape)))) > 1e-3
+    assert layer_error(meta, vec, 0) < 1e-12
+    assert layer_error(meta, vec, 1) > 1e-3
 
 
 def test_a_wrong_mask_order_fails() -> None:
@@ -79,12 +89,8 @@ def test_a_wrong_mask_order_fails() -> None:
     meta, vec = load("realnvp_gmm_d6")
     layer = meta["layers"][1]
     layer["active"] = [layer["active"][1], layer["active"][0], *layer["active"][2:]]
-    model = pj.model_from_manifest(meta)
-    params = {k[6:]: jnp.asarray(v) for k, v in vec.items() if k.startswith("param/")}
-    z = jnp.asarray(vec["z"]).reshape(vec["z"].shape[0], -1)
-    xs, _, _ = jax.vmap(lambda u: pj.forward_trace(params, model, u))(z)
-    assert float(jnp.max(jnp.abs(xs[0] - vec["forward/x/0"]))) < 1e-12
-    assert float(jnp.max(jnp.abs(xs[1] - vec["forward/x/1"]))) > 1e-3
+    assert layer_error(meta, vec, 0) < 1e-12
+    assert layer_error(meta, vec, 1) > 1e-3
 
 
 @pytest.mark.parametrize("case", COVERED)
