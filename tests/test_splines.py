@@ -5,6 +5,7 @@ dense autograd (log-det by ``slogdet``, both score steps)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -222,14 +223,40 @@ def test_pure_function_broadcasts_and_vmaps() -> None:
 
 
 def test_bad_options() -> None:
-    with pytest.raises(ValueError, match="bins must be >= 1"):
-        RationalQuadraticSpline(bins=0)
-    with pytest.raises(ValueError, match="min_bin_width"):
-        RationalQuadraticSpline(bins=10, min_bin_width=0.1)
-    with pytest.raises(ValueError, match="bound must be > 0"):
-        RationalQuadraticSpline(bound=0.0)
+    """Every bad constructor argument is refused with one error naming it."""
+    cases: list[tuple[Callable[[], object], type[Exception], str]] = [
+        (lambda: RationalQuadraticSpline(bins=0), ValueError, "bins must be >= 2"),
+        # One bin with unit end derivatives is the identity whatever the parameters.
+        (lambda: RationalQuadraticSpline(bins=1), ValueError, "bins must be >= 2"),
+        (lambda: RationalQuadraticSpline(bins=2.5), TypeError, "bins: expected an int"),  # type: ignore[arg-type]
+        (lambda: RationalQuadraticSpline(bins=True), TypeError, "bins: expected an int"),
+        (lambda: RationalQuadraticSpline(bins=10, min_bin_width=0.1), ValueError, "min_bin_width"),
+        (lambda: RationalQuadraticSpline(min_bin_height=0.0), ValueError, "min_bin_height"),
+        (lambda: RationalQuadraticSpline(min_bin_width=-1e-3), ValueError, "min_bin_width"),
+        (lambda: RationalQuadraticSpline(min_derivative=0.0), ValueError, "min_derivative"),
+        (lambda: RationalQuadraticSpline(min_derivative=1.0), ValueError, "min_derivative"),
+        (lambda: RationalQuadraticSpline(min_derivative=math.nan), ValueError, "min_derivative"),
+        (lambda: RationalQuadraticSpline(bound=0.0), ValueError, "bound must be > 0"),
+        (lambda: RationalQuadraticSpline(bound=math.inf), ValueError, "bound: expected a finite"),
+        (lambda: RationalQuadraticSpline(bound=math.nan), ValueError, "bound: expected a finite"),
+        (lambda: RationalQuadraticSpline(bound="5"), TypeError, "bound: expected a real"),  # type: ignore[arg-type]
+        (lambda: RationalQuadraticSpline(max_derivative=1.0), ValueError, "max_derivative"),
+        (lambda: RationalQuadraticSpline(max_derivative=math.inf), ValueError, "max_derivative"),
+        (lambda: CircularSpline(bins=0), ValueError, "bins must be >= 1"),
+        (lambda: CircularSpline(bins=3.0), TypeError, "bins: expected an int"),  # type: ignore[arg-type]
+        (lambda: CircularSpline(rotation=1), TypeError, "rotation: expected a bool"),  # type: ignore[arg-type]
+        (lambda: CircularSpline(bins=4, min_bin_height=0.25), ValueError, "min_bin_height"),
+        (lambda: CircularSpline(min_derivative=-0.1), ValueError, "min_derivative"),
+        (lambda: CircularSpline(max_derivative=0.5), ValueError, "max_derivative"),
+    ]
+    for make, error, message in cases:
+        with pytest.raises(error, match=message):
+            make()
     with pytest.raises(ValueError, match=r"expected parameters of shape \(N, 23, n\)"):
         RationalQuadraticSpline().forward(torch.zeros(2, 3), torch.zeros(2, 22, 3))
+    # Valid edge cases construct: one circular bin is a real map (its end derivative is free).
+    assert CircularSpline(bins=1).n_params == 4
+    assert RationalQuadraticSpline(bins=2, bound=1, max_derivative=2).n_params == 5
 
 
 # --- spline coupling layers against dense autograd -------------------------------------------
