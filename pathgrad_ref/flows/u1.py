@@ -103,6 +103,8 @@ class TanMixture:
 
     # The brackets (y − π, y + π) are 2π wide: bisection's step count needs no device read.
     max_bracket_width = TWO_PI
+    # ``q`` is ``(3K, *S)``: a vmapped axis of the angles enters it at axis 1.
+    element_axes = (1,)
 
     def __init__(self, n_mixture: int, alpha_min: float = 1e-3) -> None:
         if n_mixture < 1:
