@@ -33,35 +33,27 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..distributions import StandardNormal
+from . import _args
 from .base import Flow, Layer
-from .conditioners import ACTIVATIONS
+from .conditioners import MLP
 from .transforms import Affine, ElementwiseTransform
 
 
-class MaskedLinear(nn.Linear):
-    """``y = b + (W ⊙ M) x`` with a fixed 0/1 mask ``M`` of ``(out_features, in_features)``."""
-
-    mask: Tensor
-
-    def __init__(self, mask: Tensor, bias: bool = True) -> None:
-        super().__init__(mask.shape[1], mask.shape[0], bias=bias)
-        self.register_buffer("mask", mask.to(self.weight.dtype), persistent=False)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return nn.functional.linear(x, self.weight * self.mask, self.bias)
-
-
-class MADE(nn.Module):
+class MADE(MLP):
     """Masked MLP ``(N, d) -> (N, n_params, d)``, autoregressive in ``order``.
 
     ``order[i]`` is the degree of feature ``i`` (a permutation of ``0 … d−1``): output
     ``[:, k, i]`` depends on input ``j`` only if ``order[j] < order[i]``. Hidden unit ``u`` of
-    every layer has degree ``u mod (d−1)`` and sees inputs of degree ≤ its own; an output of
-    degree ``m`` sees hidden units of degree < ``m``. The last layer starts at zero
-    (``zero_init_last``), so an affine layer starts as the identity.
+    every layer has degree ``u mod (d−1)`` and sees the units of the layer below of degree ≤ its
+    own; an output of degree ``m`` sees hidden units of degree < ``m``. Every hidden degree
+    ``0 … d−2`` is below the top output degree ``d−1``, so every hidden unit reaches an output;
+    a width of at least ``d−1`` gives every degree a unit, so that every input ``j`` with
+    ``order[j] < order[i]`` can reach output ``i`` (narrower layers are refused). The last layer
+    starts at zero (``zero_init_last``), so an affine layer starts as the identity. The network
+    is an :class:`~pathgrad_ref.flows.conditioners.MLP` whose layers are masked.
     """
 
     order: Tensor
@@ -74,34 +66,24 @@ class MADE(nn.Module):
         activation: str = "tanh",
         zero_init_last: bool = True,
     ) -> None:
-        super().__init__()
-        if activation not in ACTIVATIONS:
-            raise ValueError(
-                f"unknown activation {activation!r}; expected one of {sorted(ACTIVATIONS)}"
-            )
-        order = order.long().flatten()
+        order = _args.permutation("order", order)
         d = int(order.numel())
-        if sorted(order.tolist()) != list(range(d)):
-            raise ValueError(f"order must be a permutation of range({d}), got {order.tolist()}")
-        self.dim, self.n_params = d, int(n_params)
+        n_params = _args.integer("n_params", n_params)
+        hidden = _args.widths("hidden", hidden)
+        for i, width in enumerate(hidden):
+            if width < d - 1:
+                raise ValueError(
+                    f"hidden[{i}] must be >= d - 1 = {d - 1} (one unit per degree, else some "
+                    f"inputs reach no output), got {width}"
+                )
+        degrees = [order, *(torch.arange(width) % max(d - 1, 1) for width in hidden)]
+        pairs = itertools.pairwise(degrees)
+        masks = [(cur[:, None] >= prev[None, :]).float() for prev, cur in pairs]
+        out_deg = order.repeat(n_params)  # output row k·d + i has the degree of feature i
+        masks.append((out_deg[:, None] > degrees[-1][None, :]).float())
+        super().__init__(d, n_params * d, hidden, activation, True, zero_init_last, masks)
+        self.dim, self.n_params = d, n_params
         self.register_buffer("order", order.clone(), persistent=True)
-        degrees = [order]
-        for width in hidden:
-            degrees.append(torch.arange(width) % max(d - 1, 1))
-        layers: list[nn.Module] = []
-        for prev, cur in itertools.pairwise(degrees):
-            layers += [
-                MaskedLinear((cur[:, None] >= prev[None, :]).float()),
-                ACTIVATIONS[activation](),
-            ]
-        out_deg = order.repeat(self.n_params)  # output row k·d + i has the degree of feature i
-        last = MaskedLinear((out_deg[:, None] > degrees[-1][None, :]).float())
-        if zero_init_last:
-            with torch.no_grad():
-                last.weight.zero_()
-                assert last.bias is not None
-                last.bias.zero_()
-        self.net = nn.Sequential(*layers, last)
 
     def forward(self, y: Tensor) -> Tensor:
         out: Tensor = self.net(y)
@@ -128,12 +110,16 @@ class MaskedAutoregressive(Layer):
         zero_init: bool = True,
     ) -> None:
         super().__init__()
-        if dim < 1:
-            raise ValueError(f"dim must be >= 1, got {dim}")
-        self.dim = int(dim)
+        self.dim = _args.integer("dim", dim)
         self.event_shape = (self.dim,)
+        if transform is not None and not isinstance(transform, ElementwiseTransform):
+            raise TypeError(
+                f"transform must be an ElementwiseTransform, got {type(transform).__name__}"
+            )
         self.transform = Affine() if transform is None else transform
         order = torch.arange(self.dim) if order is None else order
+        order = _args.permutation("order", order, self.dim)
+        zero_init = _args.flag("zero_init", zero_init)
         self.made = MADE(order, self.transform.n_params, hidden, activation, zero_init)
 
     def _check(self, x: Tensor) -> None:
@@ -180,7 +166,7 @@ class MaskedAutoregressive(Layer):
         MADE in all, where the default step would run the sequential forward (``d`` passes) and
         its backward. Cost ∝ ``d`` either way; maximum likelihood needs one pass.
         """
-        x, log_det = self.inverse(y)
+        self._check(y)
 
         def density(u: Tensor) -> tuple[tuple[Tensor, Tensor], Tensor]:
             res = self.transform.inverse(u, self.made(u))
@@ -191,16 +177,20 @@ class MaskedAutoregressive(Layer):
                 )
             return (res.out, res.log_deriv.sum(1)), res.log_deriv
 
+        # The one MADE pass: under grad mode ``vjp``'s primal outputs keep the ordinary graph
+        # in the parameters and in ``y``, so they are the layer's ``(x, log_det)`` as well as
+        # the point of the input-only VJPs below.
+        result: Any = torch.func.vjp(density, y, has_aux=True)
+        (x, log_det), vjp_fn, log_deriv = result
         with torch.no_grad():  # values only: no graph in the parameters (see Layer's default)
-            result: Any = torch.func.vjp(density, y.detach(), has_aux=True)
-            (out, ladj), vjp_fn, log_deriv = result
-            none, one = torch.zeros_like(out), torch.ones_like(ladj)
+            log_deriv = log_deriv.detach()
+            none, one = torch.zeros_like(x), torch.ones_like(log_det)
             (grad_ladj,) = vjp_fn((none, one))
             u = score.detach() - grad_ladj
             inv_diag = torch.exp(-log_deriv)
             w = u * inv_diag
             for _ in range(self.dim - 1):
-                (jt_w,) = vjp_fn((w, torch.zeros_like(ladj)))
+                (jt_w,) = vjp_fn((w, torch.zeros_like(log_det)))
                 w = w + (u - jt_w) * inv_diag
         return x, log_det, w
 
@@ -229,6 +219,8 @@ def masked_autoregressive_flow(
     """MAF on ``R^dim``: ``n_layers`` masked autoregressive layers with ``transform``
     (``"affine"`` or ``"spline"``: rational-quadratic, 8 bins on ``[−5, 5]``), the order
     reversed from one layer to the next, zero-initialised conditioners; ``N(0, I)`` base."""
+    dim = _args.integer("dim", dim)
+    n_layers = _args.integer("n_layers", n_layers)
     layers: list[Layer] = []
     for i in range(n_layers):
         order = torch.arange(dim) if i % 2 == 0 else torch.arange(dim).flip(0)

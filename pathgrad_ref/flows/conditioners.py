@@ -8,6 +8,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from . import _args
+
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "tanh": nn.Tanh,
     "relu": nn.ReLU,
@@ -17,11 +19,27 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
 }
 
 
+class MaskedLinear(nn.Linear):
+    """``y = b + (W ⊙ M) x`` with a fixed 0/1 mask ``M`` of ``(out_features, in_features)``."""
+
+    mask: Tensor
+
+    def __init__(self, mask: Tensor, bias: bool = True) -> None:
+        super().__init__(mask.shape[1], mask.shape[0], bias=bias)
+        self.register_buffer("mask", mask.to(self.weight.dtype), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return nn.functional.linear(x, self.weight * self.mask, self.bias)
+
+
 class MLP(nn.Module):
     """``(N, in_features) -> (N, out_features)``: ``len(hidden)`` hidden layers and an activation.
 
     ``bias=False`` with an odd activation (tanh) gives an odd map, as Z2-equivariant couplings
-    need. ``zero_init_last`` starts the coupling at the identity map.
+    need. ``zero_init_last`` starts the coupling at the identity map. ``masks`` (one 0/1 tensor
+    of shape ``(n_out, n_in)`` per linear layer) makes every layer a :class:`MaskedLinear`, as
+    :class:`~pathgrad_ref.flows.autoregressive.MADE` needs; the layers are drawn in the same
+    order and from the same random stream either way.
     """
 
     def __init__(
@@ -32,17 +50,29 @@ class MLP(nn.Module):
         activation: str = "tanh",
         bias: bool = True,
         zero_init_last: bool = True,
+        masks: Sequence[Tensor] | None = None,
     ) -> None:
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ValueError(
                 f"unknown activation {activation!r}; expected one of {sorted(ACTIVATIONS)}"
             )
-        sizes = [in_features, *hidden, out_features]
+        in_features = _args.integer("in_features", in_features)
+        out_features = _args.integer("out_features", out_features)
+        sizes = [in_features, *_args.widths("hidden", hidden), out_features]
+        bias = _args.flag("bias", bias)
+        zero_init_last = _args.flag("zero_init_last", zero_init_last)
+        shapes = [(n_out, n_in) for n_in, n_out in itertools.pairwise(sizes)]
+        if masks is not None and [tuple(m.shape) for m in masks] != shapes:
+            got = [tuple(m.shape) for m in masks]
+            raise ValueError(f"masks must have the layers' shapes {shapes}, got {got}")
         layers: list[nn.Module] = []
-        for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
-            layers.append(nn.Linear(n_in, n_out, bias=bias))
-            if i < len(sizes) - 2:
+        for i, (n_out, n_in) in enumerate(shapes):
+            if masks is None:
+                layers.append(nn.Linear(n_in, n_out, bias=bias))
+            else:
+                layers.append(MaskedLinear(masks[i], bias=bias))
+            if i < len(shapes) - 1:
                 layers.append(ACTIVATIONS[activation]())
         self.net = nn.Sequential(*layers)
         if zero_init_last:

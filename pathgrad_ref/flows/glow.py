@@ -10,17 +10,20 @@ All act on flat ``(N, d)`` batches; :func:`glow_flow` stacks them with affine co
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
-from ..distributions import StandardNormal
+from .._validation import check_finite
+from . import _args
 from .base import Flow, Layer
-from .conditioners import MLP
 from .coupling import AffineCoupling
-from .masks import alternating_mask
+from .models import coupling_stack
+from .scaling import Scaling
 
 
 def _check_flat(x: Tensor, dim: int, name: str) -> None:
@@ -28,27 +31,41 @@ def _check_flat(x: Tensor, dim: int, name: str) -> None:
         raise ValueError(f"{name} expects a (batch, {dim}) batch, got shape {tuple(x.shape)}")
 
 
-class ActNorm(Layer):
+class ActNorm(Scaling):
     """``y = x·exp(σ) + μ`` with one ``(σ, μ)`` per feature, ``(N, d) -> (N, d)``.
 
     ``log|det J| = Σ_i σ_i`` (the same for every sample); score steps ``s_y = s_x·exp(−σ)`` and,
-    through the inverse, ``s_x = s_y·exp(σ)``. It starts as the identity (``σ = μ = 0``).
+    through the inverse, ``s_x = s_y·exp(σ)`` (:class:`~pathgrad_ref.flows.scaling.Scaling`).
+    It starts as the identity (``σ = μ = 0``).
 
     With ``data_init=True`` the first batch that passes through the layer, in either direction,
     sets ``(σ, μ)`` so that the *output* of that call has zero mean and unit variance per
     feature (Glow's data-dependent initialisation), and the call returns that output. It runs
     once, in eager code (the parameters are written in place): pass one batch through the flow
     before compiling or using ``torch.func``. Loading a state dict marks the layer initialised.
+
+    The initialising batch must be finite (``ValueError`` otherwise, and the layer stays
+    uninitialised). A feature whose standard deviation is at most ``rel_std_floor`` times its
+    root mean square (a constant feature, or one whose spread is rounding noise) is only
+    centred, ``σ_i = 0``, with a warning: dividing by that spread would blow the next batch up.
+    The floor is relative, so data of any scale (std ``1e-7`` in float32, say) is standardised;
+    its default is ``sqrt(finfo(dtype).eps)`` of the batch. Under ``torch.distributed`` with
+    more than one rank the initialisation is refused (``RuntimeError``): each rank would set
+    the parameters from its own batch and the ranks would train different flows.
     """
 
-    def __init__(self, dim: int, data_init: bool = False, eps: float = 1e-6) -> None:
+    def __init__(
+        self, dim: int, data_init: bool = False, rel_std_floor: float | None = None
+    ) -> None:
         super().__init__()
-        self.dim = int(dim)
+        self.dim = _args.integer("dim", dim)
         self.event_shape = (self.dim,)
         self.log_scale = nn.Parameter(torch.zeros(self.dim))
         self.shift = nn.Parameter(torch.zeros(self.dim))
-        self.eps = eps
-        self.pending_init = bool(data_init)
+        self.rel_std_floor = (
+            None if rel_std_floor is None else _args.positive_real("rel_std_floor", rel_std_floor)
+        )
+        self.pending_init = _args.flag("data_init", data_init)
 
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
         super()._load_from_state_dict(*args, **kwargs)
@@ -57,11 +74,34 @@ class ActNorm(Layer):
     @torch.no_grad()
     def _initialize(self, batch: Tensor, inverse: bool) -> None:
         """Standardise the output of this call: forward, ``σ = −log std(x)``,
-        ``μ = −mean(x)·exp(σ)``; inverse, ``μ = mean(y)``, ``σ = log std(y)``."""
+        ``μ = −mean(x)·exp(σ)``; inverse, ``μ = mean(y)``, ``σ = log std(y)``; ``σ = 0`` for
+        the features at or below the floor (see the class docstring)."""
         if batch.shape[0] < 2:
             raise ValueError("ActNorm's data-dependent initialisation needs a batch of >= 2")
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            raise RuntimeError(
+                "ActNorm's data-dependent initialisation under torch.distributed (world size "
+                f"{dist.get_world_size()}) would give each rank its own parameters; build the "
+                "flow with data_init=False, or initialise it and load one state dict on every rank"
+            )
+        check_finite(batch, "ActNorm's data-dependent initialisation batch")
         mean = batch.mean(0)
-        log_std = torch.log(batch.std(0) + self.eps)
+        std = batch.std(0)
+        rel = self.rel_std_floor
+        if rel is None:
+            rel = float(torch.finfo(batch.dtype).eps) ** 0.5
+        # The spread is measured against the feature's own size: rounding noise is relative.
+        flat = std <= rel * batch.square().mean(0).sqrt()
+        if bool(flat.any()):
+            idx = torch.nonzero(flat).flatten().tolist()
+            warnings.warn(
+                f"ActNorm data-dependent initialisation: {len(idx)} feature(s) {idx[:10]} have a "
+                f"standard deviation at most {rel:.3g} of their RMS (constant, or rounding "
+                "noise); they are centred but not rescaled",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+        log_std = torch.where(flat, torch.zeros_like(std), torch.log(std))
         if inverse:
             self.log_scale.copy_(log_std)
             self.shift.copy_(mean)
@@ -85,23 +125,13 @@ class ActNorm(Layer):
             self._initialize(y, inverse=True)
         return (y - self.shift) * torch.exp(-self.log_scale), self._log_det(y, -1.0)
 
-    def forward_and_score(self, x: Tensor, score: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """``s_y = s_x·exp(−σ)`` (``log|det J|`` does not depend on ``x``)."""
-        y, log_det = self.forward(x)
-        return y, log_det, score * torch.exp(-self.log_scale.detach())
-
-    def inverse_and_score(self, y: Tensor, score: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """``s_x = s_y·exp(σ)``."""
-        x, log_det = self.inverse(y)
-        return x, log_det, score * torch.exp(self.log_scale.detach())
-
 
 class LULinear(Layer):
     """``y = W x``, ``W = P L U``, on ``(N, d)`` batches (Glow's LU-decomposed 1×1 convolution).
 
     ``P`` is a fixed permutation (``permutation[i]`` is the input of row ``i``: ``(P v)_i =
     v_{permutation[i]}``; identity by default), ``L`` unit lower triangular, ``U`` upper
-    triangular with diagonal ``sign·exp(log_diag)`` (``sign`` fixed). Then
+    triangular with the positive diagonal ``exp(log_diag)``. Then
 
         log|det J| = Σ_i log_diag_i                       (constant in x)
         s_y = W^{-T} s_x = P L^{-T} U^{-T} s_x            (two triangular solves, P^{-T} = P)
@@ -112,19 +142,18 @@ class LULinear(Layer):
 
     permutation: Tensor
     unpermutation: Tensor
-    sign: Tensor
     lower_mask: Tensor
 
-    def __init__(self, dim: int, permutation: Tensor | None = None) -> None:
+    def __init__(self, dim: int, permutation: Tensor | Sequence[int] | None = None) -> None:
         super().__init__()
-        self.dim = int(dim)
+        self.dim = _args.integer("dim", dim)
         self.event_shape = (self.dim,)
-        perm = torch.arange(self.dim) if permutation is None else permutation.long()
-        if sorted(perm.tolist()) != list(range(self.dim)):
-            raise ValueError(f"permutation must be a permutation of range({self.dim})")
+        if permutation is None:
+            perm = torch.arange(self.dim)
+        else:
+            perm = _args.permutation("permutation", permutation, self.dim)
         self.register_buffer("permutation", perm.clone(), persistent=True)
         self.register_buffer("unpermutation", torch.argsort(perm), persistent=False)
-        self.register_buffer("sign", torch.ones(self.dim))
         self.register_buffer(
             "lower_mask", torch.ones(self.dim, self.dim).tril(-1), persistent=False
         )
@@ -132,12 +161,22 @@ class LULinear(Layer):
         self.upper = nn.Parameter(torch.zeros(self.dim, self.dim))
         self.log_diag = nn.Parameter(torch.zeros(self.dim))
 
+    def _load_from_state_dict(
+        self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
+    ) -> None:
+        # Earlier versions saved a ``sign`` buffer that was never anything but ones (U's
+        # diagonal is exp(log_diag), positive): accept such a state dict, refuse any other sign.
+        sign = state_dict.pop(prefix + "sign", None)
+        if sign is not None and not bool((sign == 1).all()):
+            raise ValueError(f"{prefix}sign: this LULinear supports only a positive U diagonal")
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def factors(self) -> tuple[Tensor, Tensor]:
         """``(L, U)``, both ``(d, d)``; only the strict triangles of ``lower`` and ``upper``
         are used."""
         eye = torch.eye(self.dim, dtype=self.lower.dtype, device=self.lower.device)
         L = self.lower * self.lower_mask + eye
-        U = self.upper * self.lower_mask.T + torch.diag(self.sign * torch.exp(self.log_diag))
+        U = self.upper * self.lower_mask.T + torch.diag(torch.exp(self.log_diag))
         return L, U
 
     def weight(self) -> Tensor:
@@ -186,17 +225,16 @@ class LULinear(Layer):
 
 class Permutation(Layer):
     """A fixed permutation ``y_i = x_{permutation[i]}`` of ``(N, d)`` batches: ``log|det| = 0``,
-    ``s_y = P s_x`` (``P`` orthogonal, ``P^{-T} = P``) and ``s_x = Pᵀ s_y``."""
+    ``s_y = P s_x`` (``P`` orthogonal, ``P^{-T} = P``) and ``s_x = Pᵀ s_y``. ``permutation``
+    is a 1-d integer tensor or a list of ints holding each of ``0 … d−1`` once."""
 
     permutation: Tensor
     unpermutation: Tensor
 
-    def __init__(self, permutation: Tensor) -> None:
+    def __init__(self, permutation: Tensor | Sequence[int]) -> None:
         super().__init__()
-        perm = permutation.long().flatten()
+        perm = _args.permutation("permutation", permutation)
         self.dim = int(perm.numel())
-        if sorted(perm.tolist()) != list(range(self.dim)):
-            raise ValueError(f"permutation must be a permutation of range({self.dim})")
         self.event_shape = (self.dim,)
         self.register_buffer("permutation", perm.clone(), persistent=True)
         self.register_buffer("unpermutation", torch.argsort(perm), persistent=False)
@@ -228,12 +266,11 @@ def glow_flow(
     """Glow on ``R^dim``: per block ActNorm → LULinear → affine coupling (alternating masks,
     MLP conditioner with a zero last layer); ``N(0, I)`` base. Every layer starts as the
     identity (unless ``data_init``, see :class:`ActNorm`)."""
-    if dim < 2:
-        raise ValueError(f"a Glow flow needs dim >= 2, got {dim}")
-    layers: list[Layer] = []
-    for i in range(n_blocks):
-        mask = alternating_mask((dim,), i % 2)
-        n_act = int(mask.sum())
-        net = MLP(dim - n_act, 2 * n_act, hidden, activation, zero_init_last=True)
-        layers += [ActNorm(dim, data_init=data_init), LULinear(dim), AffineCoupling(mask, net)]
-    return Flow(StandardNormal((dim,)), layers)
+    data_init = _args.flag("data_init", data_init)
+
+    def before() -> list[Layer]:
+        return [ActNorm(dim, data_init=data_init), LULinear(dim)]
+
+    return coupling_stack(
+        dim, n_blocks, 2, AffineCoupling, hidden, activation, True, before, count="n_blocks"
+    )

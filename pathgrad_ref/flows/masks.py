@@ -11,12 +11,14 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from . import _args
+
 
 def _check(shape: Sequence[int], parity: int) -> tuple[int, ...]:
-    dims = tuple(int(s) for s in shape)
-    if not dims or min(dims) < 1:
-        raise ValueError(f"mask shape must be non-empty and positive, got {tuple(shape)}")
-    if parity not in (0, 1):
+    dims = _args.widths("shape", shape)
+    if not dims:
+        raise ValueError("mask shape must be non-empty and positive, got ()")
+    if _args.integer("parity", parity, minimum=0) not in (0, 1):
         raise ValueError(f"parity must be 0 or 1, got {parity}")
     return dims
 

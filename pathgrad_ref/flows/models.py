@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..distributions import StandardNormal
+from . import _args
 from .base import Flow, Layer
 from .conditioners import MLP
 from .coupling import AdditiveCoupling, AffineCoupling, Coupling
@@ -23,6 +24,40 @@ def _mask(kind: str, shape: Sequence[int], parity: int) -> Tensor:
     return MASKS[kind](shape, parity)
 
 
+def coupling_stack(
+    dim: int,
+    n_couplings: int,
+    n_params: int,
+    coupling: Callable[[Tensor, nn.Module], Coupling],
+    hidden: Sequence[int],
+    activation: str,
+    zero_init: bool,
+    before: Callable[[], Sequence[Layer]] = tuple,
+    *,
+    count: str = "n_couplings",
+) -> Flow:
+    """``N(0, I)`` on ``R^dim`` through ``n_couplings`` blocks; block ``i`` is ``before()`` then
+    ``coupling(mask_i, MLP(n_passive, n_params·n_active))`` on the alternating mask of parity
+    ``i mod 2`` (so every feature is transformed). The one loop of :func:`real_nvp`,
+    :func:`neural_spline_flow` and :func:`~pathgrad_ref.flows.glow.glow_flow`.
+
+    Each block's MLP is drawn before the block's other layers are built (the order of the
+    random stream that the committed conformance vectors were made with). ``count`` is the
+    caller's name for ``n_couplings`` in error messages."""
+    dim = _args.integer("dim", dim)
+    if dim < 2:
+        raise ValueError(f"a coupling flow needs dim >= 2, got {dim}")
+    n_couplings = _args.integer(count, n_couplings)
+    zero_init = _args.flag("zero_init", zero_init)
+    layers: list[Layer] = []
+    for i in range(n_couplings):
+        mask = alternating_mask((dim,), i % 2)
+        n_act = int(mask.sum())
+        net = MLP(dim - n_act, n_params * n_act, hidden, activation, zero_init_last=zero_init)
+        layers += [*before(), coupling(mask, net)]
+    return Flow(StandardNormal((dim,)), layers)
+
+
 def real_nvp(
     dim: int,
     n_couplings: int = 6,
@@ -32,15 +67,7 @@ def real_nvp(
 ) -> Flow:
     """RealNVP on ``R^dim`` (the GMM flow): affine couplings on alternating masks, MLP
     conditioners, ``N(0, I)`` base. Sizes are *(our choice)*."""
-    if dim < 2:
-        raise ValueError(f"a coupling flow needs dim >= 2, got {dim}")
-    layers: list[Layer] = []
-    for i in range(n_couplings):
-        mask = alternating_mask((dim,), i % 2)
-        n_act = int(mask.sum())
-        net = MLP(dim - n_act, 2 * n_act, hidden, activation, zero_init_last=zero_init)
-        layers.append(AffineCoupling(mask, net))
-    return Flow(StandardNormal((dim,)), layers)
+    return coupling_stack(dim, n_couplings, 2, AffineCoupling, hidden, activation, zero_init)
 
 
 def z2_nice(
@@ -55,7 +82,11 @@ def z2_nice(
     ``T(−z) = −T(z)``.
 
     The paper's size is the default: 8 couplings, 4 hidden layers of width 1000."""
-    shape = tuple(int(s) for s in shape)
+    shape = _args.widths("shape", shape)
+    if not shape:
+        raise ValueError("shape must be non-empty, got ()")
+    n_couplings = _args.integer("n_couplings", n_couplings)
+    zero_init = _args.flag("zero_init", zero_init)
     layers: list[Layer] = []
     for i in range(n_couplings):
         m = _mask(mask, shape, i % 2)
@@ -81,15 +112,9 @@ def neural_spline_flow(
     alternating masks, MLP conditioners, ``N(0, I)`` base. With ``zero_init`` the conditioners'
     last layers are zero, every spline has uniform bins and unit slopes, and the flow starts as
     the identity. Sizes are *(our choice)*."""
-    if dim < 2:
-        raise ValueError(f"a coupling flow needs dim >= 2, got {dim}")
-    layers: list[Layer] = []
-    for i in range(n_couplings):
-        mask = alternating_mask((dim,), i % 2)
-        n_act = int(mask.sum())
-        spline = RationalQuadraticSpline(bins=bins, bound=bound)
-        net = MLP(
-            dim - n_act, spline.n_params * n_act, hidden, activation, zero_init_last=zero_init
-        )
-        layers.append(Coupling(mask, net, spline))
-    return Flow(StandardNormal((dim,)), layers)
+    n_params = RationalQuadraticSpline(bins=bins, bound=bound).n_params  # checks bins, bound
+
+    def coupling(mask: Tensor, net: nn.Module) -> Coupling:
+        return Coupling(mask, net, RationalQuadraticSpline(bins=bins, bound=bound))
+
+    return coupling_stack(dim, n_couplings, n_params, coupling, hidden, activation, zero_init)
