@@ -24,21 +24,27 @@ TWO_PI = 2 * math.pi
 N, n = 64, 3
 
 
+# Distinct minimums, so that a swap of two of them changes what these tests see.
+MINIMUMS = {"min_bin_width": 0.02, "min_bin_height": 0.005, "min_derivative": 0.01}
+
+
 def _spline(kind: str) -> ElementwiseTransform:
     if kind == "rqs":
-        return RationalQuadraticSpline(bins=5, bound=2.0)
+        return RationalQuadraticSpline(bins=5, bound=2.0, **MINIMUMS)
+    if kind == "rqs-bounded":
+        return RationalQuadraticSpline(bins=5, bound=2.0, **MINIMUMS, max_derivative=20.0)
     if kind == "circular":
-        return CircularSpline(bins=5, rotation=True)
+        return CircularSpline(bins=5, rotation=True, **MINIMUMS)
     if kind == "circular-norot":
         return CircularSpline(bins=5, rotation=False)
     raise ValueError(kind)
 
 
-KINDS = ["rqs", "circular", "circular-norot"]
+KINDS = ["rqs", "rqs-bounded", "circular", "circular-norot"]
 
 
 def _points(kind: str, gen: torch.Generator) -> Tensor:
-    if kind == "rqs":
+    if kind.startswith("rqs"):
         # 3·N(0,1) on a spline of [−2, 2]: about half the points lie in the identity tails.
         return 3.0 * torch.randn(N, n, generator=gen, dtype=torch.float64)
     return TWO_PI * torch.rand(N, n, generator=gen, dtype=torch.float64)
@@ -90,7 +96,7 @@ def test_derivatives_match_finite_differences(kind: str, inverse: bool) -> None:
     def central(h: float) -> tuple[Tensor, Tensor]:
         (out_hi, log_hi), (out_lo, log_lo) = f(a + h), f(a - h)
         d_out = out_hi - out_lo
-        if kind != "rqs":  # the circular output wraps at 2π
+        if kind.startswith("circular"):  # the circular output wraps at 2π
             d_out = torch.remainder(d_out + math.pi, TWO_PI) - math.pi
         return d_out / (2 * h), (log_hi - log_lo) / (2 * h)
 
@@ -100,7 +106,7 @@ def test_derivatives_match_finite_differences(kind: str, inverse: bool) -> None:
     res = t.inverse(a, p) if inverse else t.forward(a, p)
     knots = _knot_points(t, p, inverse)
     away = ((a.unsqueeze(-1) - knots).abs() > 1e-4).all(-1)
-    if kind == "rqs":
+    if kind.startswith("rqs"):
         away &= (a.abs() - t.bound).abs() > 1e-4  # type: ignore[attr-defined]
     assert int(away.sum()) > N * n // 2
     assert res.grad_log_deriv is not None
@@ -136,7 +142,7 @@ def test_round_trip(kind: str) -> None:
     assert float((back.out - a).abs().max()) < 1e-10
     assert float((back.log_deriv + fwd.log_deriv).abs().max()) < 1e-8
     assert float((fwd.out - a).abs().max()) > 0.1, "the test needs a spline far from identity"
-    if kind != "rqs":
+    if kind.startswith("circular"):
         assert bool(((fwd.out >= 0) & (fwd.out < TWO_PI)).all())
         assert bool(((back.out >= 0) & (back.out < TWO_PI)).all())
 
@@ -276,7 +282,7 @@ def _coupling(kind: str) -> Coupling:
 
 def _coupling_inputs(kind: str) -> Tensor:
     gen = torch.Generator().manual_seed(8)
-    if kind == "rqs":
+    if kind.startswith("rqs"):
         return 2.0 * torch.randn(6, DIM, generator=gen, dtype=torch.float64)
     return TWO_PI * torch.rand(6, DIM, generator=gen, dtype=torch.float64)
 
@@ -303,3 +309,163 @@ def test_coupling_score_step_matches_dense(kind: str, inverse: bool, exact_tol: 
     ref = dense_score_step(flat_map(lambda u: f(u)[0], (DIM,)), x.detach(), score)
     assert rel_err(score_y, ref) < exact_tol
     assert y.requires_grad and not score_y.requires_grad
+
+
+# --- distinct minimums, bounded derivatives, the kernel's checks --------------------------------
+
+
+@pytest.mark.parametrize("max_derivative", [None, 30.0])
+def test_each_minimum_binds_its_own_quantity(max_derivative: float | None) -> None:
+    """With distinct ``min_bin_width``, ``min_bin_height``, ``min_derivative`` (and
+    ``max_derivative``) and extreme parameters, every bin width, bin height and knot derivative
+    respects its own bound, and each bound is reached (a swap of two options fails one side)."""
+    B, K = 2.0, 6
+    mins = {"width": 0.04, "height": 0.005, "derivative": 0.02}
+    t = RationalQuadraticSpline(
+        bins=K,
+        bound=B,
+        min_bin_width=mins["width"],
+        min_bin_height=mins["height"],
+        min_derivative=mins["derivative"],
+        max_derivative=max_derivative,
+    )
+    c = CircularSpline(
+        bins=K,
+        min_bin_width=mins["width"],
+        min_bin_height=mins["height"],
+        min_derivative=mins["derivative"],
+        max_derivative=max_derivative,
+    )
+    gen = torch.Generator().manual_seed(10)
+    for spline, span in ((t, 2 * B), (c, TWO_PI)):
+        # Scale 60: softmax logits and raw derivatives far into saturation on both sides.
+        p = 60.0 * torch.randn(256, spline.n_params, 2, generator=gen, dtype=torch.float64)
+        xk, yk, dk = spline.knots(p)[:3]
+        got = {"width": xk.diff(dim=-1), "height": yk.diff(dim=-1), "derivative": dk}
+        floor = {"width": mins["width"] * span, "height": mins["height"] * span}
+        floor["derivative"] = mins["derivative"]
+        for name, values in got.items():
+            low = float(values.min())
+            assert low >= floor[name] * (1 - 1e-9), (type(spline).__name__, name, low)
+            assert low <= floor[name] * (1 + 1e-6), (type(spline).__name__, name, "not reached")
+        if max_derivative is not None:
+            top = float(dk.max())
+            assert max_derivative * (1 - 1e-6) <= top <= max_derivative
+        # And the maps stay valid bijections there: the kernel's own check passes.
+        rational_quadratic(xk[..., 1], xk, yk, dk, check=True)
+
+
+def test_bounded_derivatives_start_at_identity_and_match_autograd() -> None:
+    """``max_derivative``: zero parameters give ``δ = 1`` (the identity), and the closed-form
+    ``f'`` and ``f''/f'`` agree with autograd in both directions."""
+    t = RationalQuadraticSpline(bins=5, bound=2.0, max_derivative=20.0)
+    gen = torch.Generator().manual_seed(11)
+    a = 3.0 * torch.randn(N, n, generator=gen, dtype=torch.float64)
+    zero = torch.zeros(N, t.n_params, n, dtype=torch.float64)
+    assert float((t.forward(a, zero).out - a).abs().max()) < 1e-14
+    p = 2.0 * torch.randn(N, t.n_params, n, generator=gen, dtype=torch.float64)
+    for inverse in (False, True):
+        u = a.clone().requires_grad_(True)
+        res = t.inverse(u, p) if inverse else t.forward(u, p)
+        assert res.grad_log_deriv is not None
+        (d_out,) = torch.autograd.grad(res.out.sum(), u, retain_graph=True)
+        (d_log,) = torch.autograd.grad(res.log_deriv.sum(), u)
+        assert rel_err(res.log_deriv.exp(), d_out) < 1e-13
+        assert rel_err(res.grad_log_deriv, d_log) < 1e-12
+
+
+def test_kernel_refuses_invalid_knots() -> None:
+    """``rational_quadratic`` checks by default; ``check=False`` (the flows' hot path) and
+    ``torch.func.vmap`` (where values cannot be read) skip the check."""
+    xk = torch.tensor([-1.0, 0.0, 1.0], dtype=torch.float64)
+    yk = torch.tensor([-1.0, 0.5, 1.0], dtype=torch.float64)
+    dk = torch.tensor([1.0, 2.0, 1.0], dtype=torch.float64)
+    x = torch.linspace(-1.0, 1.0, 5, dtype=torch.float64)
+    bad = {
+        "x_knots": (xk.flip(0), yk, dk),
+        "y_knots": (xk, torch.tensor([-1.0, -1.0, 1.0], dtype=torch.float64), dk),
+        "derivatives": (xk, yk, torch.tensor([1.0, -2.0, 1.0], dtype=torch.float64)),
+    }
+    for name, knots in bad.items():
+        with pytest.raises(ValueError, match=f"{name} must be finite and"):
+            rational_quadratic(x, *knots)
+        rational_quadratic(x, *knots, check=False)  # no error, and no host read
+    with pytest.raises(ValueError, match="x_knots must be finite"):
+        rational_quadratic(x, torch.tensor([-1.0, math.nan, 1.0], dtype=torch.float64), yk, dk)
+    with pytest.raises(ValueError, match="derivatives must be finite"):
+        rational_quadratic(x, xk, yk, torch.tensor([1.0, math.inf, 1.0], dtype=torch.float64))
+    batched = torch.func.vmap(lambda d: rational_quadratic(x, xk, yk, d).out)
+    assert batched(torch.stack([dk, dk])).shape == (2, 5)
+
+
+# --- the inverse in float32 --------------------------------------------------------------------
+
+EPS32 = torch.finfo(torch.float32).eps
+
+
+def _backward_error(
+    y: Tensor, x_back: Tensor, knots: tuple[Tensor, Tensor, Tensor]
+) -> tuple[float, int]:
+    """``max |f(x_back) − y| / (ε₃₂ B (1 + f'(x_back)))`` with ``f`` evaluated in float64 on the
+    float32 knots, and the number of non-finite outputs. ``B`` = the largest knot magnitude.
+    A stable inverse returns an ``x_back`` that solves ``f(x) = y`` up to a few roundings of
+    ``y`` (the ``1``) and of ``x_back`` itself (the ``f'``), whatever the conditioning ``1/f'``."""
+    k64 = tuple(k.double() for k in knots)
+    fwd = rational_quadratic(x_back.double(), *k64, check=False)
+    scale = float(k64[0].abs().max().clamp_min(k64[1].abs().max()))
+    err = (fwd.out - y.double()).abs() / (EPS32 * scale * (1.0 + fwd.log_deriv.exp()))
+    return float(err.max()), int((~torch.isfinite(x_back)).sum())
+
+
+def _all_finite(res: object) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in res)  # type: ignore[attr-defined]
+
+
+def test_inverse_float32_steep_knot_is_finite_and_accurate() -> None:
+    """The issue's bin: ``x = [−5, 4.9, 5]``, ``y = [−5, −4.99, 5]``, ``δ = [1, 16, 1]``. In the top
+    1e-4 of bin 0, ``b < 0`` and the single form ``2c/(−b − √disc)`` cancelled: 953 of 2001
+    NaN ``log f'`` and ``x`` off by 5e-3 in float32. The float64 inverse is well conditioned
+    there (``f' ≥ 1/16``): float32 must match it to ``x`` error ``≤ 64 ε₃₂ |x|`` (the rounding
+    of ``y`` divided by ``f'`` is ``16 ε₃₂ |y|``); measured 1.4e-6 = 2.4 ε₃₂ |x|. Its
+    ``log f'`` must be that of the float64 spline at the returned ``x`` to
+    ``64 ε₃₂ (1 + |x f''/f'|)`` (the rounding of ``x`` moves ``log f'`` by ``f''/f' ≈ 3e3``
+    times as much); measured 0.8 of the unit."""
+    xk = torch.tensor([-5.0, 4.9, 5.0])
+    yk = torch.tensor([-5.0, -4.99, 5.0])
+    dk = torch.tensor([1.0, 16.0, 1.0])
+    y64 = torch.linspace(-4.99 - 1e-6, -4.99, 2001, dtype=torch.float64)
+    y = y64.float()
+    ref = rational_quadratic(y.double(), xk.double(), yk.double(), dk.double(), inverse=True)
+    got = rational_quadratic(y, xk, yk, dk, inverse=True)
+    assert _all_finite(got)
+    assert float((got.out.double() - ref.out).abs().max()) <= 64 * EPS32 * 5.0
+    at = rational_quadratic(got.out.double(), xk.double(), yk.double(), dk.double())
+    unit = EPS32 * (1.0 + (got.out.double() * at.grad_log_deriv).abs())  # type: ignore[operator]
+    assert float(((got.log_deriv.double() + at.log_deriv) / unit).abs().max()) <= 64.0
+
+
+@pytest.mark.parametrize("max_derivative", [None, 30.0])
+@pytest.mark.parametrize("scale", [1.0, 5.0, 10.0])
+def test_inverse_float32_random_splines(scale: float, max_derivative: float | None) -> None:
+    """Random splines in float32, parameters up to scale 10, points uniform on ``[−B, B]``, on
+    every y-knot and ±1 ulp of it: all outputs finite, backward error ``≤ 128`` (units of
+    ``ε₃₂ B (1 + f')``, :func:`_backward_error`). The single root form gave 3 and 15
+    non-finite values in 5e5 points at scales 5 and 10 and backward errors up to 7e3; the pair
+    of forms, here, 0 and at most 2.4, 20, 35 (softplus; 4.8, 35, 47 bounded) at scales 1, 5,
+    10: the bound 128 leaves a factor 2.7 over the worst of them."""
+    gen = torch.Generator().manual_seed(int(scale))
+    t = RationalQuadraticSpline(bins=8, bound=5.0, max_derivative=max_derivative)
+    p = scale * torch.randn(512, t.n_params, 16, generator=gen)
+    knots = t.knots(p)
+    yk = knots[1]
+    inf = torch.tensor(math.inf)
+    on_knots = torch.cat([yk, torch.nextafter(yk, inf), torch.nextafter(yk, -inf)], -1)
+    uniform = 10.0 * torch.rand(512, 16, 64, generator=gen) - 5.0
+    y = torch.cat([on_knots, uniform], -1)  # (512, 16, M): M points per spline
+    expand = tuple(k.unsqueeze(-2).expand(*y.shape, k.shape[-1]) for k in knots)
+    res = rational_quadratic(y, *expand, inverse=True)
+    assert _all_finite(res)
+    err, n_bad = _backward_error(y, res.out, expand)  # type: ignore[arg-type]
+    assert n_bad == 0 and err <= 128.0, err
+    fwd = rational_quadratic(res.out, *expand)
+    assert _all_finite(fwd)
