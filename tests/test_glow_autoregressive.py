@@ -127,6 +127,102 @@ def test_made_is_autoregressive() -> None:
         assert bool((jac.abs() > 0).eq(allowed).all()), (order, hidden)
 
 
+def _hidden_masks(made: MADE) -> list[Tensor]:
+    """The 0/1 masks of ``made``'s linear layers, input side first, each ``(n_out, n_in)``."""
+    return [m.mask.double() for m in made.net if hasattr(m, "mask")]
+
+
+@pytest.mark.parametrize(
+    ("order", "hidden"),
+    [(range(4), (16, 16)), ([3, 1, 4, 0, 2], (7, 9, 4)), ([1, 0], (3,)), (range(6), (5,))],
+)
+def test_made_degrees_and_every_hidden_unit_is_used(order: list[int], hidden: tuple[int]) -> None:
+    """Read from the masks alone: a first-layer unit's degree is (number of inputs it sees) − 1
+    and must be ``u mod (d−1)`` as documented; every hidden unit has a path from some input and
+    a path to some output (a unit on no path to an output is a parameter that changes
+    nothing); and output ``[k, i]`` has a path from input ``j`` exactly when
+    ``order[j] < order[i]``. ``(range(4), (16, 16))`` is the ``maf-gmm`` size."""
+    o = torch.tensor(list(order))
+    d = len(o)
+    made = MADE(o, n_params=2, hidden=hidden)
+    masks = _hidden_masks(made)
+    assert [tuple(m.shape) for m in masks] == [
+        (w, n) for n, w in zip([d, *hidden], [*hidden, 2 * d], strict=True)
+    ]
+    first_degree = masks[0].sum(1) - 1
+    assert torch.equal(first_degree.long(), torch.arange(hidden[0]) % (d - 1))
+    # Reachability, forward from the inputs and backward from the outputs.
+    from_input = [torch.ones(d, dtype=torch.bool)]
+    for m in masks:
+        from_input.append((m @ from_input[-1].double()) > 0)
+    to_output = [torch.ones(2 * d, dtype=torch.bool)]
+    for m in reversed(masks):
+        to_output.append((m.T @ to_output[-1].double()) > 0)
+    to_output.reverse()
+    for layer, width in enumerate(hidden, start=1):
+        assert bool(from_input[layer].all()), f"layer {layer}: a unit sees no input"
+        dead = int((~to_output[layer]).sum())
+        assert dead == 0, f"layer {layer}: {dead} of {width} units reach no output"
+    paths = masks[0].double()
+    for m in masks[1:]:
+        paths = m.double() @ paths
+    allowed = (o[:, None] > o[None, :]).repeat(2, 1)  # row k·d + i, column j
+    assert torch.equal(paths > 0, allowed)
+
+
+def test_made_refuses_a_width_below_d_minus_1() -> None:
+    with pytest.raises(ValueError, match=r"hidden\[1\] must be >= d - 1 = 4"):
+        MADE(torch.arange(5), 2, hidden=(8, 3))
+
+
+def test_actnorm_constant_feature_is_centred_not_blown_up() -> None:
+    """Before: ``log σ = −log(0 + 1e-6) = 13.8`` and the next batch's outputs reached 1e6."""
+    data = _x(64, seed=2)
+    data[:, 1] = 2.0
+    lay = ActNorm(DIM, data_init=True).double()
+    with pytest.warns(RuntimeWarning, match=r"1 feature\(s\) \[1\]"):
+        out, _ = lay(data)
+    assert lay.log_scale[1].item() == 0.0
+    assert torch.equal(out[:, 1], torch.zeros(64, dtype=torch.float64))
+    nxt, _ = lay(_x(64, seed=3) + 2.0)
+    assert float(nxt.abs().max()) < 10.0
+
+
+def test_actnorm_floor_is_relative() -> None:
+    """float32 data of std 1e-7 is standardised (an absolute eps of 1e-6 gave std 0.09)."""
+    data = 1e-7 * torch.randn(256, DIM, generator=torch.Generator().manual_seed(5))
+    lay = ActNorm(DIM, data_init=True)
+    out, _ = lay(data)
+    assert torch.allclose(out.std(0), torch.ones(DIM), atol=1e-4)
+    # Spread at the level of float32 rounding of values near 1e4 is noise: not rescaled.
+    noisy = 1e4 + 1e-3 * torch.randn(256, DIM, generator=torch.Generator().manual_seed(6))
+    with pytest.warns(RuntimeWarning, match=f"{DIM} feature"):
+        ActNorm(DIM, data_init=True)(noisy)
+
+
+def test_actnorm_refuses_a_nonfinite_batch_and_stays_uninitialised() -> None:
+    data = _x(8)
+    data[3, 2] = float("nan")
+    lay = ActNorm(DIM, data_init=True).double()
+    with pytest.raises(ValueError, match="expected finite values"):
+        lay(data)
+    assert lay.pending_init and torch.equal(lay.log_scale, torch.zeros(DIM, dtype=torch.float64))
+    lay(_x(8))
+    assert not lay.pending_init and bool(torch.isfinite(lay.log_scale).all())
+
+
+def test_actnorm_refuses_to_initialise_per_rank(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch.distributed as dist
+
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda *a, **k: 2)
+    lay = ActNorm(DIM, data_init=True).double()
+    with pytest.raises(RuntimeError, match=r"torch.distributed \(world size 2\)"):
+        lay(_x(8))
+    assert lay.pending_init
+    ActNorm(DIM).double()(_x(8))  # no initialisation, nothing to refuse
+
+
 def test_constructors_start_at_identity() -> None:
     z = _x(4)
     for flow in (glow_flow(DIM, n_blocks=2, hidden=(8,)), masked_autoregressive_flow(DIM, 3)):

@@ -99,7 +99,7 @@ class ActNorm(Scaling):
                 f"standard deviation at most {rel:.3g} of their RMS (constant, or rounding "
                 "noise); they are centred but not rescaled",
                 RuntimeWarning,
-                stacklevel=4,
+                stacklevel=2,
             )
         log_std = torch.where(flat, torch.zeros_like(std), torch.log(std))
         if inverse:
