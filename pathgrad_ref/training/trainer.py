@@ -267,6 +267,14 @@ class Trainer:
             # NLL (its gap to the held-out NLL shows overfitting).
             k = min(len(data.train), len(data.test) if data.test is not None else 10_000)
             self.train_subset = data.train[:k]
+        if self.ctx.enabled and any(getattr(m, "pending_init", False) for m in flow.modules()):
+            # Checked on every rank at once: the layer itself would refuse only at its first
+            # batch, which rank 0's initial evaluation sees alone while the others wait.
+            raise ValueError(
+                "flow: a layer with data-dependent initialisation (ActNorm data_init=True) is "
+                "not initialised; under torchrun each rank would initialise its own; build it "
+                "with data_init=False"
+            )
         broadcast_parameters(self.flow, self.ctx)
 
         self.step = 0
