@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pathgrad_ref.progress import Progress, progress_bar
 from pathgrad_ref.training.files import RunFileError, read_json, write_json
 from pathgrad_ref.training.report import read_jsonl
 
@@ -170,11 +171,9 @@ def run_study(
     )
     if not todo:
         return
-    bar: Any = None
+    bar: Progress | None = None
     if progress:
-        from tqdm.auto import tqdm  # optional dependency, only for the bar
-
-        bar = tqdm(total=len(todo), desc=f"study {spec.name}", unit="run")
+        bar = progress_bar(len(todo), f"study {spec.name}", "run")
     failures: list[str] = []
     children: set[subprocess.Popen[bytes]] = set()
     stop = threading.Event()

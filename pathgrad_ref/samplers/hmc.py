@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..progress import Progress, progress_bar
 from ..targets.base import Target
 from .diagnostics import integrated_autocorrelation_time
 
@@ -316,7 +317,8 @@ def hmc_sample(
     - ``observable``: ``f(x) -> (n_chains,)`` recorded at kept steps to report ``tau_int``;
       default ``target.action``.
     - ``generator``: a ``torch.Generator`` on ``device`` for reproducible runs.
-    - ``progress``: show a tqdm bar (tqdm is then required).
+    - ``progress``: show progress (:func:`pathgrad_ref.progress.progress_bar`: a tqdm bar on
+      a terminal, tqdm then required; plain lines at an interval when the output is a file).
     """
     n_samples = _check_int("n_samples", n_samples, 1)
     n_chains = _check_int("n_chains", n_chains, 1)
@@ -354,11 +356,9 @@ def hmc_sample(
         got = tuple(obs0.shape) if isinstance(obs0, Tensor) else type(obs0).__name__
         raise ValueError(f"observable: expected a tensor of shape ({n_chains},), got {got}")
 
-    bar: Any = None
+    bar: Progress | None = None
     if progress:
-        from tqdm.auto import tqdm  # only needed for the optional bar
-
-        bar = tqdm(total=n_total, desc="HMC", unit="traj")
+        bar = progress_bar(n_total, "HMC", "traj")
 
     with torch.no_grad():
         chains = run_chains(

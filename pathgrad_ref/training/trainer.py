@@ -51,6 +51,7 @@ from ..flows.base import Flow
 from ..metrics import gradient_variance
 from ..plots import plot_run
 from ..precision import apply_precision_policy
+from ..progress import Progress, progress_bar
 from ..targets.base import Target
 from . import files as ckpt
 from .config import ConfigError, TrainConfig
@@ -507,7 +508,7 @@ class Trainer:
             if kind == "train":
                 self.interval_time += dt
 
-    def _evaluate_and_emit(self, bar: Any) -> None:
+    def _evaluate_and_emit(self, bar: Progress | None) -> None:
         """Rank 0 evaluates, records and prints; every rank restarts the interval."""
         with self._timed("eval"):
             if self.ctx.is_main:
@@ -562,11 +563,10 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", keep_until=resumed_from)
             self.history = list(self.metrics.records)
-        bar: Any = None
+        bar: Progress | None = None
         if main and cfg.progress:
-            from tqdm.auto import tqdm  # optional dependency, only for the bar
-
-            bar = tqdm(total=cfg.steps, initial=min(self.step, cfg.steps), desc=self.title)
+            initial = min(self.step, cfg.steps)
+            bar = progress_bar(cfg.steps, self.title, "step", initial=initial)
         status, reason = "failed", "error"
         signum = 0
 
