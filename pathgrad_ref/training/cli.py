@@ -218,14 +218,20 @@ def main(exp: Experiment, argv: Sequence[str] | None = None) -> int:
     ctx = init_distributed(device.type)
     if ctx.enabled and device.type == "cuda":
         device = torch.device("cuda", ctx.local_rank)
+    # Whether every rank ends here together (a finished run, or a stop the ranks voted on):
+    # only then do they wait for each other before leaving the process group.
+    together = False
     try:
         run_experiment(exp, settings, ctx=ctx, device=device)
+        together = True
     except ConfigError as e:
         parser.config_error(e, exp)
     except TrainingError as e:
+        together = True
         print(f"{parser.prog}: training stopped: {with_flags(str(e), exp)}", file=sys.stderr)
         return 1
     except RunInterruptedError as e:
+        together = True
         if ctx.is_main:
             print(f"{parser.prog}: {e}; resume with: {resume}", file=sys.stderr)
         return 128 + e.signum
@@ -249,7 +255,7 @@ def main(exp: Experiment, argv: Sequence[str] | None = None) -> int:
         )
         return 1
     finally:
-        shutdown(ctx)
+        shutdown(ctx, together)
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     return 0

@@ -57,8 +57,15 @@ def init_distributed(device_type: str, timeout_s: float = 7200.0) -> DistContext
     return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, enabled=True)
 
 
-def shutdown(ctx: DistContext) -> None:
+def shutdown(ctx: DistContext, together: bool = False) -> None:
+    """Leave the process group. ``together``: every rank is known to reach this call (a
+    finished or jointly stopped run), so they first wait for each other. Without that wait a
+    rank that finished early (rank 0 still writes the summary and plots) tore down its
+    connections while a peer still used them, and under load a rank aborted in the C++
+    runtime ("terminate called without an active exception") after a clean run."""
     if ctx.enabled and dist.is_initialized():
+        if together:
+            dist.barrier()
         dist.destroy_process_group()
 
 
