@@ -725,3 +725,16 @@ def test_the_reliability_rule() -> None:
     trainer = make_trainer(None, "reverse-path-fast", steps=0)
     record = trainer.evaluate()
     assert record["reliable"] == (unreliable_reason(record["n_eff"], record["ess_forward"]) == "")
+
+
+def test_data_dependent_init_is_refused_under_torchrun() -> None:
+    """Each rank would initialise ActNorm from its own batch: the Trainer refuses such a flow
+    on every rank at construction (rank 0's first evaluation would otherwise initialise alone
+    while the others wait)."""
+    from pathgrad_ref.flows import glow_flow
+
+    cfg = TrainConfig(steps=1, batch_size=4, dtype="float64", progress=False)
+    ctx = DistContext(rank=0, world_size=2, enabled=True)
+    flow = glow_flow(2, n_blocks=1, hidden=(4,), data_init=True)
+    with pytest.raises(ValueError, match="data-dependent initialisation"):
+        Trainer(flow, GaussianMixture(2), cfg, device=CPU, log=quiet, ctx=ctx)
