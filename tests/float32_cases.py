@@ -1,0 +1,213 @@
+"""The float32 tier's flows: one table of every native flow constructor and every zuko family
+that :func:`pathgrad_ref.interop.from_zuko` wraps, shared by ``tests/test_float32.py`` and
+``tests/gpu_smoke.py``. Add a family by adding one entry to :data:`CASES`."""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from support import base_batch, make_setup, perturb, target_batch
+from torch import Tensor
+
+from pathgrad_ref.estimators import direction
+from pathgrad_ref.flows import Flow, neural_spline_flow, u1_flow
+from pathgrad_ref.flows.coupling import Coupling
+from pathgrad_ref.flows.splines import CircularSpline, RationalQuadraticSpline
+from pathgrad_ref.targets import GaussianMixture, Target
+
+EPS32 = torch.finfo(torch.float32).eps
+
+
+@dataclass(frozen=True)
+class Case:
+    """``build()``: a float64 module and its target; ``wrap`` makes the :class:`Flow` of a
+    module (``None``: it is one; zuko's flows are cast before they are wrapped). ``bound``: the
+    largest spline bound in the flow (``None``: no spline on the real line); ``periodic``:
+    coordinates are angles (compared mod 2π)."""
+
+    build: Callable[[], tuple[Any, Target]]
+    wrap: Callable[[Any], Flow] | None = None
+    bound: float | None = None
+    periodic: bool = False
+    torus: bool = False  # data on [−π, π) (zuko's NCSF): forward batches are wrapped there
+
+
+def _setup(name: str) -> Callable[[], tuple[Flow, Target]]:
+    return lambda: make_setup(name, torch.device("cpu"), torch.float64)
+
+
+def _seeded(build: Callable[[], Flow], scale: float) -> Flow:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        flow = build().double()
+    perturb(flow, scale)
+    return flow
+
+
+def _nsf_tight() -> tuple[Flow, Target]:
+    """A neural spline flow whose bound 1.5 puts many base samples in the tails, and whose
+    splines (perturbation 0.5) have uneven bins: knots, bounds and tails all get traffic."""
+    flow = _seeded(
+        lambda: neural_spline_flow(4, n_couplings=2, bins=5, bound=1.5, hidden=(8,)), 0.5
+    )
+    return flow, GaussianMixture(4)
+
+
+def _u1_circular_norot() -> tuple[Flow, Target]:
+    from pathgrad_ref.targets import U1Gauge
+
+    build = lambda: u1_flow(  # noqa: E731
+        4, n_layers=2, hidden=(4,), transform="circular-spline", bins=3, rotation=False
+    )
+    return _seeded(build, 0.2), U1Gauge(4, beta=1.0)
+
+
+def _from_zuko(module: Any) -> Flow:
+    from pathgrad_ref.interop import from_zuko
+
+    flow: Flow = from_zuko(module)
+    return flow
+
+
+def _zuko(name: str) -> Callable[[], tuple[Any, Target]]:
+    def build() -> tuple[Any, Target]:
+        import zuko
+
+        hidden = {"hidden_features": (8,)}
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            zf: Any
+            if name == "nice":
+                zf = zuko.flows.NICE(
+                    3, transforms=2, univariate=zuko.transforms.AdditiveTransform, shapes=[()],
+                    **hidden,
+                )  # fmt: skip
+            elif name == "realnvp":
+                zf = zuko.flows.RealNVP(3, transforms=2, **hidden)
+            elif name == "maf":
+                zf = zuko.flows.MAF(3, transforms=2, passes=2, **hidden)
+            elif name == "nsf":
+                zf = zuko.flows.NSF(3, transforms=2, passes=2, bins=4, **hidden)
+            elif name == "nsf-autoregressive":
+                zf = zuko.flows.NSF(3, transforms=2, bins=4, **hidden)
+            elif name == "ncsf":
+                zf = zuko.flows.NCSF(3, transforms=2, bins=4, **hidden)
+            else:
+                raise ValueError(name)
+        zf = zf.double()
+        perturb(zf, 0.1, seed=1)
+        return zf, GaussianMixture(3)
+
+    return build
+
+
+# zuko's NSF and NCSF use splines on [−5, 5] and [−π, π]: their bound for the point sets.
+CASES: dict[str, Case] = {
+    "realnvp": Case(_setup("realnvp-gmm")),
+    "z2nice": Case(_setup("z2nice-phi4")),
+    "nsf": Case(_setup("nsf-gmm"), bound=2.5),
+    "nsf-tails": Case(_nsf_tight, bound=1.5),
+    "glow": Case(_setup("glow-gmm")),
+    "maf": Case(_setup("maf-gmm")),
+    "maf-spline": Case(_setup("mafspline-gmm"), bound=5.0),
+    "u1-tan-mixture": Case(_setup("u1-gauge"), periodic=True),
+    "u1-circular": Case(_setup("u1-circular"), periodic=True),
+    "u1-circular-norot": Case(_u1_circular_norot, periodic=True),
+    "zuko-nice": Case(_zuko("nice"), _from_zuko),
+    "zuko-realnvp": Case(_zuko("realnvp"), _from_zuko),
+    "zuko-maf": Case(_zuko("maf"), _from_zuko),
+    "zuko-nsf": Case(_zuko("nsf"), _from_zuko, bound=5.0),
+    "zuko-nsf-autoregressive": Case(_zuko("nsf-autoregressive"), _from_zuko, bound=5.0),
+    "zuko-ncsf": Case(_zuko("ncsf"), _from_zuko, bound=math.pi, periodic=True, torus=True),
+}
+
+
+def batch(case: Case, flow: Flow, target: Target, estimator: str, n: int = 4) -> Tensor:
+    """A float64 batch for ``estimator``: base samples (reverse), target samples (forward;
+    on the torus, flow samples moved by noise and wrapped, as the equalities hold anywhere)."""
+    if direction(estimator) == "reverse":
+        return base_batch(flow, n, seed=3)
+    if not case.torus:
+        return target_batch(flow, target, n, seed=1)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        x, _ = flow(base_batch(flow, n, seed=3))
+    x = x + 0.3 * torch.randn(x.shape, generator=gen, dtype=x.dtype)
+    return torch.remainder(x + math.pi, 2 * math.pi) - math.pi
+
+
+def flows(case: Case) -> tuple[Flow, Flow, Target]:
+    """``(float32 flow, float64 flow with the float32 flow's parameters, target)``: the oracle
+    runs on the rounded parameters, so that a comparison sees float32 arithmetic alone."""
+    module, target = case.build()
+    m32 = copy.deepcopy(module).float()
+    m64 = copy.deepcopy(m32).double()
+    if case.wrap is None:
+        return m32, m64, target
+    return case.wrap(m32), case.wrap(m64), target
+
+
+def edge_points(case: Case, flow: Flow, n: int = 24, seed: int = 5) -> Tensor:
+    """``n`` float32 base points ``(n, *event)`` whose entries sit where float32 is hardest: on
+    and one ulp either side of the spline bounds ``±B``, in the tails (``|z|`` up to ``3B``),
+    at 0; for angles at 0, one ulp above, one ulp below 2π and at π. With native spline
+    couplings, later rows are moved so that each such layer sees its active inputs on its x
+    knots (:func:`_on_knots`), and its inverse therefore its y knots."""
+    gen = torch.Generator().manual_seed(seed)
+    inf = torch.tensor(math.inf)
+    if case.periodic and case.torus:
+        pi = torch.tensor(math.pi, dtype=torch.float32)
+        values = torch.stack([pi, torch.nextafter(pi, -inf), torch.tensor(0.0)])
+        values = torch.cat([values, -values])
+    elif case.periodic:
+        two_pi = torch.tensor(2 * math.pi, dtype=torch.float32)
+        zero = torch.tensor(0.0)
+        values = torch.stack(
+            [zero, torch.nextafter(zero, inf), torch.nextafter(two_pi, zero), two_pi / 2]
+        )
+    else:
+        B = torch.tensor(case.bound if case.bound is not None else 2.5, dtype=torch.float32)
+        edge = torch.stack([B, torch.nextafter(B, inf), torch.nextafter(B, -inf)])
+        values = torch.cat([edge, -edge, torch.tensor([0.0]), 1.5 * B.view(1), -3.0 * B.view(1)])
+    shape = (n, *flow.event_shape)
+    pick = torch.randint(len(values), shape, generator=gen)
+    z = values[pick]
+    return _on_knots(flow, z)
+
+
+def _on_knots(flow: Flow, z: Tensor) -> Tensor:
+    """``z`` with rows ``i ≡ l (mod layers)`` replaced so that spline coupling layer ``l``
+    receives its active inputs exactly on its x knots (knot ``i mod (K+1)``): the input of that
+    layer is computed, its active part set to the knots, and the earlier layers inverted."""
+    layers = list(flow._layers())
+    spline_layers = [
+        i
+        for i, layer in enumerate(layers)
+        if isinstance(layer, Coupling)
+        and isinstance(layer.transform, (RationalQuadraticSpline, CircularSpline))
+    ]
+    if not spline_layers:
+        return z
+    z = z.clone()
+    with torch.no_grad():
+        for j, li in enumerate(spline_layers):
+            rows = torch.arange(j, z.shape[0], len(spline_layers))
+            x = z[rows]
+            for layer in layers[:li]:
+                x, _ = layer(x)
+            lay = layers[li]
+            assert isinstance(lay, Coupling)
+            a, b = lay._split(x)
+            knots = lay.transform.knots(lay._params(b))[0]  # (rows, n_active, K+1)
+            k = torch.arange(len(rows)) % knots.shape[-1]
+            a = knots.gather(-1, k.view(-1, 1, 1).expand(-1, a.shape[1], 1)).squeeze(-1)
+            x = lay._merge(a, b)
+            for layer in reversed(layers[:li]):
+                x, _ = layer.inverse(x)
+            z[rows] = x
+    return z
