@@ -19,6 +19,11 @@ The checks:
   with circular splines): the float64 gradient on CUDA against the same on
   the CPU (max relative difference, must be <= 1e-9); and ``estimator-f32/<setup>``: the
   float32 fast-path gradient on CUDA against float64 on the CPU (<= 2e-3).
+- ``float32/<case>``: the float32 tier of ``tests/test_float32.py`` on CUDA, every flow of
+  ``tests/float32_cases.py`` (native and zuko): every estimator's float32 CUDA gradient
+  against its float64 CPU oracle to ``64 ε₃₂ max(κ, 1)``, and the round trip of the edge points
+  (bounds, tails, knots, circle seams) to ``64 ε₃₂ (1 + |z| + σ)``, nothing non-finite;
+  ``κ`` and ``σ`` are measured on the CPU in float64, as in the tests.
 - ``syncs/...``: host synchronisations counted with ``torch.cuda.set_sync_debug_mode``
   (``tests/syncs.py``) in steady state: a U(1) inverse (one per
   bisection, i.e. per layer), HMC trajectories (none), and the trainer's steps (batch,
@@ -265,6 +270,58 @@ def _estimator_f32_check(setup: str) -> Callable[[argparse.Namespace], str]:
     return run
 
 
+def _float32_check(case_name: str) -> Callable[[argparse.Namespace], str]:
+    """The float32 tier (``tests/test_float32.py``) with the float32 flow on ``args.device``."""
+
+    def run(args: argparse.Namespace) -> str:
+        from float32_cases import CASES, batch, edge_points, flows
+        from support import rel_err
+        from test_float32 import C_GRAD, C_ROUND_TRIP, EPS32, ORACLE, ORACLES, _wrap, condition
+
+        from pathgrad_ref.estimators import gradient
+        from pathgrad_ref.precision import precision_policy
+
+        dev = _device(args)
+        case = CASES[case_name]
+        f32_cpu, f64, target = flows(case)
+        f32 = copy.deepcopy(f32_cpu).to(dev)
+        worst_grad = 0.0
+        with precision_policy(torch.float32, dev):
+            for oracle in ORACLES:
+                b32 = batch(case, f64, target, oracle).float()
+                ref = gradient(oracle, f64, target, b32.double())
+                kappa = max(condition(oracle, f64, target, b32.double()), 1.0)
+                for name in [e for e, o in ORACLE.items() if o == oracle]:
+                    g = gradient(name, f32, target, b32.to(dev))
+                    if not all(bool(torch.isfinite(v).all()) for v in g.values()):
+                        raise RuntimeError(f"{name}: non-finite float32 gradient on {dev}")
+                    g_cpu = {k: v.double().cpu() for k, v in g.items()}
+                    err = rel_err(g_cpu, ref) / (EPS32 * kappa)
+                    worst_grad = max(worst_grad, err)
+            z = edge_points(case, f32_cpu)
+            with torch.no_grad():
+                x, log_det = f32.transform(z.to(dev))
+                z_back, log_det_inv = f32.inverse_transform(x)
+                x64, _ = f64.transform(z.double())
+                sign = torch.randint(0, 2, x64.shape, generator=torch.Generator().manual_seed(0))
+                z_moved, _ = f64.inverse_transform(x64 * (1.0 + EPS32 * (2 * sign - 1)))
+        for t in (x, log_det, z_back, log_det_inv):
+            if not bool(torch.isfinite(t).all()):
+                raise RuntimeError(f"non-finite float32 round trip on {dev}")
+        sigma = _wrap(z_moved - z.double(), case).abs() / EPS32
+        err = _wrap(z_back.double().cpu() - z.double(), case).abs()
+        worst_rt = float((err / (EPS32 * (1.0 + z.double().abs() + sigma))).max())
+        # The tests' measure and constants: a CUDA-only defect is off by far more than 64.
+        if worst_grad > C_GRAD or worst_rt > C_ROUND_TRIP:
+            raise RuntimeError(
+                f"gradient {worst_grad:.1f} (max {C_GRAD:g}) or round trip {worst_rt:.1f} "
+                f"(max {C_ROUND_TRIP:g}) units of eps32 too large"
+            )
+        return f"gradient {worst_grad:.1f}, round trip {worst_rt:.1f} units (max 64)"
+
+    return run
+
+
 def _count(fn: Callable[[], object], repeats: int = 3) -> tuple[float, list[str]]:
     """Syncs per call of ``fn`` in steady state (after two warm-up calls)."""
     from syncs import count_host_syncs
@@ -454,6 +511,16 @@ def all_checks() -> list[Check]:
         checks.append(
             Check(
                 f"estimator-f32/{setup}", "float32 CUDA ≈ float64 CPU", _estimator_f32_check(setup)
+            )
+        )
+    from float32_cases import CASES
+
+    for case_name in CASES:
+        checks.append(
+            Check(
+                f"float32/{case_name}",
+                "float32 CUDA ≈ float64 CPU oracle",
+                _float32_check(case_name),
             )
         )
     checks += [
