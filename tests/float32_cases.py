@@ -202,8 +202,10 @@ def _on_knots(flow: Flow, z: Tensor) -> Tensor:
                 x, _ = layer(x)
             lay = layers[li]
             assert isinstance(lay, Coupling)
+            spline = lay.transform
+            assert isinstance(spline, (RationalQuadraticSpline, CircularSpline))
             a, b = lay._split(x)
-            knots = lay.transform.knots(lay._params(b))[0]  # (rows, n_active, K+1)
+            knots = spline.knots(lay._params(b))[0]  # (rows, n_active, K+1)
             k = torch.arange(len(rows)) % knots.shape[-1]
             a = knots.gather(-1, k.view(-1, 1, 1).expand(-1, a.shape[1], 1)).squeeze(-1)
             x = lay._merge(a, b)

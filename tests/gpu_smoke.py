@@ -274,9 +274,9 @@ def _float32_check(case_name: str) -> Callable[[argparse.Namespace], str]:
     """The float32 tier (``tests/test_float32.py``) with the float32 flow on ``args.device``."""
 
     def run(args: argparse.Namespace) -> str:
-        from float32_cases import CASES, batch, edge_points, flows
+        from float32_cases import CASES, EPS32, batch, edge_points, flows
         from support import rel_err
-        from test_float32 import C_GRAD, C_ROUND_TRIP, EPS32, ORACLE, ORACLES, _wrap, condition
+        from test_float32 import C_GRAD, C_ROUND_TRIP, ORACLE, ORACLES, _wrap, condition
 
         from pathgrad_ref.estimators import gradient
         from pathgrad_ref.precision import precision_policy
@@ -309,8 +309,8 @@ def _float32_check(case_name: str) -> Callable[[argparse.Namespace], str]:
             if not bool(torch.isfinite(t).all()):
                 raise RuntimeError(f"non-finite float32 round trip on {dev}")
         sigma = _wrap(z_moved - z.double(), case).abs() / EPS32
-        err = _wrap(z_back.double().cpu() - z.double(), case).abs()
-        worst_rt = float((err / (EPS32 * (1.0 + z.double().abs() + sigma))).max())
+        rt_err = _wrap(z_back.double().cpu() - z.double(), case).abs()
+        worst_rt = float((rt_err / (EPS32 * (1.0 + z.double().abs() + sigma))).max())
         # The tests' measure and constants: a CUDA-only defect is off by far more than 64.
         if worst_grad > C_GRAD or worst_rt > C_ROUND_TRIP:
             raise RuntimeError(

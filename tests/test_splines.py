@@ -410,7 +410,7 @@ def _backward_error(
     float32 knots, and the number of non-finite outputs. ``B`` = the largest knot magnitude.
     A stable inverse returns an ``x_back`` that solves ``f(x) = y`` up to a few roundings of
     ``y`` (the ``1``) and of ``x_back`` itself (the ``f'``), whatever the conditioning ``1/f'``."""
-    k64 = tuple(k.double() for k in knots)
+    k64 = (knots[0].double(), knots[1].double(), knots[2].double())
     fwd = rational_quadratic(x_back.double(), *k64, check=False)
     scale = float(k64[0].abs().max().clamp_min(k64[1].abs().max()))
     err = (fwd.out - y.double()).abs() / (EPS32 * scale * (1.0 + fwd.log_deriv.exp()))
@@ -462,10 +462,11 @@ def test_inverse_float32_random_splines(scale: float, max_derivative: float | No
     on_knots = torch.cat([yk, torch.nextafter(yk, inf), torch.nextafter(yk, -inf)], -1)
     uniform = 10.0 * torch.rand(512, 16, 64, generator=gen) - 5.0
     y = torch.cat([on_knots, uniform], -1)  # (512, 16, M): M points per spline
-    expand = tuple(k.unsqueeze(-2).expand(*y.shape, k.shape[-1]) for k in knots)
+    xk, yk, dk = (k.unsqueeze(-2).expand(*y.shape, k.shape[-1]) for k in knots)
+    expand = (xk, yk, dk)
     res = rational_quadratic(y, *expand, inverse=True)
     assert _all_finite(res)
-    err, n_bad = _backward_error(y, res.out, expand)  # type: ignore[arg-type]
+    err, n_bad = _backward_error(y, res.out, expand)
     assert n_bad == 0 and err <= 128.0, err
     fwd = rational_quadratic(res.out, *expand)
     assert _all_finite(fwd)
