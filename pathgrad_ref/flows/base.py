@@ -56,7 +56,12 @@ class Layer(nn.Module, ABC):
     A subclass must write ``forward`` and ``inverse``; the two score steps have a default that is
     correct for every invertible layer (:meth:`forward_and_score`, ``docs/theory.md`` §4.5),
     at the price of one pass of the *other* direction. Layers with a closed form override them.
+    The default step refuses a log-det that does not depend on the input unless the layer
+    declares ``constant_log_det = True`` (linear and volume-preserving maps): a log-det computed
+    from a detached input would otherwise drop its gradient from the score silently.
     """
+
+    constant_log_det: bool = False
 
     @abstractmethod
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]: ...
@@ -75,7 +80,7 @@ class Layer(nn.Module, ABC):
         ``log_det`` ``(N,)``; ``y`` and ``log_det`` carry the graph in the parameters.
         """
         y, log_det = self.forward(x)
-        return y, log_det, _score_through(self.inverse, y, score, "inverse")
+        return y, log_det, _score_through(self.inverse, y, score, "inverse", self.constant_log_det)
 
     def inverse_and_score(self, y: Tensor, score: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Default score step through the inverse, ``s_x = J_T(x)ᵀ s_y + ∇_x ladj_T(x)`` at
@@ -83,11 +88,15 @@ class Layer(nn.Module, ABC):
         ``(s_y, 1)``, i.e. one forward pass and its backward. Shapes as in
         :meth:`forward_and_score`."""
         x, log_det = self.inverse(y)
-        return x, log_det, _score_through(self.forward, x, score, "forward")
+        return x, log_det, _score_through(self.forward, x, score, "forward", self.constant_log_det)
 
 
 def _score_through(
-    other: Callable[[Tensor], tuple[Tensor, Tensor]], point: Tensor, score: Tensor, name: str
+    other: Callable[[Tensor], tuple[Tensor, Tensor]],
+    point: Tensor,
+    score: Tensor,
+    name: str,
+    constant_log_det: bool,
 ) -> Tensor:
     """``J_other(u)ᵀ score + ∇_u ladj_other(u)`` at ``u = point`` (detached), parameters fixed.
 
@@ -103,12 +112,19 @@ def _score_through(
         out, ladj = other(u)
         # A map that does not depend on its input (an ``inverse`` that detaches, or computes
         # under ``no_grad``) would give a zero VJP: a wrong score, silently. Refuse it. A
-        # log-det that is constant in ``u`` (linear, volume-preserving layers) is legitimate.
+        # log-det that is constant in ``u`` (linear, volume-preserving layers) is legitimate,
+        # when the layer says so; any other log-det must depend on ``u``.
         if not out.requires_grad:
             raise RuntimeError(
                 f"default score step: the layer's {name}() output does not depend on its input "
                 "under torch.func.vjp (does it detach, use .data or no_grad?); expected a "
                 "differentiable map of the input"
+            )
+        if not ladj.requires_grad and not constant_log_det:
+            raise RuntimeError(
+                f"default score step: the layer's {name}() log-det does not depend on its input "
+                "under torch.func.vjp (is it computed from a detached input?); a layer whose "
+                "log-det is constant in the input must declare constant_log_det = True"
             )
         if out.shape != score.shape or ladj.shape != score.shape[:1]:
             raise ValueError(

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import Layer, is_compiling
-from .transforms import Additive, Affine, Elementwise, ElementwiseTransform
+from .transforms import Additive, Affine, Elementwise, ElementwiseTransform, elementwise_score
 
 
 class Coupling(Layer):
@@ -102,8 +102,7 @@ class Coupling(Layer):
             return self._score_step_functional(x, score, inverse)
         y, log_det, b, res = self._couple(x, inverse)
         s_a, s_b = self._split(score)
-        u_a = s_a if res.grad_log_deriv is None else s_a - res.grad_log_deriv.detach()
-        s_a_new = u_a * torch.exp(-res.log_deriv.detach())
+        s_a_new = elementwise_score(s_a, res)
         outputs, cotangents = [res.out], [s_a_new]
         if log_det.requires_grad:
             outputs.append(log_det)

@@ -22,6 +22,15 @@ class Elementwise(NamedTuple):
     grad_log_deriv: Tensor | None
 
 
+def elementwise_score(score: Tensor, res: Elementwise) -> Tensor:
+    """``s' = (s − f''/f') / f'``: the score through an element-wise map ``a' = f(a)``, whose
+    Jacobian is ``diag(f')`` and whose log-det gradient is ``f''/f'`` (``docs/theory.md`` §4.1).
+    ``score`` and the fields of ``res`` have the shape of ``a``; the result is detached from the
+    parameters (the map's values are used, not differentiated)."""
+    u = score if res.grad_log_deriv is None else score - res.grad_log_deriv.detach()
+    return u * torch.exp(-res.log_deriv.detach())
+
+
 class ElementwiseTransform(ABC):
     """A family of increasing bijections of the real line indexed by ``n_params`` numbers."""
 

@@ -31,9 +31,10 @@ import torch
 from torch import Tensor, nn
 
 from ..distributions import BaseDistribution
-from ..flows.base import Flow, Layer, is_compiling
+from ..flows.base import Flow, Layer
 from ..flows.coupling import Coupling
-from ..flows.transforms import Elementwise, ElementwiseTransform
+from ..flows.implicit import EXPANSIONS, INITIAL_BOUND, implicit_inverse, log_derivatives
+from ..flows.transforms import Elementwise, ElementwiseTransform, elementwise_score
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -65,21 +66,175 @@ def _zuko() -> ModuleType:
 # --- the univariate maps -------------------------------------------------------------------------
 
 
+def _explicit_form(t: Any) -> str | None:
+    """How the explicit direction ``y = f(x)`` of zuko's univariate transform ``t`` is evaluated
+    here, chosen by exact type or by which methods define the map; ``None`` where no form is
+    known. ``"call"``: the closed form ``t._call`` (additive, affine); ``"f"``: ``t.f``, a monotone
+    function that zuko inverts by bisection (``MonotonicTransform`` and subclasses that keep its
+    ``_call`` and ``call_and_ladj``: NAF's networks, Bernstein polynomials, Gaussianization);
+    ``"integral"``: ``∫_0^x t.g`` by Gauss-Legendre quadrature (UMNN, sums of squares);
+    ``"composed"``: a ``ComposedTransform`` of such parts."""
+    zt = _zuko().transforms
+    cls = type(t)
+    if cls is zt.ComposedTransform:
+        parts = [_explicit_form(part) for part in t.transforms]
+        return "composed" if parts and None not in parts else None
+    if cls in (zt.AdditiveTransform, zt.MonotonicAffineTransform):
+        return "call"
+    monotone = zt.MonotonicTransform
+    if not isinstance(t, monotone) or cls._call is not monotone._call:
+        return None
+    if isinstance(t, zt.UnconstrainedMonotonicTransform):
+        base = zt.UnconstrainedMonotonicTransform
+        same = cls.f is base.f and cls.call_and_ladj is base.call_and_ladj
+        return "integral" if same else None
+    same = (
+        cls.call_and_ladj is monotone.call_and_ladj
+        and cls.log_abs_det_jacobian is monotone.log_abs_det_jacobian
+    )
+    return "f" if same else None
+
+
+@functools.cache
+def _legendre(n: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Nodes ``t_i`` and weights ``w_i`` of the ``n``-point Gauss-Legendre rule on ``[−1, 1]``."""
+    import numpy as np
+
+    nodes, weights = np.polynomial.legendre.leggauss(n)
+    return tuple(float(v) for v in nodes), tuple(float(v) for v in weights)
+
+
+def _integral(g: Any, x: Tensor, n: int) -> Tensor:
+    """``∫_0^x g(u) du ≈ (x/2) Σ_i w_i g(x(1 + t_i)/2)`` (``n``-point Gauss-Legendre), element-
+    wise, shape of ``x``. Plain torch operations, so that autodiff gives the derivatives of the
+    map actually computed (``docs/theory.md`` §6.2)."""
+    nodes, weights = _legendre(n)
+    t = x.new_tensor(nodes)
+    w = x.new_tensor(weights)
+    u = 0.5 * x.unsqueeze(-1) * (1.0 + t)
+    values: Tensor = g(u.movedim(-1, 0)).movedim(0, -1)
+    out: Tensor = 0.5 * x * (values * w).sum(-1)
+    return out
+
+
+def _sos_integrand(t: Any) -> Any:
+    """zuko's sum-of-squares integrand ``g(u) = mean_k (1 + Σ_j a_kj (u/B)^j)² + slope`` with
+    the powers ``(u/B)^j`` built by repeated products. zuko raises ``u/B`` to a tensor of
+    exponents, whose forward-mode derivative torch differentiates in reverse mode to NaN at
+    negative bases (the dense oracles and the score steps need both modes)."""
+    a, bound, slope = t.a, float(t.bound), float(t.slope)
+
+    def g(u: Tensor) -> Tensor:
+        v = u / bound
+        powers = [torch.ones_like(v)]
+        for _ in range(a.shape[-1] - 1):
+            powers.append(powers[-1] * v)
+        poly = 1.0 + (a * torch.stack(powers, dim=-1).unsqueeze(-2)).sum(-1)
+        out: Tensor = poly.square().mean(dim=-1) + slope
+        return out
+
+    return g
+
+
+def _explicit(t: Any, x: Tensor) -> Tensor:
+    """``f(x)`` of zuko's univariate transform ``t`` (data to latent), element-wise, by the form
+    :func:`_explicit_form` names; differentiable under ``torch.func``."""
+    form = _explicit_form(t)
+    if form == "composed":
+        for part in t.transforms:
+            x = _explicit(part, x)
+        return x
+    if form == "call":
+        out: Tensor = t._call(x)
+        return out
+    if form == "f":
+        value: Tensor = t.f(x)
+        return value
+    if form == "integral":
+        g = _sos_integrand(t) if type(t) is _zuko().transforms.SOSPolynomialTransform else t.g
+        return _integral(g, x, int(t.n))
+    raise TypeError(f"no explicit form for zuko's {type(t).__name__}")
+
+
+class _Explicit(nn.Module):
+    """``(x, *phi) ↦ f(x)`` for ``f = univariate(*phi)``: the map as one module call, so that
+    ``torch.func.functional_call`` can give the univariate network explicit weights."""
+
+    def __init__(self, univariate: Any) -> None:
+        super().__init__()
+        self.univariate = univariate
+
+    def forward(self, x: Tensor, *phi: Tensor) -> Tensor:
+        return _explicit(self.univariate(*phi), x)
+
+
+class ZukoMonotoneMap:
+    """zuko's monotone univariate maps ``y = f(x; φ, W)`` as a
+    :class:`~pathgrad_ref.flows.implicit.MonotoneMap` for the project's solver.
+
+    ``φ`` are the ``n_phi`` tensors zuko's hyper-network makes (shapes ``(N, n, *s_k)``, laid
+    out like ``x`` of shape ``(N, n)``); ``W`` the univariate module's own weights (NAF's
+    monotone network, UMNN's integrand), shared by all elements. Both are explicit inputs of
+    the solver, so the inverse's implicit gradients reach them in train and eval mode alike.
+    """
+
+    def __init__(self, univariate: Any, n_phi: int) -> None:
+        self.n_phi = n_phi
+        self.explicit = _Explicit(univariate)
+        module = univariate if isinstance(univariate, nn.Module) else None
+        self.module = module
+        self.weight_names = (
+            [f"univariate.{n}" for n, _ in module.named_parameters()] if module else []
+        )
+        self.element_axes = (0,) * n_phi + (None,) * len(self.weight_names)
+
+    def weights(self) -> tuple[Tensor, ...]:
+        """The univariate module's parameters, read now (under ``functional_call`` of the flow,
+        the tensors it was given)."""
+        if self.module is None:
+            return ()
+        return tuple(p for _, p in self.module.named_parameters())
+
+    def h(self, x: Tensor, *params: Tensor) -> Tensor:
+        phi, weights = params[: self.n_phi], params[self.n_phi :]
+        if not self.weight_names:
+            out: Tensor = self.explicit(x, *phi)
+            return out
+        named = dict(zip(self.weight_names, weights, strict=True))
+        out = torch.func.functional_call(self.explicit, named, (x, *phi), strict=True)
+        return out
+
+    def prepare(self, *params: Tensor) -> Any:
+        """``x ↦ h(x, *params)``, with zuko's transform built once where it holds no weights
+        (Bernstein polynomials, Gaussianization, sums of squares)."""
+        if self.weight_names:
+            return lambda x: self.h(x, *params)
+        t = self.explicit.univariate(*params)
+        return lambda x: _explicit(t, x)
+
+
 class _Univariate(NamedTuple):
-    """The tensors of one of zuko's element-wise maps, batch first: ``(N, n)`` for ``additive``
+    """The maps of one of zuko's univariate transforms, batch first: ``(N, n)`` for ``additive``
     ``(shift,)`` and ``affine`` ``(shift, log_scale, scale)``, ``(N, n, K+1)`` for ``rqs``
-    ``(x_knots, y_knots, derivatives)``."""
+    ``(x_knots, y_knots, derivatives)``; for ``monotone``, zuko's raw parameters ``φ``
+    (``(N, n, *s_k)``) with the map ``family`` and its shared ``weights``."""
 
     kind: str
     tensors: tuple[Tensor, ...]
+    family: ZukoMonotoneMap | None = None
+    name: str = ""
 
     def select(self, index: Tensor) -> _Univariate:
-        """The maps of the features ``index`` (dimension 1)."""
+        """The maps of the features ``index`` (dimension 1); closed forms only (a monotone map's
+        weights may be stacked per feature)."""
+        if self.family is not None:
+            raise RuntimeError("a monotone univariate map is evaluated on all its features")
         return _Univariate(self.kind, tuple(t.index_select(1, index) for t in self.tensors))
 
     def expand(self, n: int) -> _Univariate:
         """Batch-1 parameters broadcast to a batch of ``n``."""
-        return _Univariate(self.kind, tuple(t.expand(n, *t.shape[1:]) for t in self.tensors))
+        tensors = tuple(t.expand(n, *t.shape[1:]) for t in self.tensors)
+        return _Univariate(self.kind, tensors, self.family, self.name)
 
     def apply(self, a: Tensor, inverse: bool) -> Elementwise:
         """``f(a)`` (or ``f^{-1}(a)``), ``log f'`` and ``f''/f'`` element-wise, ``a`` ``(N, n)``."""
@@ -92,39 +247,74 @@ class _Univariate(NamedTuple):
             if inverse:
                 return Elementwise((a - shift) / scale, -log_scale, None)
             return Elementwise(a * scale + shift, log_scale, None)
+        if self.kind == "monotone":
+            return self._monotone(a, inverse)
         from ..flows.splines import rational_quadratic
 
         x_knots, y_knots, derivatives = self.tensors
         res: Elementwise = rational_quadratic(a, x_knots, y_knots, derivatives, inverse=inverse)
         return res
 
+    def _monotone(self, a: Tensor, inverse: bool) -> Elementwise:
+        """Forward: ``(f, log f', f''/f')`` by autodiff of the explicit map. Inverse: the root
+        ``x = f^{-1}(a)`` by the project's solver (implicit gradients, never clamped), then
+        ``(x, −log f'(x), −(f''/f')(x) / f'(x))``."""
+        family = self.family
+        assert family is not None
+        params = (*self.tensors, *family.weights())
 
-# The tensors each known univariate map of zuko holds, by kind.
-_FIELDS = {
-    "additive": ("shift",),
-    "affine": ("shift", "log_scale", "scale"),
-    "rqs": ("horizontal", "vertical", "derivatives"),
+        def f(u: Tensor) -> Tensor:
+            return family.h(u, *params)
+
+        if not inverse:
+            y, log_deriv, grad_log_deriv = log_derivatives(f, a)
+            return Elementwise(y, log_deriv, grad_log_deriv)
+        x = implicit_inverse(family, a, params, name=self.name)
+        _, log_deriv, grad_log_deriv = log_derivatives(f, x)
+        return Elementwise(x, -log_deriv, -grad_log_deriv * torch.exp(-log_deriv))
+
+
+# The tensors each closed-form univariate map of zuko holds, by exact type.
+_CLOSED = {
+    "AdditiveTransform": ("additive", ("shift",)),
+    "MonotonicAffineTransform": ("affine", ("shift", "log_scale", "scale")),
+    "MonotonicRQSTransform": ("rqs", ("horizontal", "vertical", "derivatives")),
 }
 
 
 def _kind(dependent: Any) -> str | None:
-    """The kind of the map inside zuko's ``DependentTransform(univariate, 1)``; ``None`` for a
-    map without a closed-form score step here. Called when wrapping, not on every step (the
-    ``isinstance`` checks need zuko's classes, which compiled code should not look up)."""
+    """The kind of the map inside zuko's ``DependentTransform(univariate, 1)``, by exact type
+    (a subclass may change the map: it gets no closed form); ``"monotone"`` for maps with an
+    explicit form (:func:`_explicit_form`); ``None`` otherwise. Called when wrapping, not on
+    every step."""
     t = getattr(dependent, "base", None)
     zt = _zuko().transforms
-    if isinstance(t, zt.AdditiveTransform):
-        return "additive"
-    if isinstance(t, zt.MonotonicAffineTransform):
-        return "affine"
-    if isinstance(t, zt.MonotonicRQSTransform):
-        return "rqs"
+    for name, (kind, _) in _CLOSED.items():
+        if type(t) is getattr(zt, name):
+            return kind
+    if t is not None and _explicit_form(t) is not None:
+        return "monotone"
     return None
 
 
-def _univariate(kind: str, dependent: Any) -> _Univariate:
-    """The tensors of the map of kind ``kind`` (from :func:`_kind`) that zuko's ``meta`` built."""
-    return _Univariate(kind, tuple(getattr(dependent.base, f) for f in _FIELDS[kind]))
+def _phi(lazy: Any, hyper_input: Tensor) -> tuple[Tensor, ...]:
+    """zuko's raw univariate parameters from its hyper-network: ``(N, n, *s_k)`` each."""
+    from zuko.utils import unpack
+
+    raw = lazy.hyper(hyper_input)
+    raw = raw.unflatten(-1, (-1, lazy.total))
+    return tuple(unpack(raw, lazy.shapes))
+
+
+def _univariate(kind: str, lazy: Any, hyper_input: Tensor, name: str) -> _Univariate:
+    """The maps of kind ``kind`` that zuko's coupling or autoregressive ``lazy`` builds from
+    ``hyper_input`` (the passive features, or all features masked)."""
+    if kind == "monotone":
+        family = ZukoMonotoneMap(lazy.univariate, len(lazy.shapes))
+        return _Univariate(kind, _phi(lazy, hyper_input), family, name)
+    fields = next(f for k, f in _CLOSED.values() if k == kind)
+    dependent = lazy.meta(None, hyper_input)
+    return _Univariate(kind, tuple(getattr(dependent.base, f) for f in fields))
 
 
 class _FromZukoMeta(ElementwiseTransform):
@@ -143,18 +333,45 @@ class _FromZukoMeta(ElementwiseTransform):
 # --- layers ----------------------------------------------------------------------------------
 
 
+def _constant_log_det(t: Any) -> bool:
+    """Whether zuko's transform ``t`` has a log-determinant that does not depend on its input
+    (linear maps, shifts, affine maps with fixed parameters), by exact type."""
+    zt = _zuko().transforms
+    cls = type(t)
+    if cls is zt.ComposedTransform:
+        return all(_constant_log_det(part) for part in t.transforms)
+    if cls is zt.DependentTransform:
+        return _constant_log_det(t.base)
+    constant = (
+        "IdentityTransform",
+        "PermutationTransform",
+        "RotationTransform",
+        "LULinearTransform",
+        "AdditiveTransform",
+        "MonotonicAffineTransform",
+        "CircularShiftTransform",
+    )
+    return any(cls is getattr(zt, name, None) for name in constant)
+
+
 class ZukoTransform(Layer):
     """Any invertible zuko transform as a layer, with the default score step.
 
     ``lazy`` is the zuko lazy transform; its data-to-latent map is ``lazy()`` (``lazy().inv``
     when ``flipped``). ``forward`` is the sampling direction, the inverse of that map. Shapes
-    ``(N, d)``; ``log_det`` ``(N,)``.
+    ``(N, d)``; ``log_det`` ``(N,)``. ``constant_log_det`` is set by exact type when wrapping.
     """
 
     def __init__(self, lazy: Any, flipped: bool) -> None:
         super().__init__()
         self.lazy = lazy
         self.flipped = bool(flipped)
+        built = lazy(None)
+        self.constant_log_det = _constant_log_det(built)
+        # zuko's soft clip maps R onto (−B, B); its inverse is defined there alone, and zuko's
+        # formula returns finite garbage outside. Here it returns NaN outside: loud, not wrong.
+        clip = type(built) is _zuko().transforms.SoftclipTransform
+        self.clip_bound = float(built.bound) if clip else None
 
     def _data_to_latent(self) -> Any:
         t = self.lazy(None)
@@ -168,34 +385,64 @@ class ZukoTransform(Layer):
             ladj = ladj.flatten(1).sum(1)
         return y, ladj
 
+    def _guarded(self, t: Any, x: Tensor, clip_inverse: bool) -> tuple[Tensor, Tensor]:
+        y, ladj = self._run(t, x)
+        if clip_inverse and self.clip_bound is not None:
+            inside = x.abs() < self.clip_bound
+            y = torch.where(inside, y, torch.nan)
+            ladj = torch.where(inside.all(1), ladj, torch.nan)
+        return y, ladj
+
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        return self._run(self._data_to_latent().inv, x)
+        # The soft clip's inverse is the sampling direction unless flipped.
+        return self._guarded(self._data_to_latent().inv, x, not self.flipped)
 
     def inverse(self, y: Tensor) -> tuple[Tensor, Tensor]:
-        return self._run(self._data_to_latent(), y)
+        return self._guarded(self._data_to_latent(), y, self.flipped)
 
 
 class ZukoCoupling(Coupling):
-    """zuko's ``GeneralCouplingTransform`` with the closed-form coupling score step.
+    """A coupling piece of a zuko transform with the closed-form coupling score step.
 
-    zuko's mask marks the *passive* features (``idx_a``, fed to the hyper-network); the others
-    (``idx_b``) go through the univariate map that ``meta(x_a)`` builds. Data to latent applies
-    that map, the sampling direction its inverse (the other way round when ``flipped``). The
-    step is :meth:`Coupling._score_step` with the map read from zuko's ``meta`` on every call.
+    ``source="coupling"``: zuko's ``GeneralCouplingTransform``, whose mask marks the *passive*
+    features (``idx_a``, fed to the hyper-network); the others go through the univariate map.
+    ``source="autoregressive"``: the group-1 half of zuko's ``MaskedAutoregressiveTransform``
+    with ``passes=2``, whose hyper-network reads all features with group 1 masked out
+    (:func:`_autoregressive_pieces`). Data to latent applies the univariate map, the sampling
+    direction its inverse (the other way round when ``flipped``). The step is
+    :meth:`Coupling._score_step` with the map read from zuko's hyper-network on every call.
     """
 
-    def __init__(self, lazy: Any, flipped: bool, kind: str) -> None:
-        super().__init__(~lazy.mask.bool(), lazy, _FromZukoMeta())
+    def __init__(
+        self, lazy: Any, flipped: bool, kind: str, active: Tensor, source: str, name: str
+    ) -> None:
+        super().__init__(active, lazy, _FromZukoMeta())
         self.flipped = bool(flipped)
         self.kind = kind
+        self.source = source
+        self.name = name
 
     def _elementwise_inverse(self, inverse: bool) -> bool:
         # Unflipped: forward (sampling) = inverse of zuko's map = the univariate's inverse.
         return inverse == self.flipped
 
+    def _hyper_input(self, b: Tensor) -> Tensor:
+        if self.source == "coupling":
+            return b
+        # All features in zuko's order, the transformed group (a) set to zero: masked anyway.
+        return self._merge(b.new_zeros(b.shape[0], self.n_active), b)
+
+    def univariate_at(self, x: Tensor) -> _Univariate:
+        """The univariate maps of the transformed features at the points ``x``."""
+        _, b = self._split(x)
+        uni = _univariate(self.kind, self.conditioner, self._hyper_input(b), self.name)
+        return uni.select(self.active) if self.source == "autoregressive" else uni
+
     def _couple(self, x: Tensor, inverse: bool) -> tuple[Tensor, Tensor, Tensor, Elementwise]:
-        a, b = self._split(x)  # a: transformed (zuko's x_b), b: passive (zuko's x_a)
-        uni = _univariate(self.kind, cast(Any, self.conditioner).meta(None, b))
+        a, b = self._split(x)  # a: transformed, b: passive
+        uni = _univariate(self.kind, self.conditioner, self._hyper_input(b), self.name)
+        if self.source == "autoregressive":
+            uni = uni.select(self.active)
         res = uni.apply(a, self._elementwise_inverse(inverse))
         return self._merge(res.out, b), res.log_deriv.sum(1), b, res
 
@@ -208,126 +455,126 @@ class ZukoCoupling(Coupling):
         return Layer.forward_and_score(self, x, score)
 
 
-class ZukoAutoregressive2(Layer):
-    """zuko's ``MaskedAutoregressiveTransform(passes=2)`` with a closed-form score step.
+class ZukoElementwise(Layer):
+    """An element-wise zuko map with fixed parameters, ``v_i = f_i(u_i)`` data to latent, with
+    the closed-form score step ``s' = (s − f''/f') / f'`` of :func:`elementwise_score`.
 
-    zuko's ``order`` splits the features into groups 0 and 1; the hyper-network gives group 1
-    parameters from group 0 and group 0 parameters from its biases alone (``docs/theory.md``
-    §11). So the data-to-latent map ``u ↦ v`` is a coupling followed by an element-wise map with
-    fixed parameters,
-
-        v_1 = f(u_1; c_1(u_0)),   v_0 = f(u_0; c_0),
-
-    and the sampling direction undoes the two in reverse order. Each piece gets its closed-form
-    score step: ``s ← (s − f''/f') / f'`` on an element-wise group, and for the coupling, on the
-    passive group, ``s_0 ← s_0 − ∂_{u_0}[Σ log f'(u_1; c_1(u_0)) + ⟨s_1', f(u_1; c_1(u_0))⟩]``,
-    one input-only VJP through the hyper-network. Shapes ``(N, d)``, ``log_det`` ``(N,)``.
+    Two sources: zuko's unconditional ``ElementWiseTransform`` (GF's Gaussianization layers),
+    whose parameters are its own; and the group-0 half of a ``MaskedAutoregressiveTransform``
+    with ``passes=2`` (``features`` given), whose parameters the hyper-network makes from its
+    biases alone. Shapes ``(N, d)``, ``log_det`` ``(N,)``.
     """
 
-    first: Tensor
-    second: Tensor
-    order: Tensor
-    unpermute: Tensor
+    features: Tensor
 
-    def __init__(self, lazy: Any, flipped: bool, kind: str) -> None:
+    def __init__(
+        self, lazy: Any, flipped: bool, kind: str, name: str, features: Tensor | None = None
+    ) -> None:
         super().__init__()
-        self.lazy = lazy
+        if features is None:
+            self.lazy = lazy
+        else:
+            # The other half of the transform (a ZukoCoupling) registers zuko's module: a module
+            # registered twice breaks torch.func.functional_call's tied-weight handling, which
+            # the oracles use. Kept in a list, it is read, not registered.
+            self._shared = [lazy]
         self.flipped = bool(flipped)
         self.kind = kind
-        groups = lazy.order.long()
-        self.register_buffer("first", torch.nonzero(groups == 0).flatten(), persistent=False)
-        self.register_buffer("second", torch.nonzero(groups == 1).flatten(), persistent=False)
-        order = torch.cat([self.first, self.second])
-        self.register_buffer("order", order, persistent=False)
-        self.register_buffer("unpermute", torch.argsort(order), persistent=False)
+        self.name = name
+        self.has_features = features is not None
+        self.register_buffer(
+            "features", features if features is not None else torch.zeros(0, dtype=torch.long)
+        )
 
-    def _split(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        sizes = [self.first.numel(), self.second.numel()]
-        g0, g1 = torch.split(x.index_select(1, self.order), sizes, dim=1)
-        return g0, g1
+    def univariate_at(self, x: Tensor) -> _Univariate:
+        """The univariate maps (fixed parameters), broadcast to the batch of ``x``."""
+        return self._univariate(x)
 
-    def _merge(self, g0: Tensor, g1: Tensor) -> Tensor:
-        return torch.cat([g0, g1], dim=1).index_select(1, self.unpermute)
+    def _univariate(self, x: Tensor) -> _Univariate:
+        lazy: Any = self._shared[0] if self.has_features else self.lazy
+        n = x.shape[0]
+        if self.has_features:  # group 0 of zuko's autoregressive transform
+            zeros = x.new_zeros(1, int(lazy.order.numel()))
+            return _univariate(self.kind, lazy, zeros, self.name).select(self.features).expand(n)
+        if self.kind == "monotone":
+            phi = tuple(p.unsqueeze(0).expand(n, *p.shape) for p in lazy.phi)
+            family = ZukoMonotoneMap(lazy.univariate, len(phi))
+            return _Univariate(self.kind, phi, family, self.name)
+        fields = next(f for k, f in _CLOSED.values() if k == self.kind)
+        base = lazy(None).base
+        return _Univariate(self.kind, tuple(getattr(base, f).unsqueeze(0) for f in fields)).expand(
+            n
+        )
 
-    def _split_elementwise(self, res: Elementwise) -> tuple[Elementwise, Elementwise]:
-        """Group 0 and group 1 parts of an element-wise result over all features."""
-        out, ld = self._split(res.out), self._split(res.log_deriv)
-        gld = (None, None) if res.grad_log_deriv is None else self._split(res.grad_log_deriv)
-        return Elementwise(out[0], ld[0], gld[0]), Elementwise(out[1], ld[1], gld[1])
-
-    def _params(self, g0: Tensor) -> _Univariate:
-        """All features' maps from the hyper-network at ``(g0, 0)`` (group 1 is masked out)."""
-        cond = self._merge(g0, g0.new_zeros(g0.shape[0], self.second.numel()))
-        return _univariate(self.kind, cast(Any, self.lazy).meta(None, cond))
-
-    def _pass(self, x: Tensor, zuko_forward: bool) -> tuple[Tensor, Tensor, Any]:
-        """``(y, log_det, pieces)`` of zuko's map (``zuko_forward``) or of its inverse."""
-        x0, x1 = self._split(x)
-        if zuko_forward:  # coupling on group 1 conditioned on the input x0, then group 0
-            # One element-wise pass over all features (group 0's parameters are the fixed
-            # ones); x0 reaches the maps' parameters only, so the VJP to x0 is the coupling's.
-            res0, res1 = self._split_elementwise(self._params(x0).apply(x, inverse=False))
-            passive = x0
-        else:  # group 0 (fixed parameters) first, then group 1 conditioned on its output
-            fixed = self._params(x0.new_zeros(1, self.first.numel()))
-            res0 = fixed.select(self.first).expand(x.shape[0]).apply(x0, inverse=True)
-            passive = res0.out
-            res1 = self._params(passive).select(self.second).apply(x1, inverse=True)
-        y = self._merge(res0.out, res1.out)
-        return y, res0.log_deriv.sum(1) + res1.log_deriv.sum(1), (passive, res0, res1)
-
-    def _zuko_forward(self, inverse: bool) -> bool:
-        # Unflipped: forward (sampling) = inverse of zuko's data-to-latent map.
-        return inverse != self.flipped
+    def _map(self, x: Tensor, inverse: bool) -> tuple[Tensor, Tensor, Elementwise]:
+        # Unflipped: forward (sampling) = inverse of zuko's map.
+        part = x.index_select(1, self.features) if self.has_features else x
+        res = self._univariate(x).apply(part, inverse == self.flipped)
+        y = x.index_copy(1, self.features, res.out) if self.has_features else res.out
+        return y, res.log_deriv.sum(1), res
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        y, log_det, _ = self._pass(x, self._zuko_forward(False))
+        y, log_det, _ = self._map(x, inverse=False)
         return y, log_det
 
     def inverse(self, y: Tensor) -> tuple[Tensor, Tensor]:
-        x, log_det, _ = self._pass(y, self._zuko_forward(True))
+        x, log_det, _ = self._map(y, inverse=True)
         return x, log_det
 
     def _score_step(self, x: Tensor, score: Tensor, inverse: bool) -> tuple[Tensor, Tensor, Tensor]:
-        if not x.requires_grad:
-            raise ValueError(
-                "the fast-path score step needs an input that requires grad "
-                "(start from z.detach().requires_grad_())"
-            )
-        if is_compiling():  # the autograd VJP below needs the eager graph; see Coupling
-            if inverse:
-                return Layer.inverse_and_score(self, x, score)
-            return Layer.forward_and_score(self, x, score)
-        zuko_forward = self._zuko_forward(inverse)
-        y, log_det, (passive, res0, res1) = self._pass(x, zuko_forward)
-        s0, s1 = self._split(score)
-
-        def elementwise(s: Tensor, res: Elementwise) -> Tensor:
-            u = s if res.grad_log_deriv is None else s - res.grad_log_deriv.detach()
-            return u * torch.exp(-res.log_deriv.detach())
-
-        s1_new = elementwise(s1, res1)
-        outputs, cotangents = [res1.out], [s1_new]
-        ld1 = res1.log_deriv.sum(1)
-        if ld1.requires_grad:
-            outputs.append(ld1)
-            cotangents.append(torch.ones_like(ld1))
-        (vjp0,) = torch.autograd.grad(
-            outputs, passive, cotangents, retain_graph=True, allow_unused=True
-        )
-        if zuko_forward:  # coupling first, then the element-wise map of group 0
-            s0_mid = s0 if vjp0 is None else s0 - vjp0
-            s0_new = elementwise(s0_mid, res0)
-        else:  # the element-wise map of group 0 first, then the coupling
-            s0_mid = elementwise(s0, res0)
-            s0_new = s0_mid if vjp0 is None else s0_mid - vjp0
-        return y, log_det, self._merge(s0_new, s1_new)
+        y, log_det, res = self._map(x, inverse)
+        if not self.has_features:
+            return y, log_det, elementwise_score(score, res)
+        part = score.index_select(1, self.features)
+        return y, log_det, score.index_copy(1, self.features, elementwise_score(part, res))
 
     def forward_and_score(self, x: Tensor, score: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         return self._score_step(x, score, inverse=False)
 
     def inverse_and_score(self, y: Tensor, score: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         return self._score_step(y, score, inverse=True)
+
+
+class ZukoAutoregressive(Layer):
+    """zuko's ``MaskedAutoregressiveTransform`` (any ``passes``) on the project's univariate maps.
+
+    Data to latent is one pass, ``v = f(u; c(u))`` element-wise, the conditioner ``c`` zuko's
+    masked hyper-network; its inverse is ``passes`` sequential passes ``u ← f^{-1}(v; c(u))``
+    from ``u = 0`` (exact after ``passes`` passes: each fixes one more group of the order). Root-
+    found maps (NAF, UNAF, SOSPF, BPF) invert with the project's solver. The score steps are
+    the default of :class:`~pathgrad_ref.flows.Layer`: one VJP through the other direction, so
+    the sampling direction's step costs one density pass. Shapes ``(N, d)``.
+    """
+
+    def __init__(self, lazy: Any, flipped: bool, kind: str, name: str) -> None:
+        super().__init__()
+        self.lazy = lazy
+        self.flipped = bool(flipped)
+        self.kind = kind
+        self.name = name
+
+    def univariate_at(self, x: Tensor) -> _Univariate:
+        """The univariate maps at the points ``x`` (the conditioner read at ``x``)."""
+        return _univariate(self.kind, self.lazy, x, self.name)
+
+    def _zuko_map(self, u: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
+        lazy = self.lazy
+        if not inverse:
+            res = _univariate(self.kind, lazy, u, self.name).apply(u, inverse=False)
+            return res.out, res.log_deriv.sum(1)
+        x = torch.zeros_like(u)
+        log_det = u.new_zeros(u.shape[0])
+        for _ in range(int(lazy.passes)):
+            res = _univariate(self.kind, lazy, x, self.name).apply(u, inverse=True)
+            x, log_det = res.out, res.log_deriv.sum(1)
+        return x, log_det
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        # Unflipped: forward (sampling) = inverse of zuko's data-to-latent map.
+        return self._zuko_map(x, inverse=not self.flipped)
+
+    def inverse(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        return self._zuko_map(y, inverse=self.flipped)
 
 
 # --- bases -----------------------------------------------------------------------------------
@@ -408,17 +655,29 @@ def _base(lazy: nn.Module) -> BaseDistribution:
             "the estimators take the base as fixed: register them as buffers "
             "(UnconditionalDistribution(..., buffer=True)) or call requires_grad_(False)"
         )
+    zl = _zuko().lazy
     try:
-        dist = lazy(None)
+        dist = cast(Any, lazy)(None)
     except Exception as err:
+        if isinstance(lazy, zl.UnconditionalDistribution):
+            raise ValueError(
+                f"from_zuko: building the base distribution {type(lazy).__name__} raised "
+                f"{type(err).__name__}: {err}"
+            ) from err
         raise ValueError(
-            f"from_zuko: could not build the base distribution {type(lazy).__name__} without a "
-            f"context (only unconditional flows are supported): {err}"
+            f"from_zuko: the base distribution {type(lazy).__name__} could not be built without "
+            f"a context ({type(err).__name__}: {err}); only unconditional flows are supported"
         ) from err
+    batch_shape = tuple(getattr(dist, "batch_shape", ()))
+    if batch_shape:
+        raise ValueError(
+            f"from_zuko: the base distribution {dist!r} has batch shape {batch_shape}; expected "
+            "one distribution over vectors (batch shape ()), e.g. DiagNormal(zeros(d), ones(d))"
+        )
     zd = _zuko().distributions
-    if isinstance(dist, zd.DiagNormal):
+    if type(dist) is zd.DiagNormal:
         return ZukoDiagNormal(lazy)
-    if isinstance(dist, zd.BoxUniform):
+    if type(dist) is zd.BoxUniform:
         return ZukoBoxUniform(lazy)
     raise ValueError(
         f"from_zuko: unsupported base distribution {dist!r}; expected zuko.distributions."
@@ -440,78 +699,254 @@ def _leaves(lazy: nn.Module, flipped: bool) -> list[tuple[nn.Module, bool]]:
 
 
 def _context_features(lazy: nn.Module, features: int) -> int:
-    """The context size of zuko's coupling and masked autoregressive transforms (0 else): their
-    hyper-networks (``zuko.nn.MLP``, ``MaskedMLP``) take the passive features (coupling) or all
-    ``features`` (autoregressive), then the context."""
+    """The context size of zuko's coupling, masked autoregressive and element-wise transforms
+    (0 else): their hyper-networks (``zuko.nn.MLP``, ``MaskedMLP``) take the passive features
+    (coupling), all ``features`` (autoregressive) or the context alone (element-wise), then the
+    context."""
     zf = _zuko().flows
     hyper_in = getattr(getattr(lazy, "hyper", None), "in_features", None)
     if hyper_in is None:
         return 0
-    if isinstance(lazy, zf.GeneralCouplingTransform):
+    if type(lazy) is zf.GeneralCouplingTransform:
         return int(hyper_in) - int(cast(Any, lazy).mask.sum())
-    if isinstance(lazy, zf.MaskedAutoregressiveTransform):
+    if type(lazy) is zf.MaskedAutoregressiveTransform:
         return int(hyper_in) - features
-    return 0
+    return int(hyper_in)
 
 
-def _layer(lazy: Any, flipped: bool, probe: Tensor) -> Layer:
-    name = type(lazy).__name__
+def _autoregressive_pieces(
+    lazy: Any, flipped: bool, kind: str, name: str
+) -> list[tuple[Layer, Any, bool]]:
+    """zuko's ``MaskedAutoregressiveTransform(passes=2)`` as two pieces with closed-form steps.
+
+    zuko's ``order`` splits the features into groups 0 and 1; the hyper-network gives group 1
+    parameters from group 0, and group 0 parameters from its biases alone. So the data-to-latent
+    map is a coupling ``C`` (group 1 conditioned on group 0) followed by an element-wise map
+    ``E`` with fixed parameters on group 0: ``E ∘ C``. Returned in data-to-latent order as
+    ``(layer, lazy, flipped)``: ``[C, E]``, or ``[E⁻¹, C⁻¹]`` when flipped."""
+    groups = lazy.order.long()
+    first = torch.nonzero(groups == 0).flatten()
+    second = groups == 1
+    coupling = ZukoCoupling(lazy, flipped, kind, second, "autoregressive", f"{name} (coupling)")
+    elementwise = ZukoElementwise(lazy, flipped, kind, f"{name} (group 0)", features=first)
+    pieces: list[tuple[Layer, Any, bool]] = [
+        (coupling, lazy, flipped),
+        (elementwise, lazy, flipped),
+    ]
+    return pieces[::-1] if flipped else pieces
+
+
+def _pieces(lazy: Any, flipped: bool, probe: Tensor, index: int) -> list[tuple[Layer, Any, bool]]:
+    """The layers of one leaf lazy transform, in data-to-latent order, as
+    ``(layer, lazy, flipped)``; the closed form where the adapter knows the transform by exact
+    type, else :class:`ZukoTransform`."""
+    zf = _zuko().flows
+    cls_name = type(lazy).__name__
+    name = f"zuko transform {index} ({cls_name})"
+    if type(lazy) is getattr(zf, "FFJTransform", None) or "FreeFormJacobian" in cls_name:
+        raise ValueError(
+            f"from_zuko: {name} is a continuous normalizing flow (zuko's CNF); its path "
+            "gradients through an ODE solve are not supported yet"
+        )
     context = _context_features(lazy, probe.shape[1])
     if context:
         raise ValueError(
-            f"from_zuko: {name} takes {context} context features; only unconditional flows "
+            f"from_zuko: {cls_name} takes {context} context features; only unconditional flows "
             "are supported (build the flow with context=0)"
         )
-    zf = _zuko().flows
-    layer: Layer
-    kind: str | None = None
-    if isinstance(lazy, zf.GeneralCouplingTransform):
+    layer: Layer | None = None
+    if type(lazy) is zf.GeneralCouplingTransform:
         kind = _kind(lazy.meta(None, probe[:, lazy.mask.bool()]))
         if kind is not None:
-            layer = ZukoCoupling(lazy, flipped, kind)
-    elif (
-        isinstance(lazy, zf.MaskedAutoregressiveTransform)
-        and lazy.passes == 2
-        and lazy.order is not None
-    ):
+            layer = ZukoCoupling(lazy, flipped, kind, ~lazy.mask.bool(), "coupling", name)
+    elif type(lazy) is zf.MaskedAutoregressiveTransform:
         kind = _kind(lazy.meta(None, probe))
+        if kind is not None and kind != "monotone" and lazy.passes == 2 and lazy.order is not None:
+            return _autoregressive_pieces(lazy, flipped, kind, name)
         if kind is not None:
-            layer = ZukoAutoregressive2(lazy, flipped, kind)
-    if kind is None:
+            layer = ZukoAutoregressive(lazy, flipped, kind, name)
+    elif type(lazy) is zf.ElementWiseTransform:
+        kind = _kind(lazy(None))
+        if kind is not None:
+            layer = ZukoElementwise(lazy, flipped, kind, name)
+    if layer is None:
         layer = ZukoTransform(lazy, flipped)
-    _check_layer(layer, lazy, probe)
-    return layer
+    return [(layer, lazy, flipped)]
 
 
-def _check_layer(layer: Layer, lazy: nn.Module, probe: Tensor) -> None:
-    """Build the transform and run both directions once on ``probe``; a clear error otherwise."""
-    name = type(lazy).__name__
+def _run_layers(layers: list[Layer], x: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
+    """The layers one after the other (``inverse``: their inverses in reverse order), with
+    the summed log-det."""
+    log_det = x.new_zeros(x.shape[0])
+    for layer in reversed(layers) if inverse else layers:
+        x, ld = layer.inverse(x) if inverse else layer(x)
+        log_det = log_det + ld
+    return x, log_det
+
+
+def _check_leaf(layers: list[Layer], lazy: Any, flipped: bool, z: Tensor, name: str) -> Tensor:
+    """Check the layers of one zuko transform (in sampling order) at the points ``z`` (their
+    sampling-direction input) against zuko's own ``call_and_ladj`` in both directions, and
+    their round trip; return their output at ``z``.
+
+    A mismatch raises: it catches a subclass that changes the map under a known type, and a
+    zuko version whose internals differ from those read here. zuko's root-found direction
+    (its bisection to 1e-6 on ``[−10, 10]``) is compared at ``1e-4``; explicit directions and
+    the round trip at ``sqrt(eps)``. :class:`ZukoTransform` layers are also run under the
+    ``torch.func`` transforms the estimators use."""
     try:
         built = lazy(None)
     except Exception as err:
         raise ValueError(
             f"from_zuko: could not build {name} without a context (only unconditional flows "
-            f"are supported): {err}"
+            f"are supported): {type(err).__name__}: {err}"
         ) from err
     if not getattr(built, "bijective", False):
         raise ValueError(f"from_zuko: {name} builds {built!r}, which is not bijective")
     try:
         with torch.no_grad():
-            y, ld = layer(probe)
-            x, ld_inv = layer.inverse(probe)
+            y, ld = _run_layers(layers, z, inverse=False)
+            x, ld_inv = _run_layers(layers, y, inverse=True)
+            # zuko's transform in its own orientation maps data to latent: our density
+            # direction unflipped, our sampling direction flipped.
+            ref, ld_ref = ZukoTransform._run(built, z if flipped else y)
     except NotImplementedError as err:
         raise ValueError(
             f"from_zuko: {name} ({built!r}) has no inverse; both directions are needed "
             "(sampling and density)"
         ) from err
     except Exception as err:
-        raise ValueError(f"from_zuko: could not evaluate {name} ({built!r}): {err}") from err
-    n = probe.shape[0]
-    if y.shape != probe.shape or x.shape != probe.shape or ld.shape != (n,) or ld_inv.shape != (n,):
         raise ValueError(
-            f"from_zuko: {name} maps {tuple(probe.shape)} to {tuple(y.shape)} with log-det "
+            f"from_zuko: could not evaluate {name} ({built!r}): {type(err).__name__}: {err}"
+        ) from err
+    n = z.shape[0]
+    if y.shape != z.shape or x.shape != z.shape or ld.shape != (n,) or ld_inv.shape != (n,):
+        raise ValueError(
+            f"from_zuko: {name} maps {tuple(z.shape)} to {tuple(y.shape)} with log-det "
             f"{tuple(ld.shape)}; expected a bijection of (N, d) with a log-det of shape (N,)"
         )
+    ours = (y, ld) if flipped else (x, ld_inv)
+    checks = [
+        ("zuko's explicit direction", ours, (ref, ld_ref)),
+        ("round trip", (x, ld + ld_inv), (z, torch.zeros_like(ld))),
+    ]
+    tight = math.sqrt(torch.finfo(z.dtype).eps)
+    # zuko takes log g as the log-derivative of ∫g by quadrature; the adapter differentiates
+    # the quadrature it computes (the density of the map actually applied). The two differ by
+    # the quadrature's error in the derivative (about 1e-4 for UNAF's 32 points).
+    ladj_tol = QUADRATURE_LADJ_TOL if any(_quadrature(layer, z) for layer in layers) else tight
+    for what, mine, theirs in checks:
+        for a, b, tol in zip(mine, theirs, (tight, ladj_tol), strict=True):
+            gap = float(((a - b).abs() / (1.0 + b.abs())).max().detach())
+            if not gap <= tol:
+                raise ValueError(
+                    f"from_zuko: {name} ({type(built).__name__}) disagrees with zuko's own "
+                    f"call_and_ladj ({what}) by {gap:.2e} (tolerance {tol:.0e}) on a probe: a "
+                    f"subclass that changes the map, or a zuko version other than {ZUKO_VERSION}?"
+                )
+    for layer in layers:
+        if isinstance(layer, ZukoTransform):
+            _check_torch_func(layer, z, f"{name} ({built!r})")
+    return y
+
+
+QUADRATURE_LADJ_TOL = 1e-3
+"""Tolerance of the wrap-time comparison of log-determinants with zuko's for maps integrated by
+quadrature (not exact for UNAF's network integrand; exact for sums of squares)."""
+
+
+def _quadrature(layer: Layer, z: Tensor) -> bool:
+    """Whether the layer's map is an integral that its quadrature does not integrate exactly."""
+    univariate_at = getattr(layer, "univariate_at", None)
+    if univariate_at is None or getattr(layer, "kind", None) != "monotone":
+        return False
+    uni = univariate_at(z)
+    assert uni.family is not None
+    zt = _zuko().transforms
+
+    def inexact(t: Any) -> bool:
+        if type(t) is zt.ComposedTransform:
+            return any(inexact(part) for part in t.transforms)
+        return isinstance(t, zt.UnconstrainedMonotonicTransform) and not isinstance(
+            t, zt.SOSPolynomialTransform
+        )
+
+    return inexact(uni.family.explicit.univariate(*uni.tensors))
+
+
+RANGE_FLOOR = 100.0
+"""A root-found sampling direction needs a map whose range covers ``[−100, 100]`` at least
+within the solver's reach (checked at the probe's parameters): base samples reach a few tens
+at most. A map of bounded range (Gaussianization: ``±4.9``) fails; one of unbounded range
+(linear tails of slope ``>= 1e-3``: ``>= ±655`` at the reach) passes."""
+
+
+def _check_sampling_domain(layers: list[Layer], flipped: bool, z: Tensor, name: str) -> None:
+    """Refuse a transform whose sampling direction is not defined on all of ``R^d``.
+
+    Unflipped, the sampling direction is zuko's inverse. For zuko's soft clip that is defined
+    on ``(−B, B)`` alone, and for a monotone map of bounded range (Gaussianization: about
+    ``±4.9``) the root of a target beyond the range does not exist: zuko's bisection clamps to
+    ``[−10, 10]`` there, silently. So NAF, UNAF, SOSPF and BPF with several transforms (a soft
+    clip between them) and GF are bijections of ``R^d`` only in the other orientation."""
+    if flipped:
+        return
+    why = ""
+    for layer in layers:
+        if isinstance(layer, ZukoTransform) and layer.clip_bound is not None:
+            why = (
+                f"its sampling direction is the inverse of a soft clip, defined on "
+                f"(-{layer.clip_bound:g}, {layer.clip_bound:g}) only"
+            )
+        univariate_at = getattr(layer, "univariate_at", None)
+        if univariate_at is not None and getattr(layer, "kind", None) == "monotone":
+            uni = univariate_at(z)
+            family = uni.family
+            assert family is not None
+            params = (*uni.tensors, *family.weights())
+            # (N, n), the maps' elements, at the reach of the solver's bracket.
+            far = z.new_full(uni.tensors[0].shape[:2], INITIAL_BOUND * 2.0**EXPANSIONS)
+            with torch.no_grad():
+                low, high = family.h(-far, *params), family.h(far, *params)
+            reach = float(torch.minimum(-low, high).min())
+            if not reach >= RANGE_FLOOR:
+                why = (
+                    f"its sampling direction inverts a monotone map whose range reaches only "
+                    f"±{reach:.3g} (less than ±{RANGE_FLOOR:g}): samples beyond have no root"
+                )
+    if why:
+        raise ValueError(
+            f"from_zuko: {name}: {why}, so the flow is not a bijection of R^d in this "
+            "orientation (zuko's bisection clamps such samples to [-10, 10] silently). Use the "
+            "reverse-KL orientation zuko.lazy.Flow(flow.transform.inv, flow.base), whose sampling "
+            "direction is explicit"
+        )
+
+
+def _check_torch_func(layer: Layer, z: Tensor, name: str) -> None:
+    """Run a layer that keeps zuko's own code through what the estimators need: its default
+    score step both ways (``torch.func.vjp``), a dense Jacobian (``torch.func.jacfwd``) and a
+    parameter gradient under ``functional_call`` (``torch.func.grad``); refuse it otherwise."""
+    params = {k: p.detach() for k, p in layer.named_parameters()}
+    score = torch.zeros_like(z)
+
+    def pushed(p: dict[str, Tensor], u: Tensor) -> Tensor:
+        out: Tensor = torch.func.functional_call(layer, p, (u,))[0]
+        return out.sum()
+
+    try:
+        u = z.detach().requires_grad_()
+        y, _, _ = layer.forward_and_score(u, score)
+        layer.inverse_and_score(y.detach().requires_grad_(), score)
+        torch.func.jacfwd(lambda v: layer(v.unsqueeze(0))[0][0])(z[0].detach())
+        if params:
+            torch.func.grad(pushed)(params, z.detach())
+    except Exception as err:
+        raise ValueError(
+            f"from_zuko: {name} does not run under the torch.func transforms that the "
+            f"estimators and oracles use ({type(err).__name__}: {err}); this transform is not "
+            "supported"
+        ) from err
 
 
 def from_zuko(flow: nn.Module) -> Flow:
@@ -521,11 +956,16 @@ def from_zuko(flow: nn.Module) -> Flow:
     orientation ``zuko.lazy.Flow(flow.transform.inv, flow.base)``) with a ``DiagNormal`` or
     ``BoxUniform`` base. The result's layers are the zuko transforms in the sampling direction
     (``x = T(z)``, ``z ~ base``): ``result.log_prob(x)`` equals ``flow().log_prob(x)`` and
-    ``result.transform(z)[0]`` is the sample ``flow().rsample()`` makes from ``z``. Parameters
-    are shared, not copied. Batches are ``(N, d)``.
+    ``result.transform(z)[0]`` is the sample ``flow().rsample()`` makes from ``z``, where zuko's
+    map is explicit; where zuko inverts by bisection (NAF, UNAF, SOSPF, BPF, GF) the project's
+    solver inverts to rounding instead, never clamping. Parameters are shared, not copied.
+    Batches are ``(N, d)``.
 
-    Raises ``TypeError`` for a non-flow and ``ValueError`` naming the piece for a conditional
-    flow, a transform without an inverse or an unsupported base.
+    Every layer is checked when wrapping, on a few base samples pushed through the flow, against
+    zuko's own ``call_and_ladj`` in both directions. Raises ``TypeError`` for a non-flow and
+    ``ValueError`` naming the piece for a conditional flow, a continuous flow (CNF), a transform
+    without an inverse, one that does not run under ``torch.func``, a layer that disagrees with
+    zuko, or an unsupported base.
     """
     zuko = _zuko()
     if not isinstance(flow, zuko.lazy.Flow):
@@ -537,5 +977,17 @@ def from_zuko(flow: nn.Module) -> Flow:
         )
     probe = torch.zeros(2, base.dim, dtype=base.anchor.dtype, device=base.anchor.device)
     leaves = _leaves(flow.transform, flipped=False)
-    layers = [_layer(lazy, flipped, probe) for lazy, flipped in reversed(leaves)]
+    # One entry per zuko transform, its layers in sampling order.
+    leaf_layers = []
+    for i, (lazy, flipped) in enumerate(leaves):
+        pieces = _pieces(lazy, flipped, probe, i)
+        leaf_layers.append(([layer for layer, _, _ in reversed(pieces)], lazy, flipped, i))
+    # Check each transform where it acts: base samples pushed through the layers before it.
+    z = base.sample(4, torch.Generator(device=base.anchor.device).manual_seed(0))
+    layers: list[Layer] = []
+    for own, lazy, flipped, i in reversed(leaf_layers):
+        name = f"zuko transform {i} ({type(lazy).__name__})"
+        _check_sampling_domain(own, flipped, z, name)
+        z = _check_leaf(own, lazy, flipped, z, name)
+        layers.extend(own)
     return Flow(base, layers)
