@@ -275,7 +275,7 @@ def _with_transform(transform: Any) -> Any:
 def test_refuses_a_transform_without_inverse() -> None:
     flow = _with_transform(zuko.lazy.UnconditionalTransform(_NoInverse))
     with pytest.raises(
-        ValueError, match=r"UnconditionalTransform \(_NoInverse\(\)\) has no inverse"
+        ValueError, match=r"\(UnconditionalTransform\) \(_NoInverse\(\)\) has no inverse"
     ):
         from_zuko(flow)
     flow = _with_transform(zuko.lazy.UnconditionalTransform(torch.distributions.AbsTransform))

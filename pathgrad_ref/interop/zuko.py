@@ -252,7 +252,10 @@ class _Univariate(NamedTuple):
         from ..flows.splines import rational_quadratic
 
         x_knots, y_knots, derivatives = self.tensors
-        res: Elementwise = rational_quadratic(a, x_knots, y_knots, derivatives, inverse=inverse)
+        # zuko builds valid knots; the check would read the device on every call.
+        res: Elementwise = rational_quadratic(
+            a, x_knots, y_knots, derivatives, inverse=inverse, check=False
+        )
         return res
 
     def _monotone(self, a: Tensor, inverse: bool) -> Elementwise:
