@@ -8,16 +8,23 @@ orientation into its leaves and turns each into a :class:`~pathgrad_ref.flows.La
 the layers: the parameters are zuko's own tensors, so an optimiser built on either object trains
 both.
 
-Score steps (``docs/theory.md`` §4 and §11): zuko's coupling transforms get the closed form of
-:class:`~pathgrad_ref.flows.Coupling` (one input-only VJP through the conditioner on the graph the
-pass builds anyway). This covers ``GeneralCouplingTransform`` (NICE, RealNVP) and
-``MaskedAutoregressiveTransform`` with ``passes=2`` (the coupling NSF/MAF), with the univariate
-maps ``AdditiveTransform``, ``MonotonicAffineTransform`` and ``MonotonicRQSTransform`` (the latter
-through :func:`pathgrad_ref.flows.splines.rational_quadratic` on zuko's own knots, since zuko
-computes no ``f''``). Every other invertible transform (fully autoregressive flows, circular
-splines, permutations, ...) gets the default score step of :class:`~pathgrad_ref.flows.Layer`,
-one pass of the other direction. Conditional flows, transforms without an inverse and bases other
-than ``DiagNormal`` and ``BoxUniform`` are refused with an error naming the piece.
+Score steps (``docs/theory.md`` §4, §6 and §11), chosen by the exact type of zuko's pieces:
+
+- couplings (``GeneralCouplingTransform``: NICE, RealNVP; and ``MaskedAutoregressiveTransform``
+  with ``passes=2``, built as a coupling and an element-wise piece) take the one closed-form step
+  of :class:`~pathgrad_ref.flows.Coupling`, with zuko's additive, affine and rational-quadratic
+  maps in closed form;
+- zuko's root-found maps (``MonotonicTransform`` and its families: NAF, UNAF, SOSPF, BPF, GF)
+  are evaluated in their explicit direction and inverted by the project's solver
+  (:mod:`pathgrad_ref.flows.implicit`), to rounding, never clamped, with implicit gradients;
+- fully autoregressive transforms and everything else (circular splines, permutations, soft
+  clips) take the default score step of :class:`~pathgrad_ref.flows.Layer`.
+
+Accept only what works: every layer is checked when wrapping against zuko's own explicit
+``call_and_ladj`` and by its round trip; a transform that needs ``torch.func`` support it lacks,
+a sampling direction not defined on ``R^d`` (zuko's soft clip and Gaussianization in zuko's
+orientation), zuko's CNF, conditional flows, transforms without an inverse, batched bases and
+bases other than ``DiagNormal`` and ``BoxUniform`` are refused with an error naming the piece.
 """
 
 from __future__ import annotations
