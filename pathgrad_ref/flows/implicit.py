@@ -386,6 +386,12 @@ class _ImplicitInverse(torch.autograd.Function):
                 num = num - (dh_dp(x, p) * dp).sum(0)
             dh: Tensor = family.dh_dx(x, p)
             return num / dh
+        # Reverse mode inside this forward-mode rule: under plain forward-mode autograd
+        # (``torch.autograd.forward_ad``, gradcheck's ``check_forward_ad``) a nested
+        # ``torch.func.jvp`` raises, a VJP does not. ``h' = 1ᵀ ∂h/∂x`` (element-wise map), and
+        # ``(∂h/∂p)·dp`` is the VJP, in ``u``, of the linear map ``u ↦ uᵀ ∂h/∂p``.
+        value: Any = torch.func.vjp(lambda u: family.h(u, *params), x)
+        dh_x: Tensor = value[1](torch.ones_like(value[0]))[0]
         active = [i for i, t in enumerate(dparams) if t is not None]
         if active:
 
@@ -396,11 +402,10 @@ class _ImplicitInverse(torch.autograd.Function):
                 out: Tensor = family.h(x, *full)
                 return out
 
-            value: Any = torch.func.jvp(
-                h_of, tuple(params[i] for i in active), tuple(dparams[i] for i in active)
-            )
-            num = num - value[1]
-        return num / _dh_dx(family, x, params)
+            pulled: Any = torch.func.vjp(h_of, *(params[i] for i in active))
+            transposed: Any = torch.func.vjp(pulled[1], torch.zeros_like(pulled[0]))
+            num = num - transposed[1](tuple(dparams[i] for i in active))[0]
+        return num / dh_x
 
     @staticmethod
     def vmap(info: Any, in_dims: tuple[int | None, ...], *args: Any) -> tuple[Tensor, int]:
