@@ -11,7 +11,9 @@ piecewise constant in ``y`` and ``p``): the error the project exists to avoid. T
 forward-mode rules below are built of differentiable torch operations on the saved *output*
 ``x`` and on ``p``; since ``x`` itself carries this rule, derivatives of every order are those
 of the true inverse. The rule works under plain autograd and under ``torch.func`` transforms
-(``grad``, ``vjp``, ``jacrev``, ``jacfwd``, ``jvp``, ``vmap``).
+(``grad``, ``vjp``, ``jacrev``, ``jacfwd``, ``jvp``, ``vmap``), except forward over forward mode
+(``jacfwd(jacfwd(·))``): torch drops the outer tangent of a custom ``jvp`` rule and returns zero
+higher derivatives there (pytorch/pytorch#197867); ``jacrev(jacfwd(·))`` is exact.
 
 One solver serves two kinds of map:
 
