@@ -17,6 +17,7 @@ from torch import Tensor
 from pathgrad_ref.estimators import direction
 from pathgrad_ref.flows import Flow, neural_spline_flow, u1_flow
 from pathgrad_ref.flows.coupling import Coupling
+from pathgrad_ref.flows.implicit import INITIAL_BOUND
 from pathgrad_ref.flows.splines import CircularSpline, RationalQuadraticSpline
 from pathgrad_ref.targets import GaussianMixture, Target
 
@@ -35,6 +36,16 @@ class Case:
     bound: float | None = None
     periodic: bool = False
     torus: bool = False  # data on [−π, π) (zuko's NCSF): forward batches are wrapped there
+    # Root-found layers (zuko's NAF, SOSPF, BPF, GF): the half-width of the solver's first
+    # bracket (``implicit.INITIAL_BOUND``), where the edge points put the roots; and whether
+    # the roots are those of the sampling direction (zuko's orientation) or of the density
+    # direction (the reverse-KL orientation).
+    root_bound: float | None = None
+    sampling_roots: bool = False
+    # The sampling direction's image is not R^d (the reverse-KL orientation of a root-found
+    # flow: q = 0 outside it, where the density direction has no root): forward batches are
+    # flow samples moved by ``image_noise`` instead of target samples.
+    image_noise: float | None = None
 
 
 def _setup(name: str) -> Callable[[], tuple[Flow, Target]]:
@@ -106,6 +117,69 @@ def _zuko(name: str) -> Callable[[], tuple[Any, Target]]:
     return build
 
 
+def _zuko_roots(
+    name: str, transforms: int, reverse_kl: bool, features: int = 3, **sizes: Any
+) -> Callable[[], tuple[Any, Target]]:
+    """zuko's root-found families (3 features, width 8, perturbed as above); ``reverse_kl``:
+    the orientation ``Flow(flow.transform.inv, flow.base)`` of zuko's reverse-KL tutorial,
+    whose sampling direction is the explicit map and whose density direction the root."""
+
+    def build() -> tuple[Any, Target]:
+        import zuko
+
+        hidden = {"hidden_features": (8,)}
+        kw = {**hidden, **sizes}
+        d = features
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            zf: Any
+            if name == "naf":
+                zf = zuko.flows.NAF(d, transforms=transforms, signal=4, network=hidden, **kw)
+            elif name == "unaf":
+                zf = zuko.flows.UNAF(d, transforms=transforms, signal=4, network=hidden, **kw)
+            elif name == "sospf":
+                zf = zuko.flows.SOSPF(d, transforms=transforms, **kw)
+            elif name == "bpf":
+                zf = zuko.flows.BPF(d, transforms=transforms, **kw)
+            elif name == "gf":
+                zf = zuko.flows.GF(d, transforms=transforms, **sizes)
+            else:
+                raise ValueError(name)
+        zf = zf.double()
+        perturb(zf, 0.1, seed=1)
+        if reverse_kl:
+            zf = zuko.lazy.Flow(zf.transform.inv, zf.base)
+        return zf, GaussianMixture(features)
+
+    return build
+
+
+# Gaussianization's map is Φ⁻¹ of a mean of erf's: float32's erf rounds to ±1 from |t| ≈ 3.83,
+# i.e. where a component's argument |e^a x + b| passes ≈ 5.42 (float64: 8.37), and there the
+# float32 map is flat, not invertible (a round trip of such a point leaves the flow's float32
+# image and the solver rightly finds no root). GF's edge points therefore stay at |z| ≤ 3B = 4.5.
+GF_BOUND = 1.5
+
+
+def _roots(
+    name: str,
+    transforms: int = 1,
+    reverse_kl: bool = False,
+    features: int = 2,
+    root_bound: float = INITIAL_BOUND,
+    **sizes: Any,
+) -> Case:
+    # zuko's orientation: the sampling direction is the root; the reverse-KL one: the density
+    # direction is, and the sampling direction's image is a subset of R^d (GF: bounded).
+    return Case(
+        _zuko_roots(name, transforms, reverse_kl, features, **sizes),
+        _from_zuko,
+        root_bound=root_bound,
+        sampling_roots=not reverse_kl,
+        image_noise=0.1 if reverse_kl else None,
+    )
+
+
 # zuko's NSF and NCSF use splines on [−5, 5] and [−π, π]: their bound for the point sets.
 CASES: dict[str, Case] = {
     "realnvp": Case(_setup("realnvp-gmm")),
@@ -124,6 +198,11 @@ CASES: dict[str, Case] = {
     "zuko-nsf": Case(_zuko("nsf"), _from_zuko, bound=5.0),
     "zuko-nsf-autoregressive": Case(_zuko("nsf-autoregressive"), _from_zuko, bound=5.0),
     "zuko-ncsf": Case(_zuko("ncsf"), _from_zuko, bound=math.pi, periodic=True, torus=True),
+    "zuko-naf": _roots("naf"),
+    "zuko-sospf": _roots("sospf"),
+    "zuko-bpf": _roots("bpf", degree=6),
+    "zuko-naf-reverse-kl": _roots("naf", transforms=2, reverse_kl=True),
+    "zuko-gf-reverse-kl": _roots("gf", transforms=2, reverse_kl=True, root_bound=GF_BOUND),
 }
 
 
@@ -132,12 +211,15 @@ def batch(case: Case, flow: Flow, target: Target, estimator: str, n: int = 4) ->
     on the torus, flow samples moved by noise and wrapped, as the equalities hold anywhere)."""
     if direction(estimator) == "reverse":
         return base_batch(flow, n, seed=3)
-    if not case.torus:
+    if not case.torus and case.image_noise is None:
         return target_batch(flow, target, n, seed=1)
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
         x, _ = flow(base_batch(flow, n, seed=3))
-    x = x + 0.3 * torch.randn(x.shape, generator=gen, dtype=x.dtype)
+    noise = 0.3 if case.image_noise is None else case.image_noise
+    x = x + noise * torch.randn(x.shape, generator=gen, dtype=x.dtype)
+    if not case.torus:
+        return x
     return torch.remainder(x + math.pi, 2 * math.pi) - math.pi
 
 
@@ -157,7 +239,11 @@ def edge_points(case: Case, flow: Flow, n: int = 24, seed: int = 5) -> Tensor:
     and one ulp either side of the spline bounds ``±B``, in the tails (``|z|`` up to ``3B``),
     at 0; for angles at 0, one ulp above, one ulp below 2π and at π. With native spline
     couplings, later rows are moved so that each such layer sees its active inputs on its x
-    knots (:func:`_on_knots`), and its inverse therefore its y knots."""
+    knots (:func:`_on_knots`), and its inverse therefore its y knots. With root-found layers
+    the values are taken about the solver's first bracket ``±root_bound`` instead, and in zuko's
+    orientation mapped back so that the sampling direction's roots are those values
+    (:func:`_roots_at`); in the reverse-KL orientation the density direction's last root is
+    ``z`` itself."""
     gen = torch.Generator().manual_seed(seed)
     inf = torch.tensor(math.inf)
     if case.periodic and case.torus:
@@ -171,13 +257,27 @@ def edge_points(case: Case, flow: Flow, n: int = 24, seed: int = 5) -> Tensor:
             [zero, torch.nextafter(zero, inf), torch.nextafter(two_pi, zero), two_pi / 2]
         )
     else:
-        B = torch.tensor(case.bound if case.bound is not None else 2.5, dtype=torch.float32)
+        bound = case.root_bound or case.bound
+        B = torch.tensor(bound if bound is not None else 2.5, dtype=torch.float32)
         edge = torch.stack([B, torch.nextafter(B, inf), torch.nextafter(B, -inf)])
         values = torch.cat([edge, -edge, torch.tensor([0.0]), 1.5 * B.view(1), -3.0 * B.view(1)])
     shape = (n, *flow.event_shape)
     pick = torch.randint(len(values), shape, generator=gen)
     z = values[pick]
+    if case.sampling_roots:
+        return _roots_at(flow, z)
     return _on_knots(flow, z)
+
+
+def _roots_at(flow: Flow, x: Tensor) -> Tensor:
+    """Base points whose samples are ``x``: the root-found sampling direction then solves for
+    ``x`` itself (on and one ulp beside the solver's first bracket, beyond it, at 0). The
+    explicit density direction runs in float64; rounding to float32 moves the roots by an ulp
+    of ``z`` over the slope."""
+    f64 = copy.deepcopy(flow).double()
+    with torch.no_grad():
+        z, _ = f64.inverse_transform(x.double())
+    return z.to(x.dtype)
 
 
 def _on_knots(flow: Flow, z: Tensor) -> Tensor:
