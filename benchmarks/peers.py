@@ -32,6 +32,18 @@ taken round by round and summarised by its median. Setups (target: the Gaussian 
 
 Results: ``benchmarks/results/peers-<device type>.json`` (commit, versions, hardware, load, every
 round) rendered into ``benchmarks/RESULTS.md`` between the ``peers-<device type>`` markers.
+
+``--roots`` (``python benchmarks/peers.py --roots``) measures zuko's root-found families instead,
+into ``peers-roots-<device type>.json`` and the ``peers-roots-<device type>`` markers:
+
+- ``zuko-naf``, ``zuko-sospf``: NAF and SOSPF in the reverse-KL orientation, whose sampling
+  direction is zuko's explicit map; entries ``zuko-total`` and ``ours-fast`` as above (our score
+  step pays the density direction, i.e. the project's bisection, on the sequential passes).
+- ``precision``: round trips of one NAF and one BPF transform (zuko's orientation, ``T``: data
+  to latent) near and beyond the ``[−10, 10]`` bracket of zuko's bisection (BPF's: ``[−5, 5]``),
+  which zuko clamps silently: ``max |T⁻¹(T(x)) − x|`` and ``max |T(T⁻¹(y)) − y|`` over points
+  whose entries are ``±m``, with zuko's inverse (``transform.inv``) and ours (``from_zuko``:
+  bisection from ``[−10, 10]``, the bracket doubled, never clamped), float64 and float32.
 """
 
 from __future__ import annotations
@@ -285,6 +297,148 @@ def measure(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     }
 
 
+ROOT_MAGNITUDES = (5.0, 9.9, 10.5, 20.0, 100.0)
+
+
+def _root_flow(name: str, dim: int, transforms: int, hidden: int) -> Any:
+    """A seeded zuko flow of a root-found family, zuko's orientation, float64."""
+    torch.manual_seed(0)
+    sizes = {"hidden_features": (hidden, hidden)}
+    if name == "naf":
+        return zuko.flows.NAF(
+            dim, transforms=transforms, signal=8, network={"hidden_features": (16,)}, **sizes
+        ).double()
+    if name == "sospf":
+        return zuko.flows.SOSPF(dim, transforms=transforms, **sizes).double()
+    if name == "bpf":
+        return zuko.flows.BPF(dim, transforms=transforms, **sizes).double()
+    raise ValueError(name)
+
+
+def _round_trip_errors(flow: Any, dtype: torch.dtype, dim: int) -> dict[str, dict[str, float]]:
+    """Round-trip errors of zuko's inverse and ours at each magnitude of ROOT_MAGNITUDES."""
+    zf = copy.deepcopy(flow).to(dtype)
+    ours = from_zuko(zf)
+    t = zf().transform  # data -> latent: T explicit, T.inv zuko's clamped bisection
+    # Signs: every entry +m, every entry -m, and alternating ones (a seeded pattern).
+    signs = torch.tensor([[1.0] * dim, [-1.0] * dim, [(-1.0) ** i for i in range(dim)]])
+    out: dict[str, dict[str, float]] = {}
+    with torch.no_grad():
+        for m in ROOT_MAGNITUDES:
+            u = (m * signs).to(dtype)
+            errs = {
+                # x in data space: the explicit map, then the inverse.
+                "zuko |T^-1(T(x)) - x|": t.inv(t(u)) - u,
+                "ours |T^-1(T(x)) - x|": ours.transform(ours.inverse_transform(u)[0])[0] - u,
+                # y in latent space: the inverse first.
+                "zuko |T(T^-1(y)) - y|": t(t.inv(u)) - u,
+                "ours |T(T^-1(y)) - y|": ours.inverse_transform(ours.transform(u)[0])[0] - u,
+            }
+            out[f"{m:g}"] = {k: float(v.abs().max()) for k, v in errs.items()}
+    return out
+
+
+def measure_roots(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    dtype = getattr(torch, args.dtype)
+    d, batch = args.roots_dim, args.roots_batch
+    target = GaussianMixture(d)
+    z = torch.randn(batch, d, generator=torch.Generator().manual_seed(1)).to(device, dtype)
+    entries: dict[str, Any] = {}
+    for name in ("naf", "sospf"):
+        zf = _root_flow(name, d, args.roots_transforms, args.roots_hidden)
+        flow = zuko.lazy.Flow(zf.transform.inv, zf.base).to(device=device, dtype=dtype)
+        steps = zuko_entries(flow, target, z, ["zuko-total", "ours-fast"])
+        print(f"zuko-{name}: {', '.join(steps)}", file=sys.stderr, flush=True)
+        with per_call_finite_check(False):
+            times = harness.interleaved_times(
+                steps, device, args.rounds, args.steps_per_round, args.warmup
+            )
+        entries[f"zuko-{name}"] = {
+            "step_time_s": {n: harness.summary(t) for n, t in times.items()},
+            "ratios": {
+                "ours-fast/zuko-total": harness.summary(
+                    harness.round_ratios(times, "ours-fast", "zuko-total")
+                )
+            },
+            "raw_step_time_s": times,
+        }
+    precision = {
+        name: {
+            str(dt).removeprefix("torch."): _round_trip_errors(
+                _root_flow(name, args.roots_dim, 1, args.roots_hidden), dt, args.roots_dim
+            )
+            for dt in (torch.float64, torch.float32)
+        }
+        for name in ("naf", "bpf")
+    }
+    return {
+        "commit": _commit(),
+        "versions": {"torch": torch.__version__, "zuko": zuko.__version__},
+        "provenance": harness.provenance(device),
+        "sizes": {
+            "dim": d,
+            "transforms": args.roots_transforms,
+            "hidden": args.roots_hidden,
+            "naf_signal": 8,
+            "naf_network_hidden": 16,
+            "batch": batch,
+            "dtype": args.dtype,
+            "precision_transforms": 1,
+        },
+        "protocol": {
+            "rounds": args.rounds,
+            "steps_per_round": args.steps_per_round,
+            "warmup_steps": args.warmup,
+            "order": "round-robin over a setup's entries, rotated by one every round",
+            "step": "zero_grad, loss, backward, Adam step",
+            "ratio": "per round, then the median over rounds",
+            "precision": "max abs error over entries of points (+m..., -m..., alternating)",
+        },
+        "setups": entries,
+        "precision": precision,
+    }
+
+
+def render_roots(data: dict[str, Any]) -> str:
+    p = data["provenance"]
+    sz = data["sizes"]
+    lines = [
+        f"Commit `{data['commit']}`, torch {data['versions']['torch']}, zuko "
+        f"{data['versions']['zuko']}; {p.get('gpu', p['cpu'])}, {p['torch_threads']} thread(s), "
+        f"load average {p.get('load_average_1_5_15', 'n/a')} at the end; {sz['dtype']}, batch "
+        f"{sz['batch']}, d = {sz['dim']}, {sz['transforms']} transforms, width {sz['hidden']}; "
+        f"{data['protocol']['rounds']} interleaved rounds of "
+        f"{data['protocol']['steps_per_round']} steps.",
+        "",
+        "| setup | ours-fast / zuko-total (median over rounds) | zuko-total median step (ms) |",
+        "|---|---|---|",
+    ]
+    for setup, entry in data["setups"].items():
+        r = entry["ratios"]["ours-fast/zuko-total"]["median"]
+        ms = 1e3 * entry["step_time_s"]["zuko-total"]["median"]
+        lines.append(f"| {setup} | {r:.2f} | {ms:.1f} |")
+    lines += [
+        "",
+        f"Round trips, one transform, d = {sz['dim']}, entries ±m (max abs error):",
+        "",
+        "| transform | dtype | m | zuko T⁻¹(T(x)) | ours T⁻¹(T(x)) | zuko T(T⁻¹(y)) | ours "
+        "T(T⁻¹(y)) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, by_dtype in data["precision"].items():
+        for dt, by_m in by_dtype.items():
+            for m, e in by_m.items():
+                cells = [
+                    e[f"{who} {what}"]
+                    for what in ("|T^-1(T(x)) - x|", "|T(T^-1(y)) - y|")
+                    for who in ("zuko", "ours")
+                ]
+                lines.append(
+                    f"| {name} | {dt} | {m} | " + " | ".join(f"{c:.1e}" for c in cells) + " |"
+                )
+    return "\n".join(lines) + "\n"
+
+
 def render(data: dict[str, Any]) -> str:
     lines = [
         f"Commit `{data['commit']}`, torch {data['versions']['torch']}, zuko "
@@ -374,10 +528,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=1, help="CPU threads (0: torch's default)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--render-only", action="store_true")
+    ap.add_argument("--roots", action="store_true", help="zuko's root-found families instead")
+    ap.add_argument("--roots-dim", type=int, default=4)
+    ap.add_argument("--roots-transforms", type=int, default=2)
+    ap.add_argument("--roots-hidden", type=int, default=32)
+    ap.add_argument("--roots-batch", type=int, default=128)
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda requested but CUDA is not available")
+    if args.roots:
+        _main_roots(args, device)
+        return
     path = args.out / f"peers-{device.type}.json"
     if args.render_only:
         data = json.loads(path.read_text())
@@ -393,6 +555,22 @@ def main(argv: list[str] | None = None) -> None:
         print(f"(no peers-{device.type} markers in {RESULTS_MD}; not rendered there)")
     if device.type == "cpu":
         harness.replace_block(README, "peers-headline", headline(data))
+
+
+def _main_roots(args: argparse.Namespace, device: torch.device) -> None:
+    path = args.out / f"peers-roots-{device.type}.json"
+    if args.render_only:
+        data = json.loads(path.read_text())
+    else:
+        if device.type == "cpu":
+            harness.set_threads(args.threads)
+        data = measure_roots(args, device)
+        args.out.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data, indent=1) + "\n")
+    text = render_roots(data)
+    print(text)
+    if not harness.replace_block(RESULTS_MD, f"peers-roots-{device.type}", text):
+        print(f"(no peers-roots-{device.type} markers in {RESULTS_MD}; not rendered there)")
 
 
 if __name__ == "__main__":
