@@ -140,6 +140,9 @@ class LULinear(Layer):
     ``x = U^{-1} L^{-1} P^T y`` (two triangular solves). ``L = U = I`` at initialisation.
     """
 
+    # log|det| = Σ log|diag U| does not depend on x (the default score step checks the declaration).
+    constant_log_det = True
+
     permutation: Tensor
     unpermutation: Tensor
     lower_mask: Tensor
@@ -227,6 +230,9 @@ class Permutation(Layer):
     """A fixed permutation ``y_i = x_{permutation[i]}`` of ``(N, d)`` batches: ``log|det| = 0``,
     ``s_y = P s_x`` (``P`` orthogonal, ``P^{-T} = P``) and ``s_x = Pᵀ s_y``. ``permutation``
     is a 1-d integer tensor or a list of ints holding each of ``0 … d−1`` once."""
+
+    # log|det| = 0 does not depend on x (the default score step checks the declaration).
+    constant_log_det = True
 
     permutation: Tensor
     unpermutation: Tensor

@@ -22,6 +22,9 @@ class Scaling(Layer):
     ``s_x = s_y·exp(σ)`` through the inverse. Subclasses write ``forward`` and ``inverse`` and
     own ``log_scale``; both score steps live here only."""
 
+    # log|det J| = Σσ does not depend on x (the default score step checks the declaration).
+    constant_log_det = True
+
     log_scale: nn.Parameter
 
     def forward_and_score(self, x: Tensor, score: Tensor) -> tuple[Tensor, Tensor, Tensor]:
