@@ -15,7 +15,7 @@ from support import base_batch, make_setup, perturb, target_batch
 from torch import Tensor
 
 from pathgrad_ref.estimators import direction
-from pathgrad_ref.flows import Flow, neural_spline_flow, u1_flow
+from pathgrad_ref.flows import Flow, monotone_coupling_flow, neural_spline_flow, u1_flow
 from pathgrad_ref.flows.coupling import Coupling
 from pathgrad_ref.flows.implicit import INITIAL_BOUND
 from pathgrad_ref.flows.splines import CircularSpline, RationalQuadraticSpline
@@ -67,6 +67,14 @@ def _nsf_tight() -> tuple[Flow, Target]:
         lambda: neural_spline_flow(4, n_couplings=2, bins=5, bound=1.5, hidden=(8,)), 0.5
     )
     return flow, GaussianMixture(4)
+
+
+def _tanh_sum() -> tuple[Flow, Target]:
+    """The native root-found coupling (:class:`~pathgrad_ref.flows.monotone.TanhSum`): the
+    density direction is solved by the project's solver; its edge points put the last roots
+    on, beside and beyond the first bracket ``±10``."""
+    build = lambda: monotone_coupling_flow(2, n_couplings=2, components=2, hidden=(8,))  # noqa: E731
+    return _seeded(build, 0.3), GaussianMixture(2)
 
 
 def _u1_circular_norot() -> tuple[Flow, Target]:
@@ -192,6 +200,7 @@ CASES: dict[str, Case] = {
     "u1-tan-mixture": Case(_setup("u1-gauge"), periodic=True),
     "u1-circular": Case(_setup("u1-circular"), periodic=True),
     "u1-circular-norot": Case(_u1_circular_norot, periodic=True),
+    "tanh-sum": Case(_tanh_sum, root_bound=INITIAL_BOUND),
     "zuko-nice": Case(_zuko("nice"), _from_zuko),
     "zuko-realnvp": Case(_zuko("realnvp"), _from_zuko),
     "zuko-maf": Case(_zuko("maf"), _from_zuko),

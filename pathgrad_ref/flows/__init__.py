@@ -6,7 +6,8 @@ from .conditioners import MLP
 from .coupling import AdditiveCoupling, AffineCoupling, Coupling
 from .glow import ActNorm, LULinear, Permutation, glow_flow
 from .masks import alternating_mask, checkerboard_mask
-from .models import neural_spline_flow, real_nvp, z2_nice
+from .models import monotone_coupling_flow, neural_spline_flow, real_nvp, z2_nice
+from .monotone import TanhSum
 from .scaling import GlobalScaling
 from .splines import CircularSpline, RationalQuadraticSpline, rational_quadratic
 from .transforms import Additive, Affine, Elementwise, ElementwiseTransform
@@ -31,11 +32,13 @@ __all__ = [
     "MaskedAutoregressive",
     "Permutation",
     "RationalQuadraticSpline",
+    "TanhSum",
     "U1Coupling",
     "alternating_mask",
     "checkerboard_mask",
     "glow_flow",
     "masked_autoregressive_flow",
+    "monotone_coupling_flow",
     "neural_spline_flow",
     "rational_quadratic",
     "real_nvp",
