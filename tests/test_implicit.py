@@ -469,3 +469,23 @@ def test_log_derivatives() -> None:
     # log h' is differentiable in ℓ: ∂ log h'/∂ℓ = e^ℓ / h'.
     (g,) = torch.autograd.grad(log_d.sum(), la)
     assert _rel(g, torch.exp(la.detach()) / ref_d1.detach()) < 1e-13
+
+
+class JumpMap:
+    """``h(x) = x + 1e-5·[x > 0.5]``: increasing, with a jump of 1e-5 at 0.5 (the size of the
+    jump of zuko's Bernstein polynomial at its bound)."""
+
+    def h(self, x: Tensor) -> Tensor:
+        return x + 1e-5 * (x > 0.5).to(x.dtype)
+
+
+def test_a_jump_across_the_target_raises_instead_of_missing_it() -> None:
+    """A target inside the jump has no root: bisection would converge onto the jump and miss
+    ``h(x) = y`` by up to 1e-5, silently. The status read says so instead."""
+    y_gap = torch.tensor([0.0, 0.5 + 0.5e-5, 2.0], dtype=torch.float64)
+    with pytest.raises(BisectionError, match="jumps across the root"):
+        implicit_inverse(JumpMap(), y_gap, (), name="jumpy layer")
+    # Targets off the jump are solved to rounding.
+    y_ok = torch.tensor([0.0, 0.4, 2.0], dtype=torch.float64)
+    x = implicit_inverse(JumpMap(), y_ok, ())
+    assert float((JumpMap().h(x) - y_ok).abs().max()) <= 1e-12

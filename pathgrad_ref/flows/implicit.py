@@ -138,13 +138,13 @@ class BisectionError(RuntimeError):
 
 
 # The solver's status, one flag per condition, read from the device once per bisection.
-STATUS_FIELDS = ("finite", "bracket", "converged")
+STATUS_FIELDS = ("finite", "bracket", "converged", "continuous")
 StatusCheck = Callable[[Tensor], Sequence[bool]]
 
 
 def read_status(status: Tensor) -> list[bool]:
-    """The solver's status flags ``(finite, bracket, converged)`` on the host: the bisection's
-    one host synchronisation (a single ``(3,)`` bool copy)."""
+    """The solver's status flags ``(finite, bracket, converged, continuous)`` on the host: the
+    bisection's one host synchronisation (a single ``(4,)`` bool copy)."""
     return [bool(v) for v in status.tolist()]
 
 
@@ -155,11 +155,11 @@ _status_check: ContextVar[StatusCheck] = ContextVar("bisection_status_check", de
 def status_check(check: StatusCheck) -> Iterator[None]:
     """Replace :func:`read_status`, the bisection's only host read, within the block.
 
-    ``check(status)`` gets the ``(3,)`` bool status tensor on the solver's device and returns
-    the flags ``(finite, bracket, converged)``. For tests: on the ``meta`` device, where no
-    value can be read, a check that asserts the status' device and returns ``(True,) * 3`` lets
-    the whole solver run, which proves that it makes no other host read; a counting wrapper
-    around :func:`read_status` counts the reads on any device.
+    ``check(status)`` gets the ``(4,)`` bool status tensor on the solver's device and returns
+    the flags ``(finite, bracket, converged, continuous)``. For tests: on the ``meta`` device,
+    where no value can be read, a check that asserts the status' device and returns all
+    ``True`` lets the whole solver run, which proves that it makes no other host read; a
+    counting wrapper around :func:`read_status` counts the reads on any device.
     """
     token = _status_check.set(check)
     try:
@@ -247,6 +247,22 @@ def bisection_converged(lo: Tensor, hi: Tensor, tol: float) -> Tensor:
     return ((hi - lo <= tol) | (mid <= lo) | (mid >= hi)).all()
 
 
+def root_is_continuous(h: Callable[[Tensor], Tensor], y: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
+    """bool, shape ``()``: over every final bracket ``h`` rises no more than its slope and
+    rounding allow, ``h(hi) − h(lo) <= 4·m·(hi − lo) + 64·eps·(1 + |y|)``, ``m`` the larger of
+    the one-sided difference quotients just outside the bracket (step ``sqrt(eps)·(1 + |x|)``,
+    so that a jump inside the bracket does not enter them). A map that jumps across the target
+    (zuko's Bernstein polynomial jumps by about 1e-5 at its bound) would otherwise give a
+    bracket of width ``tol`` whose midpoint misses ``h(x) = y`` by the jump, silently. Device
+    code only, and no derivatives (the solver may run inside autograd's forward mode)."""
+    eps = torch.finfo(y.dtype).eps
+    step = math.sqrt(eps) * (1.0 + (0.5 * (lo + hi)).abs())
+    h_lo, h_hi = h(lo), h(hi)
+    slope = torch.maximum((h_lo - h(lo - step)) / step, (h(hi + step) - h_hi) / step)
+    allowed = 4.0 * slope * (hi - lo) + 64.0 * eps * (1.0 + y.abs())
+    return ((h_hi - h_lo) <= allowed).all()
+
+
 def bisection_iterations(width: float, tol: float) -> int:
     """``⌈log2(width / tol)⌉ + 1``: steps that shrink a bracket of width ``width`` to ``tol``
     (each step halves it), plus one for the rounding of ``width`` and of the midpoints."""
@@ -291,8 +307,10 @@ def _bisect(
     lo, hi, finite, bracket_ok = bisection_start(family, h, y, params)
     lo, hi = bisect_n(h, y, lo, hi, n_iter)
     while True:
-        status = torch.stack([finite, bracket_ok, bisection_converged(lo, hi, tol)])
-        ok_finite, ok_bracket, converged = check(status)
+        converged_now = bisection_converged(lo, hi, tol)
+        continuous = root_is_continuous(h, y, lo, hi)
+        status = torch.stack([finite, bracket_ok, converged_now, continuous])
+        ok_finite, ok_bracket, converged, ok_continuous = check(status)
         if not ok_finite:
             raise BisectionError(f"{where}bisection needs finite targets y and parameters p")
         if not ok_bracket:
@@ -304,6 +322,12 @@ def _bisect(
             raise BisectionError(
                 f"{where}could not bracket the root of h(x) = y within [-{reach:g}, {reach:g}]: "
                 "a target lies outside the range of the increasing map (nothing is clamped)"
+            )
+        if converged and not ok_continuous:
+            raise BisectionError(
+                f"{where}h jumps across the root: h(hi) - h(lo) is larger than its slope and "
+                "rounding allow over the final bracket, so no x solves h(x) = y to rounding "
+                "(a discontinuous map)"
             )
         if converged:
             return 0.5 * (lo + hi)
