@@ -64,7 +64,7 @@ PORT_TOL = {
     "u1_4x4_8layers": {"rtol": 1e-8, "atol": 1e-8},
     "nsf_gmm_d4": {"rtol": 1e-10, "atol": 1e-10},
     "u1_circular_4x4": {"rtol": 1e-10, "atol": 1e-10},
-    "tanhsum_gmm_d4": {"rtol": 1e-9, "atol": 1e-9},
+    "tanhsum_gmm_d4": {"rtol": 1e-10, "atol": 1e-10},
 }
 
 Arrays = dict[str, npt.NDArray[np.float64]]

@@ -3,8 +3,10 @@
 Covers: affine (RealNVP) and additive (NICE) couplings with MLP conditioners, rational-quadratic
 spline couplings (the neural spline flow, section 4.4), the global scaling layer, the
 gauge-equivariant U(1) coupling (tan mixtures, conv conditioner, bisection inverse with
-implicit-function-theorem derivatives; or circular splines with their closed-form inverse), the
-standard normal and uniform bases,
+implicit-function-theorem derivatives; or circular splines with their closed-form inverse), a
+root-found monotone coupling (a linear map plus positive tanh steps, bisection inverse with
+bracket expansion and implicit-function-theorem derivatives), the standard normal and uniform
+bases,
 the Gaussian-mixture, φ⁴ and U(1) Wilson actions, the standard and
 fast-path (Algorithm 1) estimators of both KL directions, the drop-in estimators (Algorithms 2
 and 3) and a naive ``jax.grad`` / dense-Jacobian oracle of each direction. The architecture is
@@ -113,7 +115,24 @@ class U1SplineCoupling:
     min_derivative: float
 
 
-Layer = Coupling | Scaling | U1Coupling | SplineCoupling | U1SplineCoupling
+@dataclass(frozen=True)
+class TanhSumCoupling:
+    """A coupling with the root-found map ``f(a) = e^s a + Σ_k w_k tanh(e^{α_k}(a − β_k))``,
+    ``w = softplus(ρ)`` (``K`` steps); the MLP conditioner's output is read as
+    ``(1 + 3K, n_a)``: ``s``, ``ρ``, ``α``, ``β``. The inverse is a bisection."""
+
+    active: np.ndarray
+    passive: np.ndarray
+    weights: tuple[str, ...]
+    biases: tuple[str | None, ...]
+    components: int
+
+    @property
+    def n_params(self) -> int:
+        return 1 + 3 * self.components
+
+
+Layer = Coupling | Scaling | U1Coupling | SplineCoupling | U1SplineCoupling | TanhSumCoupling
 
 
 @dataclass(frozen=True)
@@ -167,6 +186,19 @@ def model_from_manifest(meta: dict[str, Any]) -> Model:
                     min_bin_width=float(entry["min_bin_width"]),
                     min_bin_height=float(entry["min_bin_height"]),
                     min_derivative=float(entry["min_derivative"]),
+                )
+            )
+        elif kind == "tanh_sum_coupling":
+            cond = entry["conditioner"]
+            if cond["kind"] != "mlp" or cond["activation"] != "tanh":
+                raise UnsupportedError(f"conditioner {cond['kind']}/{cond['activation']}")
+            layers.append(
+                TanhSumCoupling(
+                    active=np.asarray(entry["active"], dtype=np.int64),
+                    passive=np.asarray(entry["passive"], dtype=np.int64),
+                    weights=tuple(lin["weight"] for lin in cond["layers"]),
+                    biases=tuple(lin["bias"] for lin in cond["layers"]),
+                    components=int(entry["components"]),
                 )
             )
         elif kind == "u1_spline_coupling":
@@ -286,7 +318,9 @@ def log_z(model: Model) -> float:
 # --- layers ------------------------------------------------------------------------------------
 
 
-def conditioner(params: Params, layer: Coupling | SplineCoupling, b: Array) -> Array:
+def conditioner(
+    params: Params, layer: Coupling | SplineCoupling | TanhSumCoupling, b: Array
+) -> Array:
     """MLP with tanh between linear maps ``y = W h + c``; output read as ``(n_params, n_a)``."""
     h = b
     last = len(layer.weights) - 1
@@ -510,7 +544,95 @@ def _u1_spline_map(
     return jnp.mod(out + rho - r, TWO_PI), log_d, grad
 
 
-Conditioned = Coupling | U1Coupling | SplineCoupling | U1SplineCoupling
+# --- a root-found monotone map: linear plus positive tanh steps, bisection inverse (6.1) --------
+
+
+def _tanh_sum_parts(x: Array, p: Array, K: int) -> tuple[Array, Array, Array, Array, Array]:
+    """``(e^s, w, e^α, t)`` and ``w e^α`` for ``x (n,)`` and ``p (1 + 3K, n)``: ``t_k =
+    tanh(e^{α_k}(x − β_k))``, shapes ``(n,)`` and ``(K, n)``."""
+    slope = jnp.exp(p[0])
+    w = jax.nn.softplus(p[1 : 1 + K])
+    scale = jnp.exp(p[1 + K : 1 + 2 * K])
+    t = jnp.tanh(scale * (x - p[1 + 2 * K : 1 + 3 * K]))
+    return slope, w, scale, t, w * scale
+
+
+def tanh_sum(x: Array, p: Array, K: int) -> Array:
+    """``f(x) = e^s x + Σ_k w_k t_k``."""
+    slope, w, _, t, _ = _tanh_sum_parts(x, p, K)
+    return slope * x + jnp.sum(w * t, axis=0)
+
+
+def tanh_sum_derivatives(x: Array, p: Array, K: int) -> tuple[Array, Array]:
+    """``(f', f'')``: ``e^s + Σ w_k e^{α_k}(1 − t_k²)`` and ``−2 Σ w_k e^{2α_k} t_k (1 − t_k²)``."""
+    slope, _, scale, t, ws = _tanh_sum_parts(x, p, K)
+    sech2 = 1 - t * t
+    return slope + jnp.sum(ws * sech2, axis=0), -2 * jnp.sum(ws * scale * t * sech2, axis=0)
+
+
+TANH_SUM_BOUND = 10.0  # first bracket [−B, B], doubled at each end 16 times (reach ±655,360)
+TANH_SUM_EXPANSIONS = 16
+
+
+@partial(jax.jit, static_argnums=(2,))
+def _bisect_tanh_sum(y: Array, p: Array, K: int) -> Array:
+    """The root of ``f(x) = y``: the bracket ``[−B, B]`` doubled at an end while it does not
+    hold the root, then 100 halvings (width ``≤ 1.4e6 · 2^-100``, below the float64 spacing of
+    the answer). A root that no bracket holds gives NaN (nothing is clamped)."""
+
+    def expand(_: int, bounds: tuple[Array, Array]) -> tuple[Array, Array]:
+        lo, hi = bounds
+        lo = jnp.where(tanh_sum(lo, p, K) > y, 2 * lo, lo)
+        hi = jnp.where(tanh_sum(hi, p, K) < y, 2 * hi, hi)
+        return lo, hi
+
+    start = (jnp.full_like(y, -TANH_SUM_BOUND), jnp.full_like(y, TANH_SUM_BOUND))
+    lo, hi = jax.lax.fori_loop(0, TANH_SUM_EXPANSIONS, expand, start)
+    held = (tanh_sum(lo, p, K) <= y) & (tanh_sum(hi, p, K) >= y)
+
+    def step(_: int, bounds: tuple[Array, Array]) -> tuple[Array, Array]:
+        lo, hi = bounds
+        mid = 0.5 * (lo + hi)
+        above = tanh_sum(mid, p, K) >= y
+        return jnp.where(above, lo, mid), jnp.where(above, mid, hi)
+
+    lo, hi = jax.lax.fori_loop(0, 100, step, (lo, hi))
+    return jnp.where(held, 0.5 * (lo + hi), jnp.nan)
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(2,))
+def tanh_sum_inverse(y: Array, p: Array, K: int) -> Array:
+    """``x = f^{-1}(y)`` by bisection; derivatives from the implicit function theorem (6.1)."""
+    return _bisect_tanh_sum(sg(y), sg(p), K)
+
+
+@tanh_sum_inverse.defjvp
+def _tanh_sum_inverse_jvp(
+    K: int, primals: tuple[Array, Array], tangents: tuple[Array, Array]
+) -> tuple[Array, Array]:
+    y, p = primals
+    dy, dp = tangents
+    x = tanh_sum_inverse(y, p, K)
+    # dx = (dy − (∂f/∂p)·dp) / f'(x), in terms of x (itself differentiable by this rule), so
+    # that higher derivatives are those of the true inverse.
+    _, df_p = jax.jvp(lambda pp: tanh_sum(x, pp, K), (p,), (dp,))
+    return x, (dy - df_p) / tanh_sum_derivatives(x, p, K)[0]
+
+
+def _tanh_sum_map(
+    layer: TanhSumCoupling, a: Array, p: Array, inverse: bool
+) -> tuple[Array, Array, Array]:
+    """``(f(a), log f', f''/f')``, or for ``f^{-1}``: ``(x, −log f'(x), −(f''/f')(x)/f'(x))``."""
+    K = layer.components
+    if inverse:
+        x = tanh_sum_inverse(a, p, K)
+        d1, d2 = tanh_sum_derivatives(x, p, K)
+        return x, -jnp.log(d1), -d2 / (d1 * d1)
+    d1, d2 = tanh_sum_derivatives(a, p, K)
+    return tanh_sum(a, p, K), jnp.log(d1), d2 / d1
+
+
+Conditioned = Coupling | U1Coupling | SplineCoupling | U1SplineCoupling | TanhSumCoupling
 
 
 def layer_params(params: Params, layer: Conditioned, b: Array) -> Array:
@@ -529,6 +651,8 @@ def elementwise(
         return _spline_map(layer, a, p, inverse)
     if isinstance(layer, U1SplineCoupling):
         return _u1_spline_map(layer, a, p, inverse)
+    if isinstance(layer, TanhSumCoupling):
+        return _tanh_sum_map(layer, a, p, inverse)
     return _affine_or_additive(layer, a, p, inverse)
 
 

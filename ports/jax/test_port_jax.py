@@ -44,6 +44,7 @@ COVERED = [
     "u1_4x4_8layers",
     "nsf_gmm_d4",
     "u1_circular_4x4",
+    "tanhsum_gmm_d4",
 ]
 
 
@@ -115,3 +116,24 @@ def test_fast_path_equals_own_oracle(case: str) -> None:
         den = sum(float(np.sum(port[f"grad/{oracle}/{k}"] ** 2)) for k in names)
         assert den > 0, oracle
         assert (num / den) ** 0.5 < 1e-12, (fast, oracle)
+
+
+def test_tanh_sum_inverse_far_roots_and_no_clamping() -> None:
+    """The port's bisection of the root-found monotone map: roots on, beside and far beyond the
+    first bracket ±10 come back to rounding, ``dx/dy = 1/f'(x)``, and a root past the reach
+    ±655,360 gives NaN, not a clamped value."""
+    K = 2
+    values = np.array([0.0, 9.99, 10.0, 10.01, 1e3, 4.5e4, 3e5, 6e5])
+    x0 = jnp.asarray(np.concatenate([values, -values[1:]]))
+    p = jnp.asarray(0.7 * np.random.default_rng(0).standard_normal((1 + 3 * K, x0.size)))
+    y = pj.tanh_sum(x0, p, K)
+    x = pj.tanh_sum_inverse(y, p, K)
+    slope = pj.tanh_sum_derivatives(x0, p, K)[0]
+    eps = np.finfo(np.float64).eps
+    allowed = 4 * eps * (jnp.abs(y) + 1) / slope + 2 * eps * jnp.abs(x0)
+    assert bool(jnp.all(jnp.abs(x - x0) <= allowed)), float(jnp.max(jnp.abs(x - x0)))
+    # Element-wise: the gradient of the sum is the diagonal of the Jacobian.
+    dx_dy = jax.grad(lambda v: jnp.sum(pj.tanh_sum_inverse(v, p, K)))(y)
+    assert np.allclose(np.asarray(dx_dy), np.asarray(1 / slope), rtol=1e-13)
+    far = pj.tanh_sum_inverse(jnp.array([1e7, -1e7]), jnp.zeros((1 + 3 * K, 2)), K)
+    assert bool(jnp.all(jnp.isnan(far)))
