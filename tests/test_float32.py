@@ -11,14 +11,16 @@ wraps) in float32 against float64.
   (MAF with splines; 10.6 the tight-bound NSF), so 64 leaves a factor 5; a wrong formula is
   off by O(1), i.e. ``1/ε₃₂ ≈ 8e6`` units. The root-found zuko families (solver tolerance
   1e-6 in float32) measured at most 15.7 (GF, reverse-KL orientation: its erf/erfinv cancel
-  near ±1 inside the map, likely the cause: ``κ`` moves inputs only), 5.8 BPF, 4.1 NAF, 1.1 SOSPF.
+  near ±1 inside the map, likely the cause: ``κ`` moves inputs only), 5.8 BPF, 4.1 NAF, 1.1 SOSPF;
+  the native root-found ``TanhSum`` couplings 1.0.
 - Round trips ``T⁻¹(T(z))`` of points on and one ulp beside the spline bounds, in the tails, on
   the knots of every native spline coupling, and at the seams of the circle, to
   ``C ε₃₂ (1 + |z| + σ)`` per element, ``σ`` the float64 inverse's response (in units of
   ``ε₃₂``) to a relative ``ε₃₂`` change of ``x = T(z)``, i.e. the error that rounding ``x`` to
   float32 alone causes. Measured at most 11.8 (U(1) tan mixture) of ``C = 64``; for the
   root-found zuko families the roots sit on, beside and beyond the solver's first bracket
-  ``±10``: at most 27.4 (GF, the same cancellation), 4.8 NAF, 4.3 BPF, 0.9 SOSPF.
+  ``±10``: at most 27.4 (GF, the same cancellation), 4.8 NAF, 4.3 BPF, 0.9 SOSPF; 0.5 for the
+  native ``TanhSum`` couplings, whose density direction's last roots are those points.
 - Nothing non-finite anywhere: outputs, log-determinants, gradients.
 """
 
