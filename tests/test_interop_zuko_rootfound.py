@@ -60,6 +60,17 @@ def _build(name: str, transforms: int) -> Any:
             flow = zuko.flows.BPF(3, transforms=transforms, **HIDDEN)
         elif name == "gf":
             flow = zuko.flows.GF(3, transforms=transforms)
+        elif name == "bernstein":  # a hand-built BernsteinTransform (unbounded, linear tails)
+            base = zuko.lazy.UnconditionalDistribution(
+                zuko.distributions.DiagNormal, torch.zeros(3), torch.ones(3), buffer=True
+            )
+            layers = [
+                zuko.flows.MaskedAutoregressiveTransform(
+                    3, univariate=zuko.transforms.BernsteinTransform, shapes=[(6,)], **HIDDEN
+                )
+                for _ in range(transforms)
+            ]
+            flow = zuko.lazy.Flow(layers, base)
         else:
             raise ValueError(name)
     flow = flow.double()
@@ -77,6 +88,8 @@ CASES = [
     ("bpf", 1, "zuko"),
     ("bpf", 2, "reverse-kl"),
     ("gf", 2, "reverse-kl"),
+    ("bernstein", 1, "zuko"),
+    ("bernstein", 1, "reverse-kl"),
     ("unaf", 1, "reverse-kl"),
 ]
 LAYERS = {"naf": ZukoAutoregressive, "unaf": ZukoAutoregressive, "sospf": ZukoAutoregressive}
