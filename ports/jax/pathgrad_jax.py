@@ -393,24 +393,37 @@ def _bisect(y: Array, q: Array, alpha_min: float) -> Array:
     return 0.5 * (lo + hi)
 
 
-@partial(jax.custom_jvp, nondiff_argnums=(2,))
-def tan_h_inverse(y: Array, q: Array, alpha_min: float) -> Array:
-    """``x = h^{-1}(y)`` by bisection; derivatives from the implicit function theorem (6.1)."""
-    return _bisect(sg(y), sg(q), alpha_min)
+def implicit_inverse(
+    bisect: Callable[[Array, Array, Any], Array],
+    h: Callable[[Array, Array, Any], Array],
+    h_prime: Callable[[Array, Array, Any], Array],
+) -> Callable[[Array, Array, Any], Array]:
+    """``x = h^{-1}(y; p)`` element-wise from a bisection ``bisect(y, p, static)``, with the
+    derivatives of the implicit function theorem (6.1): ``dx = (dy − (∂h/∂p)·dp) / h'(x)``,
+    written with ``x``, itself differentiable by this rule, so that higher derivatives are those
+    of the true inverse. The port's one implicit solver, as the library's."""
+
+    @partial(jax.custom_jvp, nondiff_argnums=(2,))
+    def inverse(y: Array, p: Array, static: Any) -> Array:
+        return bisect(sg(y), sg(p), static)
+
+    @inverse.defjvp
+    def _jvp(
+        static: Any, primals: tuple[Array, Array], tangents: tuple[Array, Array]
+    ) -> tuple[Array, Array]:
+        y, p = primals
+        dy, dp = tangents
+        x = inverse(y, p, static)
+        _, dh_p = jax.jvp(lambda pp: h(x, pp, static), (p,), (dp,))
+        return x, (dy - dh_p) / h_prime(x, p, static)
+
+    return inverse
 
 
-@tan_h_inverse.defjvp
-def _tan_h_inverse_jvp(
-    alpha_min: float, primals: tuple[Array, Array], tangents: tuple[Array, Array]
-) -> tuple[Array, Array]:
-    y, q = primals
-    dy, dq = tangents
-    x = tan_h_inverse(y, q, alpha_min)
-    # dx = (dy − (∂h/∂q)·dq) / h'(x); written with x, itself differentiable by this rule, so
-    # that higher derivatives are those of the true inverse.
-    _, dh_q = jax.jvp(lambda qq: tan_h(x, qq, alpha_min), (q,), (dq,))
-    dh_x = tan_derivatives(x, q, alpha_min)[0]
-    return x, (dy - dh_q) / dh_x
+tan_h_inverse = implicit_inverse(
+    _bisect, tan_h, lambda x, q, alpha_min: tan_derivatives(x, q, alpha_min)[0]
+)
+"""``x = h^{-1}(y)`` of the tan mixture, by bisection, with implicit derivatives."""
 
 
 def _conv_circular(h: Array, weight: Array, bias: Array | None) -> Array:
@@ -600,10 +613,10 @@ def _bisect_tanh_sum(y: Array, p: Array, K: int) -> Array:
     return jnp.where(held, 0.5 * (lo + hi), jnp.nan)
 
 
-@partial(jax.custom_jvp, nondiff_argnums=(2,))
-def tanh_sum_inverse(y: Array, p: Array, K: int) -> Array:
-    """``x = f^{-1}(y)`` by bisection; derivatives from the implicit function theorem (6.1)."""
-    return _bisect_tanh_sum(sg(y), sg(p), K)
+tanh_sum_inverse = implicit_inverse(
+    _bisect_tanh_sum, tanh_sum, lambda x, p, K: tanh_sum_derivatives(x, p, K)[0]
+)
+"""``x = f^{-1}(y)`` of the tanh sum, by bisection, with implicit derivatives."""
 
 
 @tanh_sum_inverse.defjvp
