@@ -39,7 +39,7 @@ from torch import Tensor
 import pathgrad_ref._validation as validation
 import pathgrad_ref.estimators.naive as naive
 import pathgrad_ref.flows.base as flows_base
-from pathgrad_ref.flows.implicit import STATUS_FIELDS, status_check
+from pathgrad_ref.flows.implicit import STATUS_FIELDS, read_status, status_check
 
 META = torch.device("meta")
 
@@ -101,3 +101,15 @@ def meta_mode() -> Iterator[MetaReads]:
             if real is not None:
                 stack.enter_context(mock.patch.object(module, "check_batch", patched(real)))
         yield reads
+
+
+class StatusCounter:
+    """A counting wrapper around :func:`read_status`, the solver's one host read (pass it to
+    :func:`status_check`)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, status: Tensor) -> list[bool]:
+        self.calls += 1
+        return read_status(status)

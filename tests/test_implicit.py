@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 
 import pytest
 import torch
+from meta_support import StatusCounter
 from torch import Tensor
 from torch.func import grad, jacfwd, jacrev, jvp, vjp, vmap
 from torch.nn.functional import softplus
@@ -30,7 +31,6 @@ from pathgrad_ref.flows.implicit import (
     expand_bracket,
     implicit_inverse,
     log_derivatives,
-    read_status,
     status_check,
 )
 
@@ -53,17 +53,6 @@ def _randn(*shape: int, seed: int, scale: float = 1.0, dtype: torch.dtype = DT) 
 def _rel(a: Tensor, b: Tensor) -> float:
     a, b = a.detach(), b.detach()
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-300))
-
-
-class _Counter:
-    """A counting wrapper around :func:`read_status`, the solver's one host read."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def __call__(self, status: Tensor) -> list[bool]:
-        self.calls += 1
-        return read_status(status)
 
 
 # --- the test maps and their closed forms --------------------------------------------------
@@ -165,7 +154,7 @@ def test_round_trip_float32_default_tolerance() -> None:
     x_true = torch.cat([torch.tensor([1e4, -3e3, 0.5]), _randn(40, seed=4, scale=3.0)]).float()
     la, b, W = _net_params(x_true.numel(), seed=5, dtype=torch.float32)
     y = NetMap().h(x_true, la, b, W)
-    count = _Counter()
+    count = StatusCounter()
     with status_check(count):
         x = _solve(NetMap(), y, (la, b, W))
     assert count.calls == 1
@@ -191,7 +180,7 @@ def test_one_status_read_per_solve() -> None:
         (BoundedMap(), (b, s), y_bounded),
     ):
         for dtype in (torch.float64, torch.float32):
-            count = _Counter()
+            count = StatusCounter()
             with status_check(count):
                 x = _solve(family, target.to(dtype), [p.to(dtype) for p in params])
             assert count.calls == 1, (type(family).__name__, dtype)
@@ -228,7 +217,7 @@ def test_expand_bracket_doubles_a_fixed_number_of_times() -> None:
     reach = INITIAL_BOUND * 2.0**EXPANSIONS  # 655360
     x_out = torch.tensor([1.0, 1e6], dtype=DT)
     y_out = NetMap().h(x_out, la[:2], b[:2], W)
-    count = _Counter()
+    count = StatusCounter()
     with status_check(count), pytest.raises(BisectionError, match=rf"net7.*bracket.*{reach:g}"):
         _solve(NetMap(), y_out, (la[:2], b[:2], W), name="net7")
     assert count.calls == 1
@@ -246,7 +235,7 @@ def test_never_clamps() -> None:
         yb = y.clone()
         if bad == 3:  # below the range instead
             yb[4], yb[3] = c[4], c[3] - 2.5
-        count = _Counter()
+        count = StatusCounter()
         with status_check(count), pytest.raises(BisectionError) as info:
             _solve(BoundedMap(), yb, (c, s), name="tanh-layer")
         assert count.calls == 1
@@ -260,7 +249,7 @@ def test_never_clamps() -> None:
         (y[:4].clone().index_fill_(0, torch.tensor([1]), math.nan), c[:4]),
         (y[:4], c[:4].clone().index_fill_(0, torch.tensor([2]), math.inf)),
     ):
-        count = _Counter()
+        count = StatusCounter()
         with status_check(count), pytest.raises(BisectionError, match=r"tanh-layer.*finite"):
             _solve(BoundedMap(), yb, (cb, s[:4]), name="tanh-layer")
         assert count.calls == 1
@@ -392,7 +381,7 @@ def test_vmap_equals_a_loop() -> None:
         return _solve(NetMap(), y, (la, b, W))
 
     def run(fn: Callable[[], Tensor]) -> tuple[Tensor, int]:
-        count = _Counter()
+        count = StatusCounter()
         with status_check(count):
             out = fn()
         return out, count.calls

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 import torch
-from meta_support import META, meta_mode
+from meta_support import META, StatusCounter, meta_mode
 from support import SETUPS, make_setup
 from torch import Tensor
 
@@ -31,7 +31,6 @@ from pathgrad_ref.flows.implicit import (
     BisectionError,
     bisection_iterations,
     implicit_inverse,
-    read_status,
     status_check,
 )
 from pathgrad_ref.flows.u1 import TanMixture
@@ -154,15 +153,6 @@ def _reference_bisection(m: TanMixture, y: Tensor, q: Tensor, tol: float) -> Ten
         hi, lo = torch.where(above, mid, hi), torch.where(above, lo, mid)
 
 
-class _Counter:
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def __call__(self, status: Tensor) -> list[bool]:
-        self.calls += 1
-        return read_status(status)
-
-
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_bisection_one_status_read_matches_reference(
     dtype: torch.dtype, device: torch.device
@@ -173,7 +163,7 @@ def test_bisection_one_status_read_matches_reference(
     x_true = x_true.to(device, dtype)
     y = m.h(x_true, q)
     tol = 1e-13 if dtype == torch.float64 else 1e-5
-    count = _Counter()
+    count = StatusCounter()
     with status_check(count):
         x = implicit_inverse(m, y, q)
     assert count.calls == 1
@@ -209,7 +199,7 @@ def test_bisection_errors_with_one_read() -> None:
         (y.clone().index_fill_(0, torch.tensor([2]), math.nan), q, "finite"),
         (y, q.clone().index_fill_(1, torch.tensor([4]), math.inf), "finite"),
     ):
-        count = _Counter()
+        count = StatusCounter()
         with status_check(count), pytest.raises(BisectionError, match=match):
             implicit_inverse(m, bad_y, bad_q)
         assert count.calls == 1
@@ -218,7 +208,7 @@ def test_bisection_errors_with_one_read() -> None:
         def bracket(self, y: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
             return y + 4.0, y + 5.0
 
-    count = _Counter()
+    count = StatusCounter()
     with status_check(count), pytest.raises(BisectionError, match="bracket"):
         implicit_inverse(BadBracket(K), y, q)
     assert count.calls == 1
@@ -235,7 +225,7 @@ def test_bisection_continues_when_the_stated_width_is_too_small() -> None:
 
     m, q = Understated(K), _mixture_params((30,), seed=2)
     x_true = torch.linspace(-5.0, 5.0, 30, dtype=torch.float64)
-    count = _Counter()
+    count = StatusCounter()
     with status_check(count):
         x = implicit_inverse(m, m.h(x_true, q), q)
     assert count.calls > 1
