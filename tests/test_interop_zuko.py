@@ -46,12 +46,12 @@ ORACLE = {
 FLOWS = ("nice", "realnvp", "maf-coupling", "nsf-coupling", "nsf-autoregressive", "ncsf")
 ORIENTATIONS = ("zuko", "reverse-kl")
 # The layer classes each flow's transforms become (the closed form where the adapter has one):
-# a masked autoregressive transform with passes=2 becomes a coupling and an element-wise piece.
+# a masked autoregressive transform with passes=2 is a coupling with fixed maps on its passive half.
 LAYER = {
     "nice": {ZukoCoupling},
     "realnvp": {ZukoCoupling},
-    "maf-coupling": {ZukoCoupling, ZukoElementwise},
-    "nsf-coupling": {ZukoCoupling, ZukoElementwise},
+    "maf-coupling": {ZukoCoupling},
+    "nsf-coupling": {ZukoCoupling},
     "nsf-autoregressive": {ZukoAutoregressive},
     "ncsf": {ZukoTransform},
 }

@@ -102,6 +102,15 @@ class Coupling(Layer):
             return self._score_step_functional(x, score, inverse)
         y, log_det, b, res = self._couple(x, inverse)
         s_a, s_b = self._split(score)
+        s_a_new, s_b_new = self._coupling_score(s_a, s_b, b, res, log_det)
+        return y, log_det, self._merge(s_a_new, s_b_new)
+
+    def _coupling_score(
+        self, s_a: Tensor, s_b: Tensor, b: Tensor, res: Elementwise, log_det: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """``(s'_a, s'_b)`` of the module docstring from the pass's graph: ``res`` is the
+        element-wise map of the active half (its ``out`` a function of ``b`` through the
+        conditioner), ``log_det`` its ``Σ log f'`` (shape ``(N,)``). Eager autograd only."""
         s_a_new = elementwise_score(s_a, res)
         outputs, cotangents = [res.out], [s_a_new]
         if log_det.requires_grad:
@@ -122,8 +131,7 @@ class Coupling(Layer):
                 "under torch.no_grad, or a region compiled by torch.compile that hides b "
                 "(compile the whole score step, which takes the torch.func.vjp branch)"
             )
-        s_b_new = s_b - vjp_b
-        return y, log_det, self._merge(s_a_new, s_b_new)
+        return s_a_new, s_b - vjp_b
 
     def _score_step_functional(
         self, x: Tensor, score: Tensor, inverse: bool

@@ -412,15 +412,22 @@ class ZukoTransform(Layer):
 
 
 class ZukoCoupling(Coupling):
-    """A coupling piece of a zuko transform with the closed-form coupling score step.
+    """A zuko coupling transform with the closed-form coupling score step.
 
     ``source="coupling"``: zuko's ``GeneralCouplingTransform``, whose mask marks the *passive*
     features (``idx_a``, fed to the hyper-network); the others go through the univariate map.
-    ``source="autoregressive"``: the group-1 half of zuko's ``MaskedAutoregressiveTransform``
-    with ``passes=2``, whose hyper-network reads all features with group 1 masked out
-    (:func:`_autoregressive_pieces`). Data to latent applies the univariate map, the sampling
-    direction its inverse (the other way round when ``flipped``). The step is
-    :meth:`Coupling._score_step` with the map read from zuko's hyper-network on every call.
+    Data to latent applies the univariate map, the sampling direction its inverse (the other way
+    round when ``flipped``). The step is :meth:`Coupling._score_step` with the map read from
+    zuko's hyper-network on every call.
+
+    ``source="autoregressive"``: zuko's ``MaskedAutoregressiveTransform`` with ``passes=2``.
+    Its ``order`` splits the features into groups 0 (passive) and 1 (active); the hyper-network,
+    reading all features with group 1 masked out, gives group 1 parameters from group 0 and
+    group 0 parameters from its biases alone (``docs/theory.md`` §11). So data to latent is
+    ``E ∘ C``: the coupling ``C`` of group 1 on group 0, then the element-wise map ``E`` of
+    group 0 with fixed parameters; sampling undoes them in reverse order. The score step is
+    :meth:`Coupling._coupling_score` for ``C`` and :func:`elementwise_score` for ``E``; data to
+    latent takes both from one hyper-network pass and one evaluation of the maps.
     """
 
     def __init__(
@@ -442,19 +449,61 @@ class ZukoCoupling(Coupling):
         # All features in zuko's order, the transformed group (a) set to zero: masked anyway.
         return self._merge(b.new_zeros(b.shape[0], self.n_active), b)
 
+    def _maps(self, b: Tensor) -> _Univariate:
+        return _univariate(self.kind, self.conditioner, self._hyper_input(b), self.name)
+
     def univariate_at(self, x: Tensor) -> _Univariate:
         """The univariate maps of the transformed features at the points ``x``."""
-        _, b = self._split(x)
-        uni = _univariate(self.kind, self.conditioner, self._hyper_input(b), self.name)
+        uni = self._maps(self._split(x)[1])
         return uni.select(self.active) if self.source == "autoregressive" else uni
 
+    def _split_result(self, res: Elementwise) -> tuple[Elementwise, Elementwise]:
+        """The active and passive parts of an element-wise result over all features."""
+        out, ld = self._split(res.out), self._split(res.log_deriv)
+        gld = (None, None) if res.grad_log_deriv is None else self._split(res.grad_log_deriv)
+        return Elementwise(out[0], ld[0], gld[0]), Elementwise(out[1], ld[1], gld[1])
+
+    def _autoregressive(
+        self, x: Tensor, inverse: bool
+    ) -> tuple[Tensor, Tensor, Tensor, Elementwise, Elementwise, bool]:
+        """``(y, log_det, b, res_a, res_b, zuko_forward)`` of the ``passes=2`` transform: ``b`` the
+        conditioner's input (the passive half, after ``E⁻¹`` in the inverse direction),
+        ``res_a`` the coupling's maps of the active half, ``res_b`` the fixed maps of group 0."""
+        a, b = self._split(x)
+        zuko_forward = not self._elementwise_inverse(inverse)
+        if zuko_forward:  # C, then E: one hyper-network pass, one evaluation of all the maps
+            res_a, res_b = self._split_result(self._maps(b).apply(x, inverse=False))
+            y = self._merge(res_a.out, res_b.out)
+        else:  # E⁻¹ on group 0, then C⁻¹ conditioned on its output
+            fixed = self._maps(b.new_zeros(1, b.shape[1])).select(self.passive)
+            res_b = fixed.expand(x.shape[0]).apply(b, inverse=True)
+            b = res_b.out
+            res_a = self._maps(b).select(self.active).apply(a, inverse=True)
+            y = self._merge(res_a.out, b)
+        log_det = res_a.log_deriv.sum(1) + res_b.log_deriv.sum(1)
+        return y, log_det, b, res_a, res_b, zuko_forward
+
     def _couple(self, x: Tensor, inverse: bool) -> tuple[Tensor, Tensor, Tensor, Elementwise]:
-        a, b = self._split(x)  # a: transformed, b: passive
-        uni = _univariate(self.kind, self.conditioner, self._hyper_input(b), self.name)
         if self.source == "autoregressive":
-            uni = uni.select(self.active)
-        res = uni.apply(a, self._elementwise_inverse(inverse))
+            y, log_det, b, res_a, _, _ = self._autoregressive(x, inverse)
+            return y, log_det, b, res_a
+        a, b = self._split(x)  # a: transformed, b: passive
+        res = self._maps(b).apply(a, self._elementwise_inverse(inverse))
         return self._merge(res.out, b), res.log_deriv.sum(1), b, res
+
+    def _score_step(self, x: Tensor, score: Tensor, inverse: bool) -> tuple[Tensor, Tensor, Tensor]:
+        if self.source != "autoregressive" or is_compiling() or not x.requires_grad:
+            return super()._score_step(x, score, inverse)
+        y, log_det, b, res_a, res_b, zuko_forward = self._autoregressive(x, inverse)
+        s_a, s_b = self._split(score)
+        log_det_a = res_a.log_deriv.sum(1)
+        if zuko_forward:  # C's step, then E's on group 0
+            s_a, s_b = self._coupling_score(s_a, s_b, b, res_a, log_det_a)
+            s_b = elementwise_score(s_b, res_b)
+        else:  # E⁻¹'s step on group 0, then C⁻¹'s, its VJP to E⁻¹'s output
+            s_b = elementwise_score(s_b, res_b)
+            s_a, s_b = self._coupling_score(s_a, s_b, b, res_a, log_det_a)
+        return y, log_det, self._merge(s_a, s_b)
 
     def _score_step_functional(
         self, x: Tensor, score: Tensor, inverse: bool
@@ -466,62 +515,35 @@ class ZukoCoupling(Coupling):
 
 
 class ZukoElementwise(Layer):
-    """An element-wise zuko map with fixed parameters, ``v_i = f_i(u_i)`` data to latent, with
-    the closed-form score step ``s' = (s − f''/f') / f'`` of :func:`elementwise_score`.
-
-    Two sources: zuko's unconditional ``ElementWiseTransform`` (GF's Gaussianization layers),
-    whose parameters are its own; and the group-0 half of a ``MaskedAutoregressiveTransform``
-    with ``passes=2`` (``features`` given), whose parameters the hyper-network makes from its
-    biases alone. Shapes ``(N, d)``, ``log_det`` ``(N,)``.
+    """zuko's unconditional ``ElementWiseTransform`` (GF's Gaussianization layers): an
+    element-wise map with its own fixed parameters, ``v_i = f_i(u_i)`` data to latent, with the
+    closed-form score step ``s' = (s − f''/f') / f'`` of :func:`elementwise_score`. Shapes
+    ``(N, d)``, ``log_det`` ``(N,)``.
     """
 
-    features: Tensor
-
-    def __init__(
-        self, lazy: Any, flipped: bool, kind: str, name: str, features: Tensor | None = None
-    ) -> None:
+    def __init__(self, lazy: Any, flipped: bool, kind: str, name: str) -> None:
         super().__init__()
-        if features is None:
-            self.lazy = lazy
-        else:
-            # The other half of the transform (a ZukoCoupling) registers zuko's module: a module
-            # registered twice breaks torch.func.functional_call's tied-weight handling, which
-            # the oracles use. Kept in a list, it is read, not registered.
-            self._shared = [lazy]
+        self.lazy = lazy
         self.flipped = bool(flipped)
         self.kind = kind
         self.name = name
-        self.has_features = features is not None
-        self.register_buffer(
-            "features", features if features is not None else torch.zeros(0, dtype=torch.long)
-        )
 
     def univariate_at(self, x: Tensor) -> _Univariate:
         """The univariate maps (fixed parameters), broadcast to the batch of ``x``."""
-        return self._univariate(x)
-
-    def _univariate(self, x: Tensor) -> _Univariate:
-        lazy: Any = self._shared[0] if self.has_features else self.lazy
         n = x.shape[0]
-        if self.has_features:  # group 0 of zuko's autoregressive transform
-            zeros = x.new_zeros(1, int(lazy.order.numel()))
-            return _univariate(self.kind, lazy, zeros, self.name).select(self.features).expand(n)
         if self.kind == "monotone":
-            phi = tuple(p.unsqueeze(0).expand(n, *p.shape) for p in lazy.phi)
-            family = ZukoMonotoneMap(lazy.univariate, len(phi))
+            phi = tuple(p.unsqueeze(0).expand(n, *p.shape) for p in self.lazy.phi)
+            family = ZukoMonotoneMap(self.lazy.univariate, len(phi))
             return _Univariate(self.kind, phi, family, self.name)
         fields = next(f for k, f in _CLOSED.values() if k == self.kind)
-        base = lazy(None).base
-        return _Univariate(self.kind, tuple(getattr(base, f).unsqueeze(0) for f in fields)).expand(
-            n
-        )
+        base = self.lazy(None).base
+        tensors = tuple(getattr(base, f).unsqueeze(0) for f in fields)
+        return _Univariate(self.kind, tensors).expand(n)
 
     def _map(self, x: Tensor, inverse: bool) -> tuple[Tensor, Tensor, Elementwise]:
         # Unflipped: forward (sampling) = inverse of zuko's map.
-        part = x.index_select(1, self.features) if self.has_features else x
-        res = self._univariate(x).apply(part, inverse == self.flipped)
-        y = x.index_copy(1, self.features, res.out) if self.has_features else res.out
-        return y, res.log_deriv.sum(1), res
+        res = self.univariate_at(x).apply(x, inverse == self.flipped)
+        return res.out, res.log_deriv.sum(1), res
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         y, log_det, _ = self._map(x, inverse=False)
@@ -531,18 +553,13 @@ class ZukoElementwise(Layer):
         x, log_det, _ = self._map(y, inverse=True)
         return x, log_det
 
-    def _score_step(self, x: Tensor, score: Tensor, inverse: bool) -> tuple[Tensor, Tensor, Tensor]:
-        y, log_det, res = self._map(x, inverse)
-        if not self.has_features:
-            return y, log_det, elementwise_score(score, res)
-        part = score.index_select(1, self.features)
-        return y, log_det, score.index_copy(1, self.features, elementwise_score(part, res))
-
     def forward_and_score(self, x: Tensor, score: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        return self._score_step(x, score, inverse=False)
+        y, log_det, res = self._map(x, inverse=False)
+        return y, log_det, elementwise_score(score, res)
 
     def inverse_and_score(self, y: Tensor, score: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        return self._score_step(y, score, inverse=True)
+        x, log_det, res = self._map(y, inverse=True)
+        return x, log_det, elementwise_score(score, res)
 
 
 class ZukoAutoregressive(Layer):
@@ -764,28 +781,6 @@ def _context_features(lazy: nn.Module, features: int) -> int:
     return int(hyper_in)
 
 
-def _autoregressive_pieces(
-    lazy: Any, flipped: bool, kind: str, name: str
-) -> list[tuple[Layer, Any, bool]]:
-    """zuko's ``MaskedAutoregressiveTransform(passes=2)`` as two pieces with closed-form steps.
-
-    zuko's ``order`` splits the features into groups 0 and 1; the hyper-network gives group 1
-    parameters from group 0, and group 0 parameters from its biases alone. So the data-to-latent
-    map is a coupling ``C`` (group 1 conditioned on group 0) followed by an element-wise map
-    ``E`` with fixed parameters on group 0: ``E ∘ C``. Returned in data-to-latent order as
-    ``(layer, lazy, flipped)``: ``[C, E]``, or ``[E⁻¹, C⁻¹]`` when flipped."""
-    groups = lazy.order.long()
-    first = torch.nonzero(groups == 0).flatten()
-    second = groups == 1
-    coupling = ZukoCoupling(lazy, flipped, kind, second, "autoregressive", f"{name} (coupling)")
-    elementwise = ZukoElementwise(lazy, flipped, kind, f"{name} (group 0)", features=first)
-    pieces: list[tuple[Layer, Any, bool]] = [
-        (coupling, lazy, flipped),
-        (elementwise, lazy, flipped),
-    ]
-    return pieces[::-1] if flipped else pieces
-
-
 def _pieces(lazy: Any, flipped: bool, probe: Tensor, index: int) -> list[tuple[Layer, Any, bool]]:
     """The layers of one leaf lazy transform, in data-to-latent order, as
     ``(layer, lazy, flipped)``; the closed form where the adapter knows the transform by exact
@@ -812,8 +807,9 @@ def _pieces(lazy: Any, flipped: bool, probe: Tensor, index: int) -> list[tuple[L
     elif type(lazy) is zf.MaskedAutoregressiveTransform:
         kind = _kind(lazy.meta(None, probe))
         if kind is not None and kind != "monotone" and lazy.passes == 2 and lazy.order is not None:
-            return _autoregressive_pieces(lazy, flipped, kind, name)
-        if kind is not None:
+            active = lazy.order.long() == 1
+            layer = ZukoCoupling(lazy, flipped, kind, active, "autoregressive", name)
+        elif kind is not None:
             layer = ZukoAutoregressive(lazy, flipped, kind, name)
     elif type(lazy) is zf.ElementWiseTransform:
         kind = _kind(lazy(None))
