@@ -11,7 +11,8 @@ both.
 Score steps (``docs/theory.md`` §4, §6 and §11), chosen by the exact type of zuko's pieces:
 
 - couplings (``GeneralCouplingTransform``: NICE, RealNVP; and ``MaskedAutoregressiveTransform``
-  with ``passes=2``, built as a coupling and an element-wise piece) take the one closed-form step
+  with ``passes=2``, a coupling with fixed element-wise maps on its passive half) take the one
+  closed-form step
   of :class:`~pathgrad_ref.flows.Coupling`, with zuko's additive, affine and rational-quadratic
   maps in closed form;
 - zuko's root-found maps (``MonotonicTransform`` and its families: NAF, UNAF, SOSPF, BPF, GF)
@@ -781,10 +782,9 @@ def _context_features(lazy: nn.Module, features: int) -> int:
     return int(hyper_in)
 
 
-def _pieces(lazy: Any, flipped: bool, probe: Tensor, index: int) -> list[tuple[Layer, Any, bool]]:
-    """The layers of one leaf lazy transform, in data-to-latent order, as
-    ``(layer, lazy, flipped)``; the closed form where the adapter knows the transform by exact
-    type, else :class:`ZukoTransform`."""
+def _layer(lazy: Any, flipped: bool, probe: Tensor, index: int) -> Layer:
+    """The layer of one leaf lazy transform: the closed form where the adapter knows the
+    transform by exact type, else :class:`ZukoTransform`."""
     zf = _zuko().flows
     cls_name = type(lazy).__name__
     name = f"zuko transform {index} ({cls_name})"
@@ -817,23 +817,12 @@ def _pieces(lazy: Any, flipped: bool, probe: Tensor, index: int) -> list[tuple[L
             layer = ZukoElementwise(lazy, flipped, kind, name)
     if layer is None:
         layer = ZukoTransform(lazy, flipped)
-    return [(layer, lazy, flipped)]
+    return layer
 
 
-def _run_layers(layers: list[Layer], x: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
-    """The layers one after the other (``inverse``: their inverses in reverse order), with
-    the summed log-det."""
-    log_det = x.new_zeros(x.shape[0])
-    for layer in reversed(layers) if inverse else layers:
-        x, ld = layer.inverse(x) if inverse else layer(x)
-        log_det = log_det + ld
-    return x, log_det
-
-
-def _check_leaf(layers: list[Layer], lazy: Any, flipped: bool, z: Tensor, name: str) -> Tensor:
-    """Check the layers of one zuko transform (in sampling order) at the points ``z`` (their
-    sampling-direction input) against zuko's own ``call_and_ladj`` in both directions, and
-    their round trip; return their output at ``z``.
+def _check_leaf(layer: Layer, lazy: Any, flipped: bool, z: Tensor, name: str) -> Tensor:
+    """Check the layer of one zuko transform at the points ``z`` (its sampling-direction input)
+    against zuko's own ``call_and_ladj`` and by its round trip; return its output at ``z``.
 
     A mismatch raises: it catches a subclass that changes the map under a known type, and a
     zuko version whose internals differ from those read here. zuko's root-found direction
@@ -851,8 +840,9 @@ def _check_leaf(layers: list[Layer], lazy: Any, flipped: bool, z: Tensor, name: 
         raise ValueError(f"from_zuko: {name} builds {built!r}, which is not bijective")
     try:
         with torch.no_grad():
-            y, ld = _run_layers(layers, z, inverse=False)
-            x, ld_inv = _run_layers(layers, y, inverse=True)
+            pushed: tuple[Tensor, Tensor] = layer(z)
+            y, ld = pushed
+            x, ld_inv = layer.inverse(y)
             # zuko's transform in its own orientation maps data to latent: our density
             # direction unflipped, our sampling direction flipped.
             ref, ld_ref = ZukoTransform._run(built, z if flipped else y)
@@ -880,7 +870,7 @@ def _check_leaf(layers: list[Layer], lazy: Any, flipped: bool, z: Tensor, name: 
     # zuko takes log g as the log-derivative of ∫g by quadrature; the adapter differentiates
     # the quadrature it computes (the density of the map actually applied). The two differ by
     # the quadrature's error in the derivative (about 1e-4 for UNAF's 32 points).
-    ladj_tol = QUADRATURE_LADJ_TOL if any(_quadrature(layer, z) for layer in layers) else tight
+    ladj_tol = QUADRATURE_LADJ_TOL if _quadrature(layer, z) else tight
     for what, mine, theirs in checks:
         for a, b, tol in zip(mine, theirs, (tight, ladj_tol), strict=True):
             gap = float(((a - b).abs() / (1.0 + b.abs())).max().detach())
@@ -890,9 +880,8 @@ def _check_leaf(layers: list[Layer], lazy: Any, flipped: bool, z: Tensor, name: 
                     f"call_and_ladj ({what}) by {gap:.2e} (tolerance {tol:.0e}) on a probe: a "
                     f"subclass that changes the map, or a zuko version other than {ZUKO_VERSION}?"
                 )
-    for layer in layers:
-        if isinstance(layer, ZukoTransform):
-            _check_torch_func(layer, z, f"{name} ({built!r})")
+    if isinstance(layer, ZukoTransform):
+        _check_torch_func(layer, z, f"{name} ({built!r})")
     return y
 
 
@@ -927,39 +916,38 @@ at most. A map of bounded range (Gaussianization: ``±4.9``) fails; one of unbou
 (linear tails of slope ``>= 1e-3``: ``>= ±655`` at the reach) passes."""
 
 
-def _check_sampling_domain(layers: list[Layer], flipped: bool, z: Tensor, name: str) -> None:
+def _check_sampling_domain(layer: Layer, flipped: bool, z: Tensor, name: str) -> None:
     """Refuse a transform whose sampling direction is not defined on all of ``R^d``.
 
     Unflipped, the sampling direction is zuko's inverse. For zuko's soft clip that is defined
     on ``(−B, B)`` alone, and for a monotone map of bounded range (Gaussianization: about
     ``±4.9``) the root of a target beyond the range does not exist: zuko's bisection clamps to
-    ``[−10, 10]`` there, silently. So NAF, UNAF, SOSPF and BPF with several transforms (a soft
-    clip between them) and GF are bijections of ``R^d`` only in the other orientation."""
+    ``[−10, 10]`` there, silently. So NAF, UNAF and SOSPF with several transforms (a soft clip
+    between them) and GF are bijections of ``R^d`` only in the other orientation."""
     if flipped:
         return
     why = ""
-    for layer in layers:
-        if isinstance(layer, ZukoTransform) and layer.clip_bound is not None:
+    if isinstance(layer, ZukoTransform) and layer.clip_bound is not None:
+        why = (
+            f"its sampling direction is the inverse of a soft clip, defined on "
+            f"(-{layer.clip_bound:g}, {layer.clip_bound:g}) only"
+        )
+    univariate_at = getattr(layer, "univariate_at", None)
+    if univariate_at is not None and getattr(layer, "kind", None) == "monotone":
+        uni = univariate_at(z)
+        family = uni.family
+        assert family is not None
+        params = (*uni.tensors, *family.weights())
+        # (N, n), the maps' elements, at the reach of the solver's bracket.
+        far = z.new_full(uni.tensors[0].shape[:2], INITIAL_BOUND * 2.0**EXPANSIONS)
+        with torch.no_grad():
+            low, high = family.h(-far, *params), family.h(far, *params)
+        reach = float(torch.minimum(-low, high).min())
+        if not reach >= RANGE_FLOOR:
             why = (
-                f"its sampling direction is the inverse of a soft clip, defined on "
-                f"(-{layer.clip_bound:g}, {layer.clip_bound:g}) only"
+                f"its sampling direction inverts a monotone map whose range reaches only "
+                f"±{reach:.3g} (less than ±{RANGE_FLOOR:g}): samples beyond have no root"
             )
-        univariate_at = getattr(layer, "univariate_at", None)
-        if univariate_at is not None and getattr(layer, "kind", None) == "monotone":
-            uni = univariate_at(z)
-            family = uni.family
-            assert family is not None
-            params = (*uni.tensors, *family.weights())
-            # (N, n), the maps' elements, at the reach of the solver's bracket.
-            far = z.new_full(uni.tensors[0].shape[:2], INITIAL_BOUND * 2.0**EXPANSIONS)
-            with torch.no_grad():
-                low, high = family.h(-far, *params), family.h(far, *params)
-            reach = float(torch.minimum(-low, high).min())
-            if not reach >= RANGE_FLOOR:
-                why = (
-                    f"its sampling direction inverts a monotone map whose range reaches only "
-                    f"±{reach:.3g} (less than ±{RANGE_FLOOR:g}): samples beyond have no root"
-                )
     if why:
         raise ValueError(
             f"from_zuko: {name}: {why}, so the flow is not a bijection of R^d in this "
@@ -1023,17 +1011,16 @@ def from_zuko(flow: nn.Module) -> Flow:
         )
     probe = torch.zeros(2, base.dim, dtype=base.anchor.dtype, device=base.anchor.device)
     leaves = _leaves(flow.transform, flipped=False)
-    # One entry per zuko transform, its layers in sampling order.
-    leaf_layers = []
-    for i, (lazy, flipped) in enumerate(leaves):
-        pieces = _pieces(lazy, flipped, probe, i)
-        leaf_layers.append(([layer for layer, _, _ in reversed(pieces)], lazy, flipped, i))
-    # Check each transform where it acts: base samples pushed through the layers before it.
+    built = [
+        (_layer(lazy, flipped, probe, i), lazy, flipped, i)
+        for i, (lazy, flipped) in enumerate(leaves)
+    ]
+    # Check each layer where it acts: base samples pushed through the layers before it.
     z = base.sample(4, torch.Generator(device=base.anchor.device).manual_seed(0))
     layers: list[Layer] = []
-    for own, lazy, flipped, i in reversed(leaf_layers):
+    for layer, lazy, flipped, i in reversed(built):
         name = f"zuko transform {i} ({type(lazy).__name__})"
-        _check_sampling_domain(own, flipped, z, name)
-        z = _check_leaf(own, lazy, flipped, z, name)
-        layers.extend(own)
+        _check_sampling_domain(layer, flipped, z, name)
+        z = _check_leaf(layer, lazy, flipped, z, name)
+        layers.append(layer)
     return Flow(base, layers)
