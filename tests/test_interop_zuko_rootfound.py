@@ -373,6 +373,28 @@ def test_compiled_branch_of_the_coupling_step(cls: str, monkeypatch: pytest.Monk
             assert rel_err(forced, expected) <= 1e-9, (orientation, name)
 
 
+@pytest.mark.parametrize(("name", "orientation"), [("naf", "reverse-kl"), ("sospf", "zuko")])
+def test_compiled_branch_of_the_autoregressive_step(
+    name: str, orientation: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under ``torch.compile`` a fully autoregressive layer takes the default step (functional
+    VJPs) instead of the triangular one; forced here in eager mode, it equals the oracle."""
+    from pathgrad_ref.interop import zuko as adapter
+
+    _, wrapped, target = _setup(name, 2 if orientation == "reverse-kl" else 1, orientation)
+    assert any(type(layer) is ZukoAutoregressive for layer in wrapped.layers)
+    for fast, oracle in (
+        ("reverse-path-fast", "reverse-path-naive"),
+        ("forward-path-fast", "forward-path-naive"),
+    ):
+        batch = _batch(fast, wrapped)
+        expected = gradient(oracle, wrapped, target, batch)
+        with monkeypatch.context() as m:
+            m.setattr(adapter, "is_compiling", lambda: True)
+            forced = gradient(fast, wrapped, target, batch)
+        assert rel_err(forced, expected) <= 1e-9, fast
+
+
 # --- each silent path the review found now raises -----------------------------------------------
 
 
