@@ -30,7 +30,6 @@ from pathgrad_ref.interop import from_zuko  # noqa: E402
 from pathgrad_ref.interop.zuko import (  # noqa: E402
     ZukoAutoregressive,
     ZukoCoupling,
-    ZukoElementwise,
     ZukoTransform,
 )
 
