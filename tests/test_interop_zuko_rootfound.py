@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import torch
-from support import FlowDensity, perturb, rel_err
+from support import assert_sticks_the_landing, perturb, rel_err
 from torch import Tensor, nn
 
 from pathgrad_ref.estimators import direction, gradient
@@ -170,19 +170,7 @@ def test_sticking_the_landing(name: str, transforms: int, orientation: str, dirn
     The target's force runs through the flow's inverse, root-found in one of the two
     orientations, so the implicit gradients enter the check."""
     _, wrapped, _ = _setup(name, transforms, orientation)
-    own = FlowDensity(wrapped)
-    z = wrapped.base.sample(2, torch.Generator().manual_seed(11))
-    with torch.no_grad():
-        x, _ = wrapped(z)
-    samples = z if dirn == "reverse" else x
-    for i in range(samples.shape[0]):
-        one = samples[i : i + 1]
-        g_std = gradient(f"{dirn}-standard", wrapped, own, one)
-        g_path = gradient(f"{dirn}-path-fast", wrapped, own, one)
-        norm_std = sum(float((t**2).sum()) for t in g_std.values()) ** 0.5
-        norm_path = sum(float((t**2).sum()) for t in g_path.values()) ** 0.5
-        assert norm_std > 1e-3
-        assert norm_path <= 1e-8 * norm_std, (i, norm_path, norm_std)
+    assert_sticks_the_landing(wrapped, dirn)
 
 
 def test_root_found_layers_get_the_project_solver() -> None:
@@ -371,12 +359,31 @@ def test_non_standard_bases(base: str) -> None:
 # --- the compiled branch, forced in eager mode ---------------------------------------------------
 
 
+def _forced_compile_equals_oracle(
+    wrapped: Flow, target: Target, monkeypatch: pytest.MonkeyPatch, label: str
+) -> None:
+    """The fast paths with every layer's compiled branch taken in eager mode (``is_compiling``
+    forced true where the coupling step and the adapter read it) equal their oracles."""
+    import pathgrad_ref.flows.coupling as coupling
+    from pathgrad_ref.interop import zuko as adapter
+
+    for fast, oracle in (
+        ("reverse-path-fast", "reverse-path-naive"),
+        ("forward-path-fast", "forward-path-naive"),
+    ):
+        batch = _batch(fast, wrapped)
+        expected = gradient(oracle, wrapped, target, batch)
+        with monkeypatch.context() as m:
+            m.setattr(coupling, "is_compiling", lambda: True)
+            m.setattr(adapter, "is_compiling", lambda: True)
+            forced = gradient(fast, wrapped, target, batch)
+        assert rel_err(forced, expected) <= 1e-9, (label, fast)
+
+
 @pytest.mark.parametrize("cls", ["RealNVP", "MAF"])
 def test_compiled_branch_of_the_coupling_step(cls: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Under ``torch.compile`` the coupling pieces take the functional branch
-    (``Coupling._score_step_functional``); forced here in eager mode, it equals the oracle."""
-    import pathgrad_ref.flows.coupling as coupling
-
+    """Under ``torch.compile`` zuko's couplings (``passes=2`` autoregressive ones too) take the
+    functional branch (``Coupling._score_step_functional``); forced here, it equals the oracle."""
     torch.manual_seed(0)
     flow = {"RealNVP": zuko.flows.RealNVP, "MAF": zuko.flows.MAF}[cls]
     passes = {"passes": 2} if cls == "MAF" else {}
@@ -384,18 +391,8 @@ def test_compiled_branch_of_the_coupling_step(cls: str, monkeypatch: pytest.Monk
     perturb(zf, 0.1, seed=1)
     for orientation in ("zuko", "reverse-kl"):
         wrapped = from_zuko(_oriented(zf, orientation))
-        assert any(type(layer) is ZukoCoupling for layer in wrapped.layers)
-        target = GaussianMixture(4)
-        for name, oracle in (
-            ("reverse-path-fast", "reverse-path-naive"),
-            ("forward-path-fast", "forward-path-naive"),
-        ):
-            batch = _batch(name, wrapped)
-            expected = gradient(oracle, wrapped, target, batch)
-            with monkeypatch.context() as m:
-                m.setattr(coupling, "is_compiling", lambda: True)
-                forced = gradient(name, wrapped, target, batch)
-            assert rel_err(forced, expected) <= 1e-9, (orientation, name)
+        assert all(type(layer) is ZukoCoupling for layer in wrapped.layers)
+        _forced_compile_equals_oracle(wrapped, GaussianMixture(4), monkeypatch, orientation)
 
 
 @pytest.mark.parametrize(("name", "orientation"), [("naf", "reverse-kl"), ("sospf", "zuko")])
@@ -404,20 +401,9 @@ def test_compiled_branch_of_the_autoregressive_step(
 ) -> None:
     """Under ``torch.compile`` a fully autoregressive layer takes the default step (functional
     VJPs) instead of the triangular one; forced here in eager mode, it equals the oracle."""
-    from pathgrad_ref.interop import zuko as adapter
-
     _, wrapped, target = _setup(name, 2 if orientation == "reverse-kl" else 1, orientation)
     assert any(type(layer) is ZukoAutoregressive for layer in wrapped.layers)
-    for fast, oracle in (
-        ("reverse-path-fast", "reverse-path-naive"),
-        ("forward-path-fast", "forward-path-naive"),
-    ):
-        batch = _batch(fast, wrapped)
-        expected = gradient(oracle, wrapped, target, batch)
-        with monkeypatch.context() as m:
-            m.setattr(adapter, "is_compiling", lambda: True)
-            forced = gradient(fast, wrapped, target, batch)
-        assert rel_err(forced, expected) <= 1e-9, fast
+    _forced_compile_equals_oracle(wrapped, target, monkeypatch, orientation)
 
 
 # --- each silent path the review found now raises -----------------------------------------------

@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from support import perturb, rel_err
+from support import assert_sticks_the_landing, perturb, rel_err
 from torch import Tensor
 
 from pathgrad_ref.estimators import direction, gradient
@@ -162,3 +162,10 @@ def test_constructor_checks_and_zero_init() -> None:
     a = z[0, 0] if x[0, 1] == z[0, 1] else z[0, 1]
     moved = x[0, 0] if x[0, 1] == z[0, 1] else x[0, 1]
     assert math.isclose(float(moved), float(a + 2 * math.log(2) * torch.tanh(a)), rel_tol=1e-14)
+
+
+@pytest.mark.parametrize("dirn", ["reverse", "forward"])
+def test_sticking_the_landing(dirn: str) -> None:
+    """At ``p = q_θ`` the path gradient of every single sample vanishes (the forward
+    direction's force runs through the root-found inverse and its implicit gradients)."""
+    assert_sticks_the_landing(_flow(), dirn)
