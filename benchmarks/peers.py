@@ -552,40 +552,25 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda requested but CUDA is not available")
-    if args.roots:
-        _main_roots(args, device)
-        return
-    path = args.out / f"peers-{device.type}.json"
+    kind, measure_fn, render_fn = (
+        ("peers-roots", measure_roots, render_roots) if args.roots else ("peers", measure, render)
+    )
+    block = f"{kind}-{device.type}"
+    path = args.out / f"{block}.json"
     if args.render_only:
         data = json.loads(path.read_text())
     else:
         if device.type == "cpu":
             harness.set_threads(args.threads)
-        data = measure(args, device)
+        data = measure_fn(args, device)
         args.out.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(data, indent=1) + "\n")
-    text = render(data)
+    text = render_fn(data)
     print(text)
-    if not harness.replace_block(RESULTS_MD, f"peers-{device.type}", text):
-        print(f"(no peers-{device.type} markers in {RESULTS_MD}; not rendered there)")
-    if device.type == "cpu":
+    if not harness.replace_block(RESULTS_MD, block, text):
+        print(f"(no {block} markers in {RESULTS_MD}; not rendered there)")
+    if device.type == "cpu" and not args.roots:
         harness.replace_block(README, "peers-headline", headline(data))
-
-
-def _main_roots(args: argparse.Namespace, device: torch.device) -> None:
-    path = args.out / f"peers-roots-{device.type}.json"
-    if args.render_only:
-        data = json.loads(path.read_text())
-    else:
-        if device.type == "cpu":
-            harness.set_threads(args.threads)
-        data = measure_roots(args, device)
-        args.out.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(data, indent=1) + "\n")
-    text = render_roots(data)
-    print(text)
-    if not harness.replace_block(RESULTS_MD, f"peers-roots-{device.type}", text):
-        print(f"(no peers-roots-{device.type} markers in {RESULTS_MD}; not rendered there)")
 
 
 if __name__ == "__main__":

@@ -515,12 +515,9 @@ class ZukoCoupling(Coupling):
         return Layer.forward_and_score(self, x, score)
 
 
-class ZukoElementwise(Layer):
-    """zuko's unconditional ``ElementWiseTransform`` (GF's Gaussianization layers): an
-    element-wise map with its own fixed parameters, ``v_i = f_i(u_i)`` data to latent, with the
-    closed-form score step ``s' = (s − f''/f') / f'`` of :func:`elementwise_score`. Shapes
-    ``(N, d)``, ``log_det`` ``(N,)``.
-    """
+class _ZukoMapLayer(Layer):
+    """A layer on zuko's lazy transform ``lazy`` whose univariate maps are of kind ``kind``
+    (:func:`_kind`); ``flipped`` when the flow inverts it; ``name`` for errors."""
 
     def __init__(self, lazy: Any, flipped: bool, kind: str, name: str) -> None:
         super().__init__()
@@ -528,6 +525,14 @@ class ZukoElementwise(Layer):
         self.flipped = bool(flipped)
         self.kind = kind
         self.name = name
+
+
+class ZukoElementwise(_ZukoMapLayer):
+    """zuko's unconditional ``ElementWiseTransform`` (GF's Gaussianization layers): an
+    element-wise map with its own fixed parameters, ``v_i = f_i(u_i)`` data to latent, with the
+    closed-form score step ``s' = (s − f''/f') / f'`` of :func:`elementwise_score`. Shapes
+    ``(N, d)``, ``log_det`` ``(N,)``.
+    """
 
     def univariate_at(self, x: Tensor) -> _Univariate:
         """The univariate maps (fixed parameters), broadcast to the batch of ``x``."""
@@ -563,7 +568,7 @@ class ZukoElementwise(Layer):
         return x, log_det, elementwise_score(score, res)
 
 
-class ZukoAutoregressive(Layer):
+class ZukoAutoregressive(_ZukoMapLayer):
     """zuko's ``MaskedAutoregressiveTransform`` (any ``passes``) on the project's univariate maps.
 
     Data to latent is one pass, ``v = f(u; c(u))`` element-wise, the conditioner ``c`` zuko's
@@ -575,13 +580,6 @@ class ZukoAutoregressive(Layer):
     of :class:`~pathgrad_ref.flows.Layer` (one VJP through the one-pass direction). Shapes
     ``(N, d)``.
     """
-
-    def __init__(self, lazy: Any, flipped: bool, kind: str, name: str) -> None:
-        super().__init__()
-        self.lazy = lazy
-        self.flipped = bool(flipped)
-        self.kind = kind
-        self.name = name
 
     def univariate_at(self, x: Tensor) -> _Univariate:
         """The univariate maps at the points ``x`` (the conditioner read at ``x``)."""
