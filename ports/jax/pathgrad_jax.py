@@ -151,6 +151,19 @@ class UnsupportedError(ValueError):
     """The manifest describes a layer, base or target this port does not implement."""
 
 
+def _mlp_coupling_fields(entry: dict[str, Any]) -> dict[str, Any]:
+    """The masks and the tanh-MLP conditioner's arrays of a coupling entry of the manifest."""
+    cond = entry["conditioner"]
+    if cond["kind"] != "mlp" or cond["activation"] != "tanh":
+        raise UnsupportedError(f"conditioner {cond['kind']}/{cond['activation']}")
+    return {
+        "active": np.asarray(entry["active"], dtype=np.int64),
+        "passive": np.asarray(entry["passive"], dtype=np.int64),
+        "weights": tuple(lin["weight"] for lin in cond["layers"]),
+        "biases": tuple(lin["bias"] for lin in cond["layers"]),
+    }
+
+
 def model_from_manifest(meta: dict[str, Any]) -> Model:
     if meta["base"]["kind"] not in ("standard_normal", "uniform"):
         raise UnsupportedError(f"base {meta['base']['kind']!r} is not implemented in the JAX port")
@@ -159,28 +172,16 @@ def model_from_manifest(meta: dict[str, Any]) -> Model:
     for entry in meta["layers"]:
         kind = entry["kind"]
         if kind in ("affine_coupling", "additive_coupling"):
-            cond = entry["conditioner"]
-            if cond["kind"] != "mlp" or cond["activation"] != "tanh":
-                raise UnsupportedError(f"conditioner {cond['kind']}/{cond['activation']}")
             layers.append(
                 Coupling(
                     kind="affine" if kind == "affine_coupling" else "additive",
-                    active=np.asarray(entry["active"], dtype=np.int64),
-                    passive=np.asarray(entry["passive"], dtype=np.int64),
-                    weights=tuple(lin["weight"] for lin in cond["layers"]),
-                    biases=tuple(lin["bias"] for lin in cond["layers"]),
+                    **_mlp_coupling_fields(entry),
                 )
             )
         elif kind == "rqs_coupling":
-            cond = entry["conditioner"]
-            if cond["kind"] != "mlp" or cond["activation"] != "tanh":
-                raise UnsupportedError(f"conditioner {cond['kind']}/{cond['activation']}")
             layers.append(
                 SplineCoupling(
-                    active=np.asarray(entry["active"], dtype=np.int64),
-                    passive=np.asarray(entry["passive"], dtype=np.int64),
-                    weights=tuple(lin["weight"] for lin in cond["layers"]),
-                    biases=tuple(lin["bias"] for lin in cond["layers"]),
+                    **_mlp_coupling_fields(entry),
                     bins=int(entry["bins"]),
                     bound=float(entry["bound"]),
                     min_bin_width=float(entry["min_bin_width"]),
@@ -189,15 +190,9 @@ def model_from_manifest(meta: dict[str, Any]) -> Model:
                 )
             )
         elif kind == "tanh_sum_coupling":
-            cond = entry["conditioner"]
-            if cond["kind"] != "mlp" or cond["activation"] != "tanh":
-                raise UnsupportedError(f"conditioner {cond['kind']}/{cond['activation']}")
             layers.append(
                 TanhSumCoupling(
-                    active=np.asarray(entry["active"], dtype=np.int64),
-                    passive=np.asarray(entry["passive"], dtype=np.int64),
-                    weights=tuple(lin["weight"] for lin in cond["layers"]),
-                    biases=tuple(lin["bias"] for lin in cond["layers"]),
+                    **_mlp_coupling_fields(entry),
                     components=int(entry["components"]),
                 )
             )
