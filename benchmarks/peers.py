@@ -327,9 +327,9 @@ def _round_trip_errors(
     signs = torch.tensor([[1.0] * dim, [-1.0] * dim, [(-1.0) ** i for i in range(dim)]])
 
     def error(round_trip: Callable[[Tensor], Tensor], u: Tensor) -> float | None:
-        """``max |round_trip(u) − u|``; ``None`` where our solver refuses: a target in a jump
-        of the map (zuko's Bernstein polynomial jumps by about 1e-5 at its bound) has no root,
-        and the solver says so instead of returning a point that misses it."""
+        """``max |round_trip(u) − u|``; ``None`` where our solver refuses a target at or inside a
+        jump of the map (zuko's Bernstein polynomial jumps by about 1e-5 at its bound ``B``, and
+        ``y = B`` is the jump's edge) instead of returning a point up to the jump off."""
         try:
             return float((round_trip(u) - u).abs().max())
         except BisectionError:
@@ -449,7 +449,7 @@ def render_roots(data: dict[str, Any]) -> str:
                     for what in ("|T^-1(T(x)) - x|", "|T(T^-1(y)) - y|")
                     for who in ("zuko", "ours")
                 ]
-                text = ["raises (no root)" if c is None else f"{c:.1e}" for c in cells]
+                text = ["raises (jump)" if c is None else f"{c:.1e}" for c in cells]
                 lines.append(f"| {name} | {dt} | {m} | " + " | ".join(text) + " |")
     return "\n".join(lines) + "\n"
 

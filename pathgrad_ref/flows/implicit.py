@@ -332,8 +332,8 @@ def _bisect(
         if converged and not ok_continuous:
             raise BisectionError(
                 f"{where}h jumps across the root: h(hi) - h(lo) is larger than its slope and "
-                "rounding allow over the final bracket, so no x solves h(x) = y to rounding "
-                "(a discontinuous map)"
+                "rounding allow over the final bracket (a discontinuous map); a target inside "
+                "the jump has no root, and one at its edge cannot be placed to rounding"
             )
         if converged:
             return 0.5 * (lo + hi)
