@@ -20,8 +20,9 @@ JAX_CPU = ["jax==0.10.2", "jaxlib==0.10.2"]
 
 def _install(session: nox.Session) -> None:
     session.install(TORCH_CPU)
-    # The zuko extra, so that the tests and the type check cover pathgrad_ref.interop.
-    session.install("-e", ".[dev,zuko]")
+    # The zuko and ode extras, so that the tests and the type check cover pathgrad_ref.interop
+    # and the torchdiffeq solvers of the continuous flows.
+    session.install("-e", ".[dev,zuko,ode]")
 
 
 @nox.session

@@ -13,6 +13,9 @@ and get its θ-dependence from the dense linearisation
 ``z(θ) = z* − J_0^{-1}(T_θ(z*) − stop_grad T_θ(z*))`` with ``J_0`` held fixed: its value is
 ``z*`` and its derivative is the implicit-function-theorem one, ``∂z/∂θ = −J^{-1} ∂_θ T``
 (written without ``x`` so that periodic maps, whose outputs are wrapped, need no special case).
+Where a layer declares its inverse approximate (``Layer.inverse_is_exact = False``: a continuous
+flow's backward solve), ``z*`` is first refined by Newton's method on the dense Jacobian to a
+root of the forward map as computed.
 So the forward oracles are independent of the layers' inverse *derivatives* (score steps,
 implicit gradients of the bisection), not of the inverse's value. They are slow by design
 (``O(d³)`` per sample) and exist to be trusted.
@@ -36,6 +39,9 @@ from ..targets.base import Target
 from ._common import check_inputs, kl_value
 
 Params = dict[str, Tensor]
+
+NEWTON_STEPS = 4
+"""Newton steps that refine ``z*`` where a layer's inverse is approximate (module docstring)."""
 
 
 class _Push(nn.Module):
@@ -171,9 +177,22 @@ def _pullback(o: _Oracle, x: Tensor) -> tuple[Tensor, Tensor]:
     inverse fails loudly instead of silently moving the oracle's evaluation point."""
     with torch.no_grad():
         z, _ = o.flow.inverse(x)
-    check_pullback(_pullback_residual(o, x, z), x)
     zf = _flat(z)
-    return zf, vmap(o.jacobian, in_dims=(None, 0))(o.params, zf).detach()
+    jacobians = vmap(o.jacobian, in_dims=(None, 0))
+    if not all(layer.inverse_is_exact for layer in o.flow._layers()):
+        # A layer whose inverse is only an approximation of its forward map (an ODE solved
+        # backwards inverts the exact flow, not the discrete forward map, to the solver's
+        # error): refine z* to a root of the forward map itself by Newton's method on the dense
+        # Jacobian, so the oracle is that of the map T_θ as computed. Quadratic convergence from
+        # the inverse's point; a fixed count keeps the oracle free of data-dependent reads.
+        xf = _flat(x)
+        with torch.no_grad():
+            for _ in range(NEWTON_STEPS):
+                step = vmap(o.T, in_dims=(None, 0))(o.params, zf) - xf
+                zf = zf - torch.linalg.solve(jacobians(o.params, zf), step)
+        z = zf.reshape(z.shape)
+    check_pullback(_pullback_residual(o, x, z), x)
+    return zf, jacobians(o.params, zf).detach()
 
 
 def forward_standard_naive(flow: Flow, target: Target, x: Tensor) -> tuple[Tensor, Tensor]:

@@ -1,8 +1,10 @@
-"""Normalizing flows: the layer contract, coupling and scaling layers, masks, constructors."""
+"""Normalizing flows: the layer contract, coupling, scaling and continuous layers, masks,
+constructors."""
 
 from .autoregressive import MADE, MaskedAutoregressive, masked_autoregressive_flow
 from .base import Flow, Layer
 from .conditioners import MLP
+from .continuous import ContinuousLayer, VelocityMLP, continuous_flow, flow_matching_loss
 from .coupling import AdditiveCoupling, AffineCoupling, Coupling
 from .glow import ActNorm, LULinear, Permutation, glow_flow
 from .masks import alternating_mask, checkerboard_mask
@@ -22,6 +24,7 @@ __all__ = [
     "Affine",
     "AffineCoupling",
     "CircularSpline",
+    "ContinuousLayer",
     "Coupling",
     "Elementwise",
     "ElementwiseTransform",
@@ -34,8 +37,11 @@ __all__ = [
     "RationalQuadraticSpline",
     "TanhSum",
     "U1Coupling",
+    "VelocityMLP",
     "alternating_mask",
     "checkerboard_mask",
+    "continuous_flow",
+    "flow_matching_loss",
     "glow_flow",
     "masked_autoregressive_flow",
     "monotone_coupling_flow",

@@ -62,6 +62,10 @@ class Layer(nn.Module, ABC):
     """
 
     constant_log_det: bool = False
+    inverse_is_exact: bool = True
+    """``False`` where ``inverse`` inverts ``forward`` only approximately (an ODE solved
+    backwards inverts the exact flow, not the discrete forward map); the forward-KL oracles
+    then refine the inverse's point by Newton's method on the forward map."""
 
     @abstractmethod
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]: ...
