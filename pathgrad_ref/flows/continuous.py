@@ -20,6 +20,7 @@ solvers and the adjoint method come from ``torchdiffeq`` (the ``ode`` extra).
 
 from __future__ import annotations
 
+import importlib
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -135,6 +136,13 @@ def _torchdiffeq() -> Any:
     return torchdiffeq
 
 
+def _torchdiffeq_methods() -> tuple[str, ...]:
+    """The method names ``torchdiffeq.odeint`` accepts (its solver table)."""
+    _torchdiffeq()
+    table = importlib.import_module("torchdiffeq._impl.odeint").SOLVERS
+    return tuple(sorted(table))
+
+
 class ContinuousLayer(Layer):
     """``y = x(t1)`` for ``dx/dt = v(x, t)``, ``x(t0) = x``; ``log_det = ∫_{t0}^{t1} div v dt``.
 
@@ -142,8 +150,9 @@ class ContinuousLayer(Layer):
     ``(N, *event_shape)``, sample by sample. ``solver``: ``"rk4"`` (fixed step, ``steps``
     steps; the default) or a ``torchdiffeq`` method name (``"dopri5"``, ...) with tolerances
     ``atol``, ``rtol``; ``adjoint=True`` backpropagates ``forward``/``inverse`` by
-    ``torchdiffeq.odeint_adjoint`` (optimise-then-discretise). ``t0 > t1`` is allowed (zuko's
-    sampling direction).
+    ``torchdiffeq.odeint_adjoint`` (optimise-then-discretise; with ``solver="rk4"`` it runs
+    torchdiffeq's fixed-step RK4, the 3/8-rule variant, at the same step size). ``t0 > t1`` is
+    allowed (zuko's sampling direction).
 
     - ``forward`` / ``inverse`` solve ``(x, ℓ)`` with ``dℓ/dt = div v`` and keep the graph: the
       standard gradient and maximum likelihood backpropagate through the augmented solve.
@@ -190,7 +199,7 @@ class ContinuousLayer(Layer):
         self.rtol = _args.positive_real("rtol", rtol)
         self.adjoint = _args.flag("adjoint", adjoint)
         if solver not in FIXED_STEP or adjoint:
-            methods = _torchdiffeq()._impl.odeint.SOLVERS
+            methods = _torchdiffeq_methods()
             if solver not in FIXED_STEP and solver not in methods:
                 raise ValueError(
                     f"unknown solver {solver!r}; expected 'rk4' or a torchdiffeq method: "
@@ -295,7 +304,7 @@ class _AdjointRate(nn.Module):
         self.velocity = velocity
 
     def forward(self, t: Tensor, state: State) -> State:
-        return self.rate(float(t), state)
+        return self.rate(t.detach(), state)
 
 
 def continuous_flow(
@@ -310,8 +319,8 @@ def continuous_flow(
     """``N(0, I)`` on ``R^dim`` (or on an event shape such as an ``L × L`` lattice) through one
     :class:`ContinuousLayer` whose velocity is a :class:`VelocityMLP` of widths ``hidden``;
     ``t: 0 → 1``. ``zero_init`` starts at the identity map."""
-    shape = (dim,) if isinstance(dim, int) and not isinstance(dim, bool) else tuple(dim)  # type: ignore[arg-type]
-    shape = tuple(_args.integer("dim", s) for s in shape)
+    sizes = tuple(dim) if isinstance(dim, Sequence) else (dim,)
+    shape = tuple(_args.integer("dim", s) for s in sizes)
     velocity = VelocityMLP(shape, hidden, activation, zero_init)
     return Flow(StandardNormal(shape), [ContinuousLayer(velocity, steps, solver)])
 
