@@ -16,9 +16,10 @@ The checks:
 - ``precision``: the float32 precision policy (TF32 off) is in force on the device.
 - ``estimator/<setup>/<name>``: every estimator (naive oracles included) on every flow (RealNVP
   on the GMM, Z2Nice on φ⁴, the U(1) flow, the neural spline flow on the GMM, the U(1) flow
-  with circular splines): the float64 gradient on CUDA against the same on
-  the CPU (max relative difference, must be <= 1e-9); and ``estimator-f32/<setup>``: the
-  float32 fast-path gradient on CUDA against float64 on the CPU (<= 2e-3).
+  with circular splines, Glow, MAF, the continuous flow (RK4) on the GMM): the float64
+  gradient on CUDA against the same on the CPU (max relative difference, must be <= 1e-9); and
+  ``estimator-f32/<setup>``: the float32 fast-path gradient on CUDA against float64 on the CPU
+  (<= 2e-3).
 - ``float32/<case>``: the float32 tier of ``tests/test_float32.py`` on CUDA, every flow of
   ``tests/float32_cases.py`` (native and zuko): every estimator's float32 CUDA gradient
   against its float64 CPU oracle to ``64 ε₃₂ max(κ, 1)``, and the round trip of the edge points
@@ -28,8 +29,8 @@ The checks:
   (``tests/syncs.py``) in steady state: a U(1) inverse (one per
   bisection, i.e. per layer), HMC trajectories (none), and the trainer's steps (batch,
   estimator, backward, clipping, fused Adam skipping non-finite steps on the device, on-device
-  counters and plateau schedule) of the fast-path estimators on φ⁴ (none) and U(1) (one per
-  bisection in the inverse direction, none in the reverse one).
+  counters and plateau schedule) of the fast-path estimators on φ⁴ (none), the continuous flow
+  (none) and U(1) (one per bisection in the inverse direction, none in the reverse one).
 - ``paper_runs/<script>``: a few training steps of each script with ``--device cuda``, a
   forward-KL estimator so that the target-sample path (HMC on the GPU) runs; ``resume``:
   continuing the φ⁴ CUDA run from its checkpoint.
@@ -69,6 +70,7 @@ SETUPS = (
     "glow-gmm",
     "maf-gmm",
     "mafspline-gmm",
+    "continuous-gmm",
 )
 ESTIMATOR_NAMES = (
     "reverse-standard",
@@ -122,7 +124,13 @@ def _batch(setup: str, name: str, n: int = 8) -> tuple[Flow, Target, torch.Tenso
 
     from pathgrad_ref.estimators import direction
 
-    flow, target = make_setup(setup, torch.device("cpu"), torch.float64)
+    if setup == "continuous-gmm":
+        # Not in support.SETUPS: its estimators equal the oracles to the solver's error only.
+        from float32_cases import CASES
+
+        flow, target = CASES["continuous"].build()
+    else:
+        flow, target = make_setup(setup, torch.device("cpu"), torch.float64)
     if direction(name) == "reverse":
         torch.manual_seed(3)
         batch = flow.base.sample(n)
@@ -540,6 +548,16 @@ def all_checks() -> list[Check]:
             "syncs/step/u1-gauge/reverse-path-fast",
             "no host sync per step",
             _step_check("u1-gauge", "reverse-path-fast", 0),
+        ),
+        Check(
+            "syncs/step/continuous-gmm/reverse-path-fast",
+            "no host sync per step",
+            _step_check("continuous-gmm", "reverse-path-fast", 0),
+        ),
+        Check(
+            "syncs/step/continuous-gmm/forward-path-fast",
+            "no host sync per step",
+            _step_check("continuous-gmm", "forward-path-fast", 0),
         ),
         Check(
             "syncs/step/u1-gauge/forward-path-fast",
