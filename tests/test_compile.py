@@ -39,7 +39,14 @@ from pathgrad_ref.estimators import (
     per_call_finite_enabled,
     set_per_call_finite_check,
 )
-from pathgrad_ref.flows import Flow, neural_spline_flow, real_nvp, u1_flow, z2_nice
+from pathgrad_ref.flows import (
+    Flow,
+    continuous_flow,
+    neural_spline_flow,
+    real_nvp,
+    u1_flow,
+    z2_nice,
+)
 from pathgrad_ref.flows.coupling import Coupling
 from pathgrad_ref.targets import GaussianMixture, Phi4, Target, U1Gauge
 
@@ -192,6 +199,29 @@ def test_compiled_spline_flow_step_is_exact(device: torch.device) -> None:
     ``torch.where`` over the identity tails) compiles, and its fast path stays exact; one
     representative, as compilation is slow on the CPU."""
     check_compiled_step("nsf-gmm", "reverse-path-fast", device, mode=None)
+
+
+@pytest.mark.compile
+@pytest.mark.usefixtures("fresh_dynamo")
+@pytest.mark.parametrize("name", ["reverse-path-fast", "forward-path-fast"])
+def test_compiled_continuous_flow_step_is_exact(name: str, device: torch.device) -> None:
+    """A continuous flow's fast path (the score ODE inside the RK4 loop, ``torch.func.vjp`` of
+    the exact divergence per stage) compiles and equals the eager step to rounding. Two RK4
+    steps and ``aot_eager``: dynamo unrolls the solver loop, and every stage adds to the graph.
+    (Against the oracle it agrees only to the solver's error: ``tests/test_continuous.py``.)"""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        flow = continuous_flow(3, hidden=(8,), steps=2).to(device=device, dtype=torch.float64)
+    perturb(flow, 0.5)
+    target = GaussianMixture(3)
+    batch = batch_for(name, flow, target)
+    est = get_estimator(name)
+    eager_loss, eager = step_gradient(training_step(est), flow, target, batch)
+    compiled = torch.compile(training_step(est), backend="aot_eager")
+    loss, grads = step_gradient(compiled, flow, target, batch)
+    assert compiled_graphs() >= 1, "nothing was compiled: the test would compare eager code"
+    assert torch.allclose(loss, eager_loss, rtol=TOL, atol=0.0)
+    assert rel_err(grads, eager) <= TOL
 
 
 @pytest.mark.compile
