@@ -35,7 +35,7 @@ from .base import Flow, Layer
 from .conditioners import MLP
 
 State = tuple[Tensor, ...]
-Rate = Callable[[float, State], State]
+Rate = Callable[[float | Tensor, State], State]
 
 FIXED_STEP = ("rk4",)
 """Solvers of this module: fixed step, ``steps`` steps of equal length."""
