@@ -64,6 +64,7 @@ import torch
 
 import pathgrad_ref
 from pathgrad_ref.flows import ContinuousLayer, continuous_flow
+from pathgrad_ref.flows.continuous import score_rate, velocity_and_divergence
 from pathgrad_ref.targets import GaussianMixture
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -247,6 +248,101 @@ def rss_in_subprocess(row: str, estimator: str, threads: int) -> dict[str, int]:
     return result
 
 
+# ---- one RK4 stage ---------------------------------------------------------------------------
+
+STAGE_PIECES = (
+    "v",
+    "v fwd+bwd",
+    "v, (1+d)N rows",
+    "(v, div v) fwd",
+    "standard stage",
+    "fast stage",
+)
+
+
+def stage_pieces(bench: harness.Bench) -> dict[str, harness.Step]:
+    """The work of one RK4 stage, piece by piece, on the row's batch ``x`` ``(N, d)`` and
+    velocity at ``t = 0.5``, each a callable for :func:`harness.interleaved_times`:
+
+    - ``v``: ``v(x, t)`` without a graph;
+    - ``v fwd+bwd``: ``v(x, t)`` with the graph, then its backward with a cotangent ``a``
+      ``(N, d)`` into ``x`` and θ (the fast path's velocity evaluation with its share of the
+      backward pass);
+    - ``v, (1+d)N rows``: ``v`` without a graph on ``x`` repeated ``1 + d`` times, i.e. the
+      arithmetic of ``v`` and ``d`` forward-mode products done as one plain evaluation;
+    - ``(v, div v) fwd``: ``velocity_and_divergence`` without a graph (``v`` and the ``d``
+      forward-mode products);
+    - ``standard stage``: ``(v, div v)`` with the graph, then the backward with cotangents
+      ``(a, 1)`` into ``x`` and θ (what the standard gradient does per stage);
+    - ``fast stage``: ``score_rate`` (the input-only VJP of ``u ↦ (v, div v)`` with cotangent
+      ``(s, 1)``) plus ``v fwd+bwd`` (what the fast path does per stage).
+
+    The RK4 combinations and the target's terms are left out: they are the same for both."""
+    layer = layer_of(bench)
+    velocity = layer.velocity
+    x0 = bench.batches["reverse"]
+    t = torch.tensor(0.5, dtype=x0.dtype, device=x0.device)
+    gen = torch.Generator(device=x0.device).manual_seed(1)
+    a = torch.randn(x0.shape, generator=gen, dtype=x0.dtype, device=x0.device)
+    s = torch.randn(x0.shape, generator=gen, dtype=x0.dtype, device=x0.device)
+    ones = torch.ones(x0.shape[0], dtype=x0.dtype, device=x0.device)
+    stacked = x0.repeat(1 + int(bench.sizes["dim"]), 1)
+
+    def plain() -> torch.Tensor:
+        with torch.no_grad():
+            out: torch.Tensor = velocity(x0, t)
+        return out
+
+    def plain_fwd_bwd() -> torch.Tensor:
+        velocity.zero_grad(set_to_none=True)
+        x = x0.detach().requires_grad_(True)
+        v = velocity(x, t)
+        torch.autograd.backward(v, a)
+        return v.detach()
+
+    def plain_stacked() -> torch.Tensor:
+        with torch.no_grad():
+            out: torch.Tensor = velocity(stacked, t)
+        return out
+
+    def jacobian_fwd() -> torch.Tensor:
+        with torch.no_grad():
+            _, div = velocity_and_divergence(velocity, x0, t)
+        return div
+
+    def standard() -> torch.Tensor:
+        velocity.zero_grad(set_to_none=True)
+        x = x0.detach().requires_grad_(True)
+        v, div = velocity_and_divergence(velocity, x, t)
+        torch.autograd.backward((v, div), (a, ones))
+        return div.detach()
+
+    def fast() -> torch.Tensor:
+        ds = score_rate(velocity, x0, s, t)[2]
+        plain_fwd_bwd()
+        return ds
+
+    pieces = (plain, plain_fwd_bwd, plain_stacked, jacobian_fwd, standard, fast)
+    return dict(zip(STAGE_PIECES, pieces, strict=True))
+
+
+def measure_stages(bench: harness.Bench, rounds: int, min_block: float) -> dict[str, Any]:
+    """Seconds per call of every :func:`stage_pieces` entry (interleaved rounds, as the steps),
+    and ``fast stage / standard stage`` round by round."""
+    pieces = stage_pieces(bench)
+    probe = harness.interleaved_times(pieces, bench.device, rounds=1, warmup=2)
+    k = max(1, math.ceil(min_block / max(max(v[0] for v in probe.values()), 1e-9)))
+    times = harness.interleaved_times(
+        pieces, bench.device, rounds=rounds, steps_per_round=k, warmup=0
+    )
+    ratio = harness.round_ratios(times, "fast stage", "standard stage")
+    return {
+        "calls_per_round": k,
+        "time_s": {n: {**harness.summary(v), "values": v} for n, v in times.items()},
+        "fast stage / standard stage": {**harness.summary(ratio), "values": ratio},
+    }
+
+
 # ---- one row ---------------------------------------------------------------------------------
 
 
@@ -287,6 +383,7 @@ def measure_row(
         vals = harness.round_ratios(times, num, den)
         ratios[f"{num} / {den}"] = {**harness.summary(vals), "values": vals}
     nfe = {e: count_evaluations(bench, e) for e in harness.ESTIMATORS}
+    stages = measure_stages(bench, rounds, min_block / 2)
     memory: dict[str, Any] = {}
     for e in harness.ESTIMATORS:
         m = harness.step_memory(steps[e], device)
@@ -321,6 +418,7 @@ def measure_row(
         "step_time_s": {n: {**harness.summary(v), "values": v} for n, v in times.items()},
         "ratios": ratios,
         "velocity_evaluations": nfe,
+        "stage": stages,
         "memory": memory,
         "rss": rss_record,
         "provenance": harness.provenance(device),
@@ -524,6 +622,29 @@ def render(doc: Mapping[str, Any]) -> str:
             for e in harness.ESTIMATORS
         )
         lines += ["", f"Log-log slope of step time against d over {dims}: {slopes}."]
+    staged = [n for n in rows if "stage" in rows[n]]
+    if staged:
+        lines += [
+            "",
+            "One RK4 stage, piece by piece (`stage_pieces`: ms per call, medians over "
+            "interleaved rounds; *overhead* = `(v, div v) fwd` over `v, (1+d)N rows`: the "
+            "forward-mode products against the same arithmetic as one plain evaluation):",
+            "",
+            "| row | v | v fwd+bwd | v, (1+d)N rows | (v, div v) fwd | overhead | standard stage "
+            "| fast stage | fast / standard stage | work model |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for n in staged:
+            st, d = rows[n]["stage"], int(rows[n]["sizes"]["dim"])
+            ms = {k: 1e3 * v["median"] for k, v in st["time_s"].items()}
+            over = ms["(v, div v) fwd"] / ms["v, (1+d)N rows"]
+            cells = [n, *(f"{ms[k]:.3f}" for k in STAGE_PIECES), f"{over:.1f}"]
+            cells.insert(5, cells.pop())  # overhead after the forward it describes
+            cells += [
+                f"{st['fast stage / standard stage']['median']:.2f}",
+                f"{work_model_ratio(d):.2f}",
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
         "Velocity evaluations per training step: calls of the velocity module's `forward`, "
