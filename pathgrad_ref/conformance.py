@@ -18,8 +18,13 @@ float64 arrays, readable by numpy alone (``np.load``). Stored per case, for ``N`
   layers (``i = L−1, …, 0``), the inverse layer's log-det and the score carried through it from
   ``s = ∇ log p(x) = −∇S(x)``; ``inverse/log_q`` (``log q_θ(x)``), ``inverse/action``,
   ``inverse/force`` at ``x``;
-- ``loss/<estimator>``, ``log_w/<direction>`` and ``grad/<estimator>/<name>`` for every estimator
-  of :data:`pathgrad_ref.estimators.ESTIMATORS` (reverse ones on ``z``, forward ones on ``x``).
+- ``loss/<estimator>`` and ``grad/<estimator>/<name>`` for every estimator of
+  :data:`pathgrad_ref.estimators.ESTIMATORS` (reverse ones on ``z``, forward ones on ``x``),
+  and ``log_w/<direction>`` from the flow's ``log q`` (the standard estimators');
+- for a continuous layer ``i`` (an ODE solved by fixed-step RK4), the solver's state after each
+  step ``k = 1, …, steps``: ``forward/ode/{x,log_det,score}/<i>/<k>`` (from ``t0`` towards
+  ``t1``) and ``inverse/ode/{x,log_det,score}/<i>/<k>`` (from ``t1`` back towards ``t0``), the
+  log-det accumulated from 0 at the layer's input; step ``steps`` is the layer's output.
 
 The docs (``docs/porting.md``) explain how a port checks itself against these files.
 """
@@ -42,7 +47,16 @@ import torch
 from torch import Tensor, nn
 
 from .estimators import ESTIMATORS, direction, get_estimator, gradient
-from .flows import Flow, monotone_coupling_flow, neural_spline_flow, real_nvp, u1_flow, z2_nice
+from .flows import (
+    Flow,
+    continuous_flow,
+    monotone_coupling_flow,
+    neural_spline_flow,
+    real_nvp,
+    u1_flow,
+    z2_nice,
+)
+from .flows.continuous import ContinuousLayer, VelocityMLP
 from .flows.coupling import AdditiveCoupling, AffineCoupling, Coupling
 from .flows.implicit import EXPANSIONS, INITIAL_BOUND, default_tolerance
 from .flows.monotone import TanhSum
@@ -57,7 +71,8 @@ LIBRARY_TOL = 1e-12
 
 # What a port in float64 should reach, per case (stated in every manifest). Explicit flows are
 # exact to rounding; the U(1) inverse is a bisection to 1e-13 per element, and its errors are
-# amplified through 8 layers and by the 1/h' of the implicit gradients.
+# amplified through 8 layers and by the 1/h' of the implicit gradients. The continuous flow is
+# a fixed sequence of RK4 steps, exact to rounding too: a port runs the same discrete map.
 PORT_TOL = {
     "realnvp_gmm_d6": {"rtol": 1e-10, "atol": 1e-10},
     "z2nice_phi4_4x4": {"rtol": 1e-10, "atol": 1e-10},
@@ -65,6 +80,7 @@ PORT_TOL = {
     "nsf_gmm_d4": {"rtol": 1e-10, "atol": 1e-10},
     "u1_circular_4x4": {"rtol": 1e-10, "atol": 1e-10},
     "tanhsum_gmm_d4": {"rtol": 1e-10, "atol": 1e-10},
+    "cnf_gmm_d3": {"rtol": 1e-10, "atol": 1e-10},
 }
 
 Arrays = dict[str, npt.NDArray[np.float64]]
@@ -147,6 +163,18 @@ def _tanhsum_gmm() -> tuple[Flow, Target]:
     return flow, GaussianMixture(4)
 
 
+CNF_STEPS = 8
+"""RK4 steps of the continuous case: a power of two, so that every stage time ``t0 + n h`` and
+``t0 + n h + h/2`` is exact in binary floating point and no port can round it differently."""
+
+
+def _cnf_gmm() -> tuple[Flow, Target]:
+    with _seeded(0):
+        flow = continuous_flow(3, hidden=(8,), steps=CNF_STEPS).double()
+    _perturb(flow, 0.3, seed=1)
+    return flow, GaussianMixture(3)
+
+
 def _gmm_points(flow: Flow, target: Target, gen: torch.Generator, n: int) -> Tensor:
     return target.sample(n, gen)
 
@@ -206,6 +234,15 @@ CASES: dict[str, Case] = {
             "Root-found monotone couplings (4 couplings of a linear map plus 2 positive tanh "
             "steps, inverse by bisection with implicit gradients, alternating masks, MLP 8-8 "
             "tanh) on the Gaussian mixture in d = 4; x are exact mixture samples",
+        ),
+        Case(
+            "cnf_gmm_d3",
+            _cnf_gmm,
+            _gmm_points,
+            f"Continuous flow dx/dt = v(x, t), t from 0 to 1, v an MLP of [x, t] (one hidden "
+            f"layer of 8, tanh), {CNF_STEPS} classical RK4 steps, exact divergence, the score "
+            f"ODE solved with the state, on the Gaussian mixture in d = 3; x are exact mixture "
+            f"samples",
         ),
     )
 }
@@ -429,7 +466,57 @@ def _coupling_entry(i: int, layer: Coupling) -> dict[str, Any]:
     }
 
 
+_RK4 = (
+    "classical RK4 on the state Y (a tuple, every component advanced together) with rate "
+    "F(t, Y): h = (t_end - t_start) / steps; for n = 0, ..., steps - 1, t_n = t_start + n h: "
+    "k1 = F(t_n, Y), k2 = F(t_n + h/2, Y + (h/2) k1), k3 = F(t_n + h/2, Y + (h/2) k2), "
+    "k4 = F(t_n + h, Y + h k3), Y <- Y + (h/6) (k1 + 2 k2 + 2 k3 + k4)"
+)
+
+
+def _continuous_entry(i: int, layer: ContinuousLayer) -> dict[str, Any]:
+    velocity = layer.velocity
+    if not isinstance(velocity, VelocityMLP) or layer.solver != "rk4" or layer.adjoint:
+        raise TypeError("a continuous case needs a VelocityMLP solved by the fixed-step 'rk4'")
+    net = velocity.net.net
+    assert isinstance(net, nn.Sequential)
+    return {
+        "kind": "continuous",
+        "t0": layer.t0,
+        "t1": layer.t1,
+        "steps": layer.steps,
+        "solver": "rk4",
+        "inverse_is_exact": layer.inverse_is_exact,
+        "velocity": {
+            "kind": "mlp",
+            "activation": type(net[1]).__name__.lower() if len(net) > 1 else "none",
+            "layers": _linear_stack(f"layers.{i}.velocity.net.net", net),
+            "input": "[x_flat, t]: the flat sample (d features, row-major) followed by the time "
+            "t as the last feature (d + 1 features)",
+            "output": "(N, d): v(x, t) = dx/dt, in the flat order of x",
+        },
+        "rk4": _RK4,
+        "transform": "y = x(t1) for dx/dt = v(x, t), x(t0) = x: the RK4 of the state (x, l) "
+        "from t_start = t0 to t_end = t1 with rate (v(x, t), div v(x, t)), l(t0) = 0; "
+        "div v = tr dv/dx, the exact trace of the d x d Jacobian; log|det| = l(t1). This "
+        "discrete map is the flow (its Jacobian determinant is exp(l) only to O(h^4))",
+        "inverse": "the same RK4 of (x, l) from t_start = t1 to t_end = t0 (h < 0): x(t0) and "
+        "log|det dx/dy| = l(t0); it inverts the discrete forward map only to O(h^4) "
+        "(inverse_is_exact false). The forward-KL oracles (*-naive) take this point and refine "
+        "it by 4 Newton steps z <- z - J(z)^-1 (T(z) - x) on the discrete forward map T with "
+        "its dense Jacobian J, then work at that root",
+        "score": "score steps (forward/inverse score, the *-fast estimators): the RK4 of "
+        "(x, l, s) over the same interval (t0 to t1 for the forward pass from s = grad log q0(z); "
+        "t1 to t0 for the inverse pass from s = -grad S(x)) with rate (v, div v, -J^T s - "
+        "grad_x div v), J = dv/dx at (x, t); the rates of l and s are evaluated with the "
+        "parameters and the state held fixed, so the parameter derivative of the output (the "
+        "point of the path gradient) runs through the x stages alone",
+    }
+
+
 def _layer_entry(i: int, layer: nn.Module) -> dict[str, Any]:
+    if isinstance(layer, ContinuousLayer):
+        return _continuous_entry(i, layer)
     if isinstance(layer, Coupling):
         return _coupling_entry(i, layer)
     if isinstance(layer, GlobalScaling):
@@ -519,6 +606,44 @@ def _np(t: Tensor) -> npt.NDArray[np.float64]:
     return np.asarray(t.detach().cpu().to(torch.float64).numpy(), dtype=np.float64)
 
 
+def _ode_steps(
+    layer: ContinuousLayer, x: Tensor, score: Tensor, inverse: bool
+) -> list[tuple[Tensor, Tensor, Tensor]]:
+    """``(x, log_det, score)`` after each of the layer's RK4 steps, ``steps`` entries of shapes
+    ``(N, d)``, ``(N,)``, ``(N, d)``, the log-det accumulated from 0.
+
+    Each step is a one-step layer on ``[t_n, t_n + h]`` sharing the velocity, so the library's
+    own score step computes it; with a power-of-two step count its times and its ``h`` are
+    exactly the full solve's (``tests/test_conformance.py`` checks that the last entry is the
+    layer's output)."""
+    start, end = (layer.t1, layer.t0) if inverse else (layer.t0, layer.t1)
+    h = (end - start) / layer.steps
+    out = []
+    log_det = x.new_zeros(x.shape[0])
+    for n in range(layer.steps):
+        a, b = start + n * h, start + (n + 1) * h
+        # A one-step layer solves from its t0 to its t1 forward and from t1 to t0 inverse.
+        step = ContinuousLayer(layer.velocity, 1, t0=b if inverse else a, t1=a if inverse else b)
+        leaf = x.detach().requires_grad_(True)
+        if inverse:
+            x, ld, score = step.inverse_and_score(leaf, score)
+        else:
+            x, ld, score = step.forward_and_score(leaf, score)
+        log_det = log_det + ld
+        out.append((x, log_det, score))
+    return out
+
+
+def _record_ode(
+    arrays: Arrays, key: str, i: int, layer: ContinuousLayer, x: Tensor, score: Tensor
+) -> None:
+    """``<key>/ode/{x,log_det,score}/<i>/<k>``, ``k = 1, …, steps``, for the pass ``key``."""
+    for k, (xk, ldk, sk) in enumerate(_ode_steps(layer, x, score, key == "inverse"), start=1):
+        arrays[f"{key}/ode/x/{i}/{k}"] = _np(xk)
+        arrays[f"{key}/ode/log_det/{i}/{k}"] = _np(ldk)
+        arrays[f"{key}/ode/score/{i}/{k}"] = _np(sk)
+
+
 def compute(case: Case) -> tuple[dict[str, Any], Arrays]:
     """The manifest and all arrays of ``case``, from the library as it is now."""
     flow, target = case.build()
@@ -532,7 +657,9 @@ def compute(case: Case) -> tuple[dict[str, Any], Arrays]:
     h = z.detach().clone().requires_grad_(True)
     score = flow.base.score(z)
     for i, layer in enumerate(layers):
-        assert isinstance(layer, Coupling | GlobalScaling)
+        assert isinstance(layer, Coupling | GlobalScaling | ContinuousLayer)
+        if isinstance(layer, ContinuousLayer):
+            _record_ode(arrays, "forward", i, layer, h, score)
         h, log_det, score = layer.forward_and_score(h, score)
         arrays[f"forward/x/{i}"] = _np(h)
         arrays[f"forward/log_det/{i}"] = _np(log_det)
@@ -546,7 +673,9 @@ def compute(case: Case) -> tuple[dict[str, Any], Arrays]:
     score = -target.force(x)
     for i in reversed(range(len(layers))):
         layer = layers[i]
-        assert isinstance(layer, Coupling | GlobalScaling)
+        assert isinstance(layer, Coupling | GlobalScaling | ContinuousLayer)
+        if isinstance(layer, ContinuousLayer):
+            _record_ode(arrays, "inverse", i, layer, h, score)
         h, log_det, score = layer.inverse_and_score(h, score)
         arrays[f"inverse/x/{i}"] = _np(h)
         arrays[f"inverse/log_det/{i}"] = _np(log_det)
@@ -559,7 +688,11 @@ def compute(case: Case) -> tuple[dict[str, Any], Arrays]:
         batch = z if direction(name) == "reverse" else x
         loss, log_w = get_estimator(name)(flow, target, batch)
         arrays[f"loss/{name}"] = _np(loss)
-        arrays[f"log_w/{direction(name)}"] = _np(log_w)
+        # log w of the flow's own log q (its layers' log-dets, as forward/log_q and
+        # inverse/log_q), from the first estimator of each direction, the standard one. The
+        # oracles' log q is a dense slogdet: equal to rounding for the explicit and root-found
+        # layers, but O(h^4) away from an ODE layer's RK4 log-det.
+        arrays.setdefault(f"log_w/{direction(name)}", _np(log_w))
         for pname, g in gradient(name, flow, target, batch).items():
             arrays[f"grad/{name}/{pname}"] = _np(g)
     return manifest(case, flow, target), arrays

@@ -49,6 +49,22 @@ def test_vectors_are_complete_and_small(name: str) -> None:
         assert sorted({layer["mu"] for layer in meta["layers"]}) == [0, 1]
 
 
+def test_continuous_steps_end_at_the_layer_output() -> None:
+    """The RK4 intermediates of a continuous layer (one-step layers sharing its velocity) are
+    the steps of its own solve: every step is recorded, and the last is the layer's output in
+    both passes, to the last bit (the step times are dyadic, the arithmetic the same)."""
+    meta, arrays = conformance.load(conformance.DEFAULT_DIR, "cnf_gmm_d3")
+    ((i, layer),) = [(i, e) for i, e in enumerate(meta["layers"]) if e["kind"] == "continuous"]
+    steps = layer["steps"]
+    for d in ("forward", "inverse"):
+        for what in ("x", "log_det", "score"):
+            recorded = sorted(k for k in arrays if k.startswith(f"{d}/ode/{what}/{i}/"))
+            assert len(recorded) == steps
+            np.testing.assert_array_equal(
+                arrays[f"{d}/ode/{what}/{i}/{steps}"], arrays[f"{d}/{what}/{i}"]
+            )
+
+
 def test_a_changed_mask_cycle_fails(monkeypatch: pytest.MonkeyPatch, one_thread: None) -> None:
     """The review's alternative cycle ``offset = ((i + 1) // 2) % 4`` is just as valid a flow,
     and exactly what the vectors must catch."""

@@ -40,11 +40,25 @@ def port_arrays(meta: dict[str, Any], vec: dict[str, np.ndarray]) -> dict[str, n
     def put(key: str, value: jax.Array, batch_shape: tuple[int, ...] = shape) -> None:
         out[key] = np.asarray(value).reshape(batch_shape if value.ndim > 1 else value.shape)
 
+    def put_ode(key: str, i: int, x_in: jax.Array, s_in: jax.Array) -> None:
+        """The RK4 steps of continuous layer ``i`` from its input ``(x_in, s_in)``."""
+        layer = model.layers[i]
+        if not isinstance(layer, pj.Continuous):
+            return
+        inverse = key == "inverse"
+        trace = jax.vmap(lambda u, s: pj.ode_trace(params, layer, u, s, inverse))(x_in, s_in)
+        for k, (xk, ldk, sk) in enumerate(trace, start=1):
+            put(f"{key}/ode/x/{i}/{k}", xk)
+            put(f"{key}/ode/log_det/{i}/{k}", ldk)
+            put(f"{key}/ode/score/{i}/{k}", sk)
+
     xs, lds, ss = jax.vmap(lambda u: pj.forward_trace(params, model, u))(z)
+    s0 = jax.vmap(lambda u: pj.score_q0(model, u))(z)
     for i in range(len(model.layers)):
         put(f"forward/x/{i}", xs[i])
         put(f"forward/log_det/{i}", lds[i])
         put(f"forward/score/{i}", ss[i])
+        put_ode("forward", i, z if i == 0 else xs[i - 1], s0 if i == 0 else ss[i - 1])
     x_fwd = xs[-1]
     log_q_fwd = jax.vmap(lambda u: pj.log_q0(model, u))(z) - sum(lds)
     s_fwd = jax.vmap(lambda v: pj.action(model, v))(x_fwd)
@@ -54,10 +68,12 @@ def port_arrays(meta: dict[str, Any], vec: dict[str, np.ndarray]) -> dict[str, n
 
     force_x = jax.vmap(lambda v: pj.force(model, v))(x)
     zs, ilds, iss = jax.vmap(lambda v, s: pj.inverse_trace(params, model, v, s))(x, -force_x)
+    last = len(model.layers) - 1
     for i in range(len(model.layers)):
         put(f"inverse/x/{i}", zs[i])
         put(f"inverse/log_det/{i}", ilds[i])
         put(f"inverse/score/{i}", iss[i])
+        put_ode("inverse", i, x if i == last else zs[i + 1], -force_x if i == last else iss[i + 1])
     log_q_x = jax.vmap(lambda v: pj.log_q(params, model, v))(x)
     s_x = jax.vmap(lambda v: pj.action(model, v))(x)
     put("inverse/log_q", log_q_x)

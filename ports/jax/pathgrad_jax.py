@@ -5,9 +5,9 @@ spline couplings (the neural spline flow, section 4.4), the global scaling layer
 gauge-equivariant U(1) coupling (tan mixtures, conv conditioner, bisection inverse with
 implicit-function-theorem derivatives; or circular splines with their closed-form inverse), a
 root-found monotone coupling (a linear map plus positive tanh steps, bisection inverse with
-bracket expansion and implicit-function-theorem derivatives), the standard normal and uniform
-bases,
-the Gaussian-mixture, φ⁴ and U(1) Wilson actions, the standard and
+bracket expansion and implicit-function-theorem derivatives), a continuous flow (``dx/dt =
+v(x, t)`` by fixed-step RK4 with the exact divergence and the score ODE), the standard normal
+and uniform bases, the Gaussian-mixture, φ⁴ and U(1) Wilson actions, the standard and
 fast-path (Algorithm 1) estimators of both KL directions, the drop-in estimators (Algorithms 2
 and 3) and a naive ``jax.grad`` / dense-Jacobian oracle of each direction. The architecture is
 read from a conformance manifest (``conformance/<case>/manifest.json``); parameters are a flat
@@ -132,7 +132,27 @@ class TanhSumCoupling:
         return 1 + 3 * self.components
 
 
-Layer = Coupling | Scaling | U1Coupling | SplineCoupling | U1SplineCoupling | TanhSumCoupling
+@dataclass(frozen=True)
+class Continuous:
+    """``y = x(t1)`` for ``dx/dt = v(x, t)``, ``x(t0) = x``, by ``steps`` classical RK4 steps;
+    ``v(x, t) = MLP([x, t])`` (tanh), the time the MLP's last input feature."""
+
+    weights: tuple[str, ...]
+    biases: tuple[str | None, ...]
+    t0: float
+    t1: float
+    steps: int
+
+
+Layer = (
+    Coupling
+    | Scaling
+    | U1Coupling
+    | SplineCoupling
+    | U1SplineCoupling
+    | TanhSumCoupling
+    | Continuous
+)
 
 
 @dataclass(frozen=True)
@@ -145,6 +165,12 @@ class Model:
     @property
     def dim(self) -> int:
         return math.prod(self.event_shape)
+
+    @property
+    def inverse_is_exact(self) -> bool:
+        """``False`` where a layer's inverse only approximates its forward map (an ODE solved
+        backwards by RK4 inverts the exact flow, not the discrete forward map)."""
+        return not any(isinstance(layer, Continuous) for layer in self.layers)
 
 
 class UnsupportedError(ValueError):
@@ -217,6 +243,22 @@ def model_from_manifest(meta: dict[str, Any]) -> Model:
                     min_bin_width=float(entry["min_bin_width"]),
                     min_bin_height=float(entry["min_bin_height"]),
                     min_derivative=float(entry["min_derivative"]),
+                )
+            )
+        elif kind == "continuous":
+            net = entry["velocity"]
+            if entry["solver"] != "rk4" or net["kind"] != "mlp" or net["activation"] != "tanh":
+                raise UnsupportedError(
+                    f"continuous layer with solver {entry['solver']!r} and velocity "
+                    f"{net['kind']}/{net['activation']}"
+                )
+            layers.append(
+                Continuous(
+                    weights=tuple(lin["weight"] for lin in net["layers"]),
+                    biases=tuple(lin["bias"] for lin in net["layers"]),
+                    t0=float(entry["t0"]),
+                    t1=float(entry["t1"]),
+                    steps=int(entry["steps"]),
                 )
             )
         elif kind == "global_scaling":
@@ -313,19 +355,25 @@ def log_z(model: Model) -> float:
 # --- layers ------------------------------------------------------------------------------------
 
 
-def conditioner(
-    params: Params, layer: Coupling | SplineCoupling | TanhSumCoupling, b: Array
+def mlp(
+    params: Params, weights: tuple[str, ...], biases: tuple[str | None, ...], h: Array
 ) -> Array:
-    """MLP with tanh between linear maps ``y = W h + c``; output read as ``(n_params, n_a)``."""
-    h = b
-    last = len(layer.weights) - 1
-    for i, (w, c) in enumerate(zip(layer.weights, layer.biases, strict=True)):
+    """Linear maps ``y = W h + c`` (``W`` of shape ``(out, in)``) with tanh between them."""
+    last = len(weights) - 1
+    for i, (w, c) in enumerate(zip(weights, biases, strict=True)):
         h = params[w] @ h
         if c is not None:
             h = h + params[c]
         if i < last:
             h = jnp.tanh(h)
-    return h.reshape(layer.n_params, layer.active.size)
+    return h
+
+
+def conditioner(
+    params: Params, layer: Coupling | SplineCoupling | TanhSumCoupling, b: Array
+) -> Array:
+    """The tanh MLP of ``b``, output read as ``(n_params, n_a)``."""
+    return mlp(params, layer.weights, layer.biases, b).reshape(layer.n_params, layer.active.size)
 
 
 def _affine_or_additive(
@@ -640,6 +688,106 @@ def _tanh_sum_map(
     return tanh_sum(a, p, K), jnp.log(d1), d2 / d1
 
 
+# --- a continuous flow: fixed-step RK4 of the state, the log-det and the score ODE --------------
+
+State = tuple[Array, ...]
+Rate = Callable[[float, State], State]
+
+
+def velocity(params: Params, layer: Continuous, x: Array, t: float) -> Array:
+    """``v(x, t) = MLP([x, t])``, ``x (d,)`` to ``(d,)``: the time is the last input feature."""
+    return mlp(params, layer.weights, layer.biases, jnp.append(x, jnp.asarray(t, x.dtype)))
+
+
+def divergence(params: Params, layer: Continuous, x: Array, t: float) -> Array:
+    """``div v = tr ∂v/∂x``, a scalar: the exact trace of the ``d × d`` forward-mode Jacobian."""
+    return jnp.trace(jax.jacfwd(lambda u: velocity(params, layer, u, t))(x))
+
+
+def rk4(rate: Rate, state: State, t_start: float, t_end: float, steps: int) -> list[State]:
+    """``Y ← Y + (h/6)(k1 + 2 k2 + 2 k3 + k4)`` per step, ``h = (t_end − t_start)/steps``
+    (either order), the stages ``k = rate(t, Y)`` at ``t_n``, ``t_n + h/2`` (twice) and
+    ``t_n + h``, ``t_n = t_start + n h``: the classical RK4. Returns the state (a tuple of
+    arrays of any shapes) after each of the ``steps`` steps. A Python loop, so the discrete map,
+    not the exact flow, is what every transform differentiates."""
+    h = (t_end - t_start) / steps
+
+    def axpy(a: float, k: State, y: State) -> State:
+        return tuple(yi + a * ki for yi, ki in zip(y, k, strict=True))
+
+    out = []
+    for n in range(steps):
+        t = t_start + n * h
+        k1 = rate(t, state)
+        k2 = rate(t + 0.5 * h, axpy(0.5 * h, k1, state))
+        k3 = rate(t + 0.5 * h, axpy(0.5 * h, k2, state))
+        k4 = rate(t + h, axpy(h, k3, state))
+        state = tuple(
+            y + (h / 6.0) * (a + 2.0 * b + 2.0 * c + d)
+            for y, a, b, c, d in zip(state, k1, k2, k3, k4, strict=True)
+        )
+        out.append(state)
+    return out
+
+
+def _interval(layer: Continuous, inverse: bool) -> tuple[float, float]:
+    """``(t_start, t_end)``: ``t0 → t1`` forward, ``t1 → t0`` for the inverse."""
+    return (layer.t1, layer.t0) if inverse else (layer.t0, layer.t1)
+
+
+def continuous_point(params: Params, layer: Continuous, x: Array, inverse: bool) -> Array:
+    """``x(t_end)`` alone, ``(d,)``: the state's solve without the log-det, whose divergence
+    would cost every dense Jacobian of the oracle a nested ``jacfwd`` for nothing. Its
+    arithmetic on ``x`` is that of :func:`continuous_map`, so the two points are equal."""
+
+    def rate(t: float, st: State) -> State:
+        return (velocity(params, layer, st[0], t),)
+
+    return rk4(rate, (x,), *_interval(layer, inverse), layer.steps)[-1][0]
+
+
+def continuous_map(
+    params: Params, layer: Continuous, x: Array, inverse: bool
+) -> tuple[Array, Array]:
+    """``(x(t_end), ℓ(t_end))``: RK4 of ``(x, ℓ)`` with ``dℓ/dt = div v``, ``ℓ = 0`` at the
+    start; ``ℓ`` is ``log|det|`` of the layer (``< 0`` times ``∫ div`` for the inverse)."""
+
+    def rate(t: float, st: State) -> State:
+        return velocity(params, layer, st[0], t), divergence(params, layer, st[0], t)
+
+    y, ell = rk4(rate, (x, jnp.zeros((), x.dtype)), *_interval(layer, inverse), layer.steps)[-1]
+    return y, ell
+
+
+def score_rate(params: Params, layer: Continuous, x: Array, s: Array, t: float) -> State:
+    """``(v, div v, ds/dt)`` with ``ds/dt = −Jᵀ s − ∇_x div v``, ``J = ∂v/∂x``: one VJP of
+    ``u ↦ (v(u, t), div v(u, t))`` with cotangent ``(s, 1)``. ``v`` keeps its dependence on
+    ``x`` and the parameters; ``div v`` and ``ds/dt`` are values at fixed parameters and state,
+    so that a parameter derivative of the solve runs through the ``x`` stages alone."""
+    fixed = sg_tree(params)
+
+    def field(u: Array) -> tuple[Array, Array]:
+        return velocity(fixed, layer, u, t), divergence(fixed, layer, u, t)
+
+    (_, div), pullback = jax.vjp(field, sg(x))
+    (g,) = pullback((sg(s), jnp.ones_like(div)))
+    return velocity(params, layer, x, t), sg(div), sg(-g)
+
+
+def ode_trace(
+    params: Params, layer: Continuous, x: Array, s: Array, inverse: bool
+) -> list[tuple[Array, Array, Array]]:
+    """``(x, ℓ, s)`` after each RK4 step of the score ODE (``steps`` entries; shapes ``(d,)``,
+    ``()``, ``(d,)``): from ``t0`` to ``t1``, or from ``t1`` back to ``t0`` for the inverse."""
+
+    def rate(t: float, st: State) -> State:
+        return score_rate(params, layer, st[0], st[2], t)
+
+    start = (x, jnp.zeros((), x.dtype), s)
+    trace = rk4(rate, start, *_interval(layer, inverse), layer.steps)
+    return [(y, sg(ell), sg(sy)) for y, ell, sy in trace]
+
+
 Conditioned = Coupling | U1Coupling | SplineCoupling | U1SplineCoupling | TanhSumCoupling
 
 
@@ -666,6 +814,8 @@ def elementwise(
 
 def layer_map(params: Params, layer: Layer, x: Array, inverse: bool) -> tuple[Array, Array]:
     """``(T_l(x), log|det ∂T_l/∂x|)`` or the same for ``T_l^{-1}``."""
+    if isinstance(layer, Continuous):
+        return continuous_map(params, layer, x, inverse)
     if isinstance(layer, Scaling):
         gamma = params[layer.parameter]
         sign = -1.0 if inverse else 1.0
@@ -679,7 +829,11 @@ def layer_score(
     params: Params, layer: Layer, x: Array, s: Array, inverse: bool
 ) -> tuple[Array, Array, Array]:
     """``(y, log_det, s')`` with ``s' = J^{-T}(s − ∇ log|det J|)`` by the closed forms (4.2),
-    (4.5); parameters held fixed in ``s'``."""
+    (4.5), or for a continuous layer by the score ODE solved with the state (:func:`ode_trace`);
+    parameters held fixed in ``s'``."""
+    if isinstance(layer, Continuous):
+        # Algorithm 1 for an ODE: the score is solved with the state (the score ODE).
+        return ode_trace(params, layer, x, s, inverse)[-1]
     y, log_det = layer_map(params, layer, x, inverse)
     if isinstance(layer, Scaling):
         gamma = sg(params[layer.parameter])
@@ -721,6 +875,26 @@ def pull(params: Params, model: Model, x: Array) -> tuple[Array, Array]:
         x, ld = layer_map(params, layer, x, inverse=True)
         total = total + ld
     return x, total
+
+
+def _point(params: Params, layer: Layer, x: Array, inverse: bool) -> Array:
+    if isinstance(layer, Continuous):
+        return continuous_point(params, layer, x, inverse)
+    return layer_map(params, layer, x, inverse)[0]
+
+
+def push_x(params: Params, model: Model, z: Array) -> Array:
+    """``T(z)`` alone: :func:`push`'s point without computing log-dets that are not used."""
+    for layer in model.layers:
+        z = _point(params, layer, z, inverse=False)
+    return z
+
+
+def pull_x(params: Params, model: Model, x: Array) -> Array:
+    """``T^{-1}(x)`` alone."""
+    for layer in reversed(model.layers):
+        x = _point(params, layer, x, inverse=True)
+    return x
 
 
 def log_q(params: Params, model: Model, x: Array) -> Array:
@@ -791,7 +965,7 @@ def reverse_path_fast(params: Params, model: Model, z: Array) -> Array:
         return -action(model, x) - lq, ss[-1] + force(model, x)
 
     log_w, G = jax.vmap(one)(z)
-    x_theta = jax.vmap(lambda u: push(params, model, u)[0])(z)
+    x_theta = jax.vmap(lambda u: push_x(params, model, u))(z)
     return _surrogate(_kl(model, log_w, "reverse"), G, x_theta)
 
 
@@ -808,9 +982,9 @@ def _data_field(params: Params, model: Model, x: Array) -> tuple[Array, Array]:
 def reverse_path_dropin(params: Params, model: Model, z: Array) -> Array:
     """Algorithm 2."""
     fixed = sg_tree(params)
-    x = jax.vmap(lambda u: push(fixed, model, u)[0])(z)
+    x = jax.vmap(lambda u: push_x(fixed, model, u))(z)
     log_w, G = jax.vmap(lambda v: _data_field(fixed, model, v))(x)
-    x_theta = jax.vmap(lambda u: push(params, model, u)[0])(z)
+    x_theta = jax.vmap(lambda u: push_x(params, model, u))(z)
     return _surrogate(_kl(model, log_w, "reverse"), G, x_theta)
 
 
@@ -824,8 +998,8 @@ def forward_path_gdreg(params: Params, model: Model, x: Array) -> Array:
     """Algorithm 3."""
     fixed = sg_tree(params)
     log_w, G = jax.vmap(lambda v: _data_field(fixed, model, v))(x)
-    z = jax.vmap(lambda v: pull(fixed, model, v)[0])(x)
-    x_theta = jax.vmap(lambda u: push(params, model, u)[0])(z)
+    z = jax.vmap(lambda v: pull_x(fixed, model, v))(x)
+    x_theta = jax.vmap(lambda u: push_x(params, model, u))(z)
     return _surrogate(_kl(model, log_w, "forward"), G, x_theta)
 
 
@@ -839,7 +1013,7 @@ def forward_path_fast(params: Params, model: Model, x: Array) -> Array:
         return -action(model, v) - lq, ss[0] - score_q0(model, z)
 
     log_w, G = jax.vmap(one)(x)
-    z_theta = jax.vmap(lambda v: pull(params, model, v)[0])(x)
+    z_theta = jax.vmap(lambda v: pull_x(params, model, v))(x)
     return _surrogate(_kl(model, log_w, "forward"), G, z_theta)
 
 
@@ -847,13 +1021,29 @@ def forward_path_fast(params: Params, model: Model, x: Array) -> Array:
 
 
 def _jacobian(params: Params, model: Model, z: Array) -> Array:
-    return jax.jacfwd(lambda u: push(params, model, u)[0])(z)
+    return jax.jacfwd(lambda u: push_x(params, model, u))(z)
+
+
+NEWTON_STEPS = 4
+"""Newton steps that refine the oracle's root where the inverse is approximate."""
+
+
+def _root(params: Params, model: Model, x: Array) -> Array:
+    """``z*`` with ``T(z*) = x`` for the forward-KL oracles: the inverse's point, refined where
+    the inverse is approximate (a continuous layer) by ``NEWTON_STEPS`` Newton steps
+    ``z ← z − J(z)^{-1}(T(z) − x)`` on the forward map itself, so that the oracle is that of
+    the map ``T`` as computed."""
+    z = pull_x(params, model, x)
+    if not model.inverse_is_exact:
+        for _ in range(NEWTON_STEPS):
+            z = z - jnp.linalg.solve(_jacobian(params, model, z), push_x(params, model, z) - x)
+    return z
 
 
 def _dense_field(params: Params, model: Model, z: Array) -> tuple[Array, Array, Array]:
     """``(x, log q(x), G)`` at one ``z`` from the dense Jacobian (10.1)."""
     J = _jacobian(params, model, z)
-    x = push(params, model, z)[0]
+    x = push_x(params, model, z)
     lq = log_q0(model, z) - jnp.linalg.slogdet(J)[1]
     grad_log_det = jax.grad(lambda u: jnp.linalg.slogdet(_jacobian(params, model, u))[1])(z)
     score_x = jnp.linalg.solve(J.T, score_q0(model, z) - grad_log_det)
@@ -862,7 +1052,7 @@ def _dense_field(params: Params, model: Model, z: Array) -> tuple[Array, Array, 
 
 def reverse_standard_naive(params: Params, model: Model, z: Array) -> Array:
     def one(p: Params, u: Array) -> Array:
-        x = push(p, model, u)[0]
+        x = push_x(p, model, u)
         return log_q0(model, u) - jnp.linalg.slogdet(_jacobian(p, model, u))[1] + action(model, x)
 
     return jnp.mean(jax.vmap(lambda u: one(params, u))(z)) + log_z(model)
@@ -872,17 +1062,17 @@ def reverse_path_naive(params: Params, model: Model, z: Array) -> Array:
     fixed = sg_tree(params)
     x, lq, G = jax.vmap(lambda u: _dense_field(fixed, model, u))(z)
     log_w = -jax.vmap(lambda v: action(model, v))(x) - lq
-    x_theta = jax.vmap(lambda u: push(params, model, u)[0])(z)
+    x_theta = jax.vmap(lambda u: push_x(params, model, u))(z)
     return _surrogate(_kl(model, log_w, "reverse"), G, x_theta)
 
 
 def forward_standard_naive(params: Params, model: Model, x: Array) -> Array:
     fixed = sg_tree(params)
-    z_star = jax.vmap(lambda v: pull(fixed, model, v)[0])(x)
+    z_star = jax.vmap(lambda v: _root(fixed, model, v))(x)
     J0 = jax.vmap(lambda u: _jacobian(fixed, model, u))(z_star)
 
     def one(u: Array, J: Array, v: Array) -> Array:
-        t = push(params, model, u)[0]
+        t = push_x(params, model, u)
         z_theta = u - jnp.linalg.solve(J, t - sg(t))  # (10.2)
         lq = log_q0(model, z_theta) - jnp.linalg.slogdet(_jacobian(params, model, z_theta))[1]
         return -action(model, v) - lq
@@ -892,10 +1082,10 @@ def forward_standard_naive(params: Params, model: Model, x: Array) -> Array:
 
 def forward_path_naive(params: Params, model: Model, x: Array) -> Array:
     fixed = sg_tree(params)
-    z_star = jax.vmap(lambda v: pull(fixed, model, v)[0])(x)
+    z_star = jax.vmap(lambda v: _root(fixed, model, v))(x)
     _, lq, G = jax.vmap(lambda u: _dense_field(fixed, model, u))(z_star)
     log_w = -jax.vmap(lambda v: action(model, v))(x) - lq
-    x_theta = jax.vmap(lambda u: push(params, model, u)[0])(z_star)
+    x_theta = jax.vmap(lambda u: push_x(params, model, u))(z_star)
     return _surrogate(_kl(model, log_w, "forward"), G, x_theta)
 
 
