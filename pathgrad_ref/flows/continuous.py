@@ -1,5 +1,5 @@
 """Continuous normalizing flows: ``dx/dt = v_θ(x, t)`` from ``t0`` to ``t1``, with the score
-carried along the solve (``docs/theory.md`` §9).
+carried along the solve (``docs/theory.md`` §12).
 
 Along a trajectory, with ``J = ∂v/∂x`` and the exact divergence ``div v = tr J``,
 
