@@ -34,7 +34,9 @@ is taken round by round). Then, outside the timed rounds:
   velocity module's ``forward``, by the ``torch.func`` transforms active at the call;
 - peak step memory of every estimator (``harness.step_memory``: the profiler's CPU allocator
   events, or ``torch.cuda.max_memory_allocated``), and on Linux CPUs a cross-check of the
-  fast and standard steps by resident memory, each in its own process (:func:`rss_step_delta`).
+  fast and standard steps by resident memory, each in its own process (:func:`rss_step_delta`);
+- the pieces of one RK4 stage timed alone, interleaved (:func:`stage_pieces`): where the cost
+  of the forward-mode products goes.
 
 ``--gate-repeats`` repeats the gate's own measurement (``test_bench_continuous.py``) on the
 gate's row, the measured basis of its limits. Everything goes into
@@ -517,12 +519,6 @@ def work_model_ratio(d: int) -> float:
     return (2 * (1 + d) + 3) / (3 * (1 + d))
 
 
-def memory_model_ratio(d: int) -> float:
-    """``1 / (1 + d)``: the activations a stage keeps for the backward pass, fast (those of
-    ``v``) over standard (those of ``v`` and of its ``d`` forward-mode products)."""
-    return 1 / (1 + d)
-
-
 def target_verdicts(doc: Mapping[str, Any]) -> list[tuple[str, float, bool]]:
     """``(ratio, median, met)`` for each ratio of the target, at the target's row."""
     row = doc["rows"].get(TARGET_ROW)
@@ -597,12 +593,12 @@ def render(doc: Mapping[str, Any]) -> str:
     if scaling:
         lines += [
             "",
-            "Scaling in d (medians; the model columns are the formulas of "
-            "`work_model_ratio` and `memory_model_ratio`, not measurements):",
+            "Scaling in d (medians; the work model is the formula of `work_model_ratio`, not a "
+            "measurement):",
             "",
             "| d | fast / standard (rev, fwd) | work model | peak memory fast / standard "
-            "(rev, fwd) | memory model |",
-            "|---|---|---|---|---|",
+            "(rev, fwd) |",
+            "|---|---|---|---|",
         ]
         for n in scaling:
             r, d = rows[n], int(rows[n]["sizes"]["dim"])
@@ -611,10 +607,7 @@ def render(doc: Mapping[str, Any]) -> str:
                 for k in ("reverse", "forward")
             )
             mems = ", ".join(_memory_ratio(r["memory"], k) for k in ("reverse", "forward"))
-            lines.append(
-                f"| {d} | {times} | {work_model_ratio(d):.2f} | {mems} | "
-                f"{memory_model_ratio(d):.3f} |"
-            )
+            lines.append(f"| {d} | {times} | {work_model_ratio(d):.2f} | {mems} |")
     if len(scaling) >= 2:
         dims = [rows[n]["sizes"]["dim"] for n in scaling]
         slopes = ", ".join(
