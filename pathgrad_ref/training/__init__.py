@@ -8,6 +8,8 @@ module            what
 ================  ==============================================================
 ``cli``           :func:`main`: the command line of ``paper_runs/*.py``
 ``run``           :func:`run_experiment`: checks before writing, samples, trainer
+``pretrain``      two-stage runs: flow matching first, shared by the runs of a seed
+``objectives``    the estimators and flow matching, by name
 ``experiment``    :class:`Experiment`: what a script defines (target, flow, presets)
 ``config``        every option once: :class:`TrainConfig`, :class:`DataConfig`,
                   :class:`HMCConfig` fields with their flag, help and check

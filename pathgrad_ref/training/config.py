@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import torch
 
-from ..estimators import ESTIMATORS
+from .objectives import OBJECTIVES
 
 Schedule = Literal["constant", "plateau"]
 SCHEDULES: tuple[Schedule, ...] = ("constant", "plateau")
@@ -132,7 +132,7 @@ def parse_clip(text: str) -> float | None:
 
 
 def _estimator(v: Any) -> str | None:
-    return None if v in ESTIMATORS else "one of " + ", ".join(ESTIMATORS)
+    return None if v in OBJECTIVES else "one of " + ", ".join(OBJECTIVES)
 
 
 # ---------------------------------------------------------------- the settings
@@ -145,7 +145,8 @@ class TrainConfig:
     estimator: str = option(
         "reverse-path-fast",
         "--estimator",
-        "gradient estimator to train with: " + ", ".join(ESTIMATORS),
+        "gradient estimator to train with, or flow-matching (continuous flows): "
+        + ", ".join(OBJECTIVES),
         check=_estimator,
         metavar="NAME",
     )
@@ -180,6 +181,13 @@ class TrainConfig:
         "few steps later)",
     )  # fmt: skip
     eval_every: int = count(100, "--eval-every", "evaluate every N steps", resumable=True)
+    eval_every_time: float | None = option(
+        None, "--eval-every-time",
+        "also evaluate and checkpoint whenever another T of training time has passed (e.g. "
+        "10s): evaluations at equal training times for estimators of very different step "
+        "costs; under torchrun decided every few steps by the ranks' vote",
+        parse=parse_duration, check=optional(positive), metavar="T", resumable=True,
+    )  # fmt: skip
     eval_samples: int = count(4096, "--eval-samples", "flow samples per evaluation", resumable=True)
     grad_var_batches: int = option(
         0, "--grad-var-batches",
@@ -195,6 +203,26 @@ class TrainConfig:
         "stop with a checkpoint after this much training time (the steps alone, without "
         "evaluation and checkpoints), summed over resumed segments (e.g. 48h, 90m, 3600)",
         parse=parse_duration, check=optional(positive), metavar="T", resumable=True,
+    )  # fmt: skip
+    pretrain_steps: int = count(
+        0, "--pretrain-steps",
+        "first train a continuous flow by flow matching for this many steps on the training "
+        "samples (stage 1, kept in --pretrain-dir and shared by every run with the same stage-1 "
+        "settings), then --estimator from there (stage 2; 0: no stage 1)",
+        minimum=0,
+    )  # fmt: skip
+    pretrain_lr: float | None = option(
+        None, "--pretrain-lr", "Adam learning rate of stage 1 (none: --lr)", parse=float,
+        check=optional(positive), metavar="LR",
+    )  # fmt: skip
+    pretrain_batch_size: int | None = option(
+        None, "--pretrain-batch-size", "training samples per stage-1 step (none: --batch-size)",
+        parse=int, check=optional(at_least(1)), metavar="N",
+    )  # fmt: skip
+    pretrain_dir: str = option(
+        "runs/pretrained", "--pretrain-dir",
+        "folder of stage-1 runs, one per settings hash (a finished one is reused)", metavar="DIR",
+        resumable=True,
     )  # fmt: skip
     seed: int = count(
         0, "--seed", "seed of the initialisation and of the training and evaluation streams",
@@ -357,13 +385,18 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def trajectory_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """The settings of a run config (``config.json``'s form, flattened to dotted paths) that
+    determine the parameters' trajectory: all but :data:`RESUMABLE_CHANGES` and ``runtime``."""
+    return {
+        k: v
+        for k, v in _flatten(config).items()
+        if k not in RESUMABLE_CHANGES and not k.startswith("runtime.")
+    }
+
+
 def resume_mismatches(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """Settings (dotted paths) that differ between a saved run config and the current one and
     would change the parameters' trajectory if the run were resumed with them."""
-    a, b = _flatten(saved), _flatten(current)
-    keys = sorted(set(a) | set(b))
-    return [
-        k
-        for k in keys
-        if k not in RESUMABLE_CHANGES and not k.startswith("runtime.") and a.get(k) != b.get(k)
-    ]
+    a, b = trajectory_settings(saved), trajectory_settings(current)
+    return [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]

@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..estimators import direction
 from ..evaluation import fmt
+from ..flows.base import Flow
 from ..precision import apply_precision_policy
 from ..targets.base import Target
 from . import files
@@ -23,6 +23,8 @@ from .config import ConfigError, DataConfig, TrainConfig, config_dict, resume_mi
 from .data import TargetSamples, cached_hmc_samples, exact_samples
 from .distributed import DistContext, barrier
 from .experiment import Experiment
+from .objectives import FLOW_MATCHING, direction, is_continuous
+from .pretrain import pretrained_parameters
 from .report import final_line, read_jsonl
 from .trainer import RunInterruptedError, Trainer, resolve_device
 
@@ -50,29 +52,39 @@ def _prefixed(prefix: str, check: Callable[[], None]) -> None:
 
 def check_settings(exp: Experiment, settings: Settings) -> None:
     """:class:`ConfigError` for a value or combination that cannot work: field checks, a
-    forward-KL estimator without samples, the experiment's check, what the model refuses."""
+    forward-KL estimator or flow matching without samples, flow matching of a flow that is not
+    continuous, the experiment's check, what the model refuses."""
     _prefixed("train.", settings.train.validate)
     _prefixed("data.", settings.data.validate)
     name = settings.train.estimator
-    if direction(name) == "forward" and exp.sampler is None:
-        raise ConfigError(
-            "train.estimator",
-            f"{name} minimises the forward KL, which needs target samples, but the "
-            f"{exp.name} experiment has no sampler",
-        )
-    if direction(name) == "forward" and settings.data.n_train == 0:
-        raise ConfigError(
-            "data.n_train",
-            f"is 0, but estimator {name} minimises the forward KL and needs training samples",
-        )
+    pretrain = settings.train.pretrain_steps > 0
+    uses: list[tuple[str, str]] = []  # (field, what needs the training samples)
+    if direction(name) == "forward":
+        why = "flow matching" if name == FLOW_MATCHING else "minimises the forward KL"
+        uses.append(("train.estimator", f"estimator {name} ({why})"))
+    if pretrain:
+        uses.append(("train.pretrain_steps", "stage 1 (flow matching, train.pretrain_steps)"))
+    for field, what in uses:
+        if exp.sampler is None:
+            raise ConfigError(
+                field, f"{what} needs target samples, but the {exp.name} experiment has no sampler"
+            )
+        if settings.data.n_train == 0:
+            raise ConfigError("data.n_train", f"is 0, but {what} needs training samples")
     if exp.check is not None:
         exp.check(settings.params)
     try:
         with torch.random.fork_rng(devices=[]):
             exp.make_target(settings.params)
-            exp.make_flow(settings.params)
+            flow = exp.make_flow(settings.params)
     except (ValueError, TypeError) as e:
         raise ConfigError(None, f"{exp.name}: {e}") from None
+    if (name == FLOW_MATCHING or pretrain) and not is_continuous(flow):
+        raise ConfigError(
+            "train.estimator" if name == FLOW_MATCHING else "train.pretrain_steps",
+            f"flow matching trains a continuous flow (one ContinuousLayer); the {exp.name} "
+            "flow is not one",
+        )
 
 
 def check_run_dir(settings: Settings) -> None:
@@ -164,7 +176,7 @@ def run_experiment(
     say: Callable[[str], None] = log if ctx.is_main else (lambda _m: None)
     target = exp.make_target(settings.params)
     train = dataclasses.replace(settings.train, device=device.type)
-    forward = direction(train.estimator) == "forward"
+    forward = direction(train.estimator) == "forward" or train.pretrain_steps > 0
     data = load_target_data(
         exp,
         target,
@@ -201,11 +213,26 @@ def run_experiment(
                 (run_dir / f).unlink(missing_ok=True)
         run_dir.mkdir(parents=True, exist_ok=True)
         files.write_json(run_dir / "config.json", run_config)
-    with torch.random.fork_rng(devices=[]):
-        # The same initial parameters on every rank, without touching the caller's stream.
-        torch.manual_seed(train.seed)
-        flow = exp.make_flow(settings.params)
+
+    def make_flow() -> Flow:
+        with torch.random.fork_rng(devices=[]):
+            # The same initial parameters on every rank, without touching the caller's stream.
+            torch.manual_seed(train.seed)
+            return exp.make_flow(settings.params)
+
+    flow = make_flow()
     log_z = exp.log_z(target) if exp.log_z is not None else None
+    observables = list(exp.observables(target))
+    if train.pretrain_steps > 0:
+        # Stage 1 (flow matching), trained, resumed or reused; stage 2 starts where it ended.
+        state, info = pretrained_parameters(
+            experiment=exp.name, make_flow=make_flow, target=target, train=train,
+            run_config=run_config, data=data, observables=observables, log_z=log_z,
+            device=device, ctx=ctx, log=say,
+        )  # fmt: skip
+        # In the run's dtype first: load_state_dict copies into the parameters' own dtype.
+        flow.to(dtype=train.torch_dtype).load_state_dict(state)
+        run_config["runtime"]["pretraining"] = info
     trainer = Trainer(
         flow,
         target,
@@ -213,7 +240,7 @@ def run_experiment(
         device=device,
         run_dir=run_dir,
         data=data,
-        observables=list(exp.observables(target)),
+        observables=observables,
         log_z=log_z,
         ctx=ctx,
         run_config=run_config,

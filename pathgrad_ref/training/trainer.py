@@ -4,9 +4,10 @@ stop on SIGINT or SIGTERM.
 
 One step, on every data-parallel rank of ``W``: draw ``batch_size / W`` samples from the rank's
 own stream (base samples for a reverse-KL estimator, a minibatch of the training samples for a
-forward one); ``loss, _ = estimator(flow, target, batch)``; ``backward``; average the gradients
-over the ranks; if the loss or the global gradient norm is not finite, skip the update and count
-it, otherwise clip the norm and take the Adam step.
+forward one or for flow matching, :mod:`.objectives`); ``loss, _ = estimator(flow, target,
+batch)``; ``backward``; average the gradients over the ranks; if the loss or the global gradient
+norm is not finite, skip the update and count it, otherwise clip the norm and take the Adam
+step.
 
 No step reads a value on the host: "not finite" goes to the fused Adam kernel as ``found_inf``
 (the protocol of ``torch.amp.GradScaler``), which then leaves parameters, moments and step count
@@ -21,10 +22,12 @@ counter reads, stop votes; used by ``--time-limit``, the progress bar and step t
 ``eval_time_s``, ``checkpoint_time_s`` and ``wall_time_s``, all cumulative over resumed
 segments. On a GPU the queued steps' time reaches the clock at the next counter read.
 
-Every ``eval_every`` steps rank 0 evaluates on flow samples from a stream seeded by the step
-(evaluation never disturbs training). On SIGINT or SIGTERM the step is finished, a checkpoint
-written and the summary says ``"status": "interrupted"``; a second signal stops at once. Under
-``torchrun`` the ranks vote on stopping every ``STOP_VOTE_EVERY`` steps. On the CPU a resumed
+Every ``eval_every`` steps, and with ``eval_every_time`` at every multiple of it in training
+time (where it also checkpoints), rank 0 evaluates on flow samples from a stream seeded by the
+step (evaluation never disturbs training). On SIGINT or SIGTERM the step is finished, a
+checkpoint written and the summary says ``"status": "interrupted"``; a second signal stops at
+once. Under ``torchrun`` the ranks vote on stopping (and on a time-based evaluation) every
+``STOP_VOTE_EVERY`` steps. On the CPU a resumed
 run retraces an uninterrupted one exactly: the checkpoint holds parameters, Adam's state, every
 random stream of every rank and the counters.
 """
@@ -45,7 +48,7 @@ import torch
 from torch import Tensor
 
 from .._validation import check_finite, per_call_finite_check
-from ..estimators import compile_estimator, direction, get_estimator
+from ..estimators import compile_estimator, get_estimator
 from ..evaluation import Observable, evaluate, fmt, references
 from ..flows.base import Flow
 from ..metrics import gradient_variance
@@ -66,10 +69,12 @@ from .distributed import (
     trainable,
 )
 from .files import unusable, write_json
+from .objectives import FLOW_MATCHING, direction, flow_matching_objective
 from .report import MetricRecord, MetricsLog, describe
 
-# Random streams of a rank (the third argument of stream_seed).
-_BATCH_STREAM, _INDEX_STREAM, _EVAL_STREAM, _NOISE_STREAM = 0, 1, 2, 3
+# Random streams of a rank (the third argument of stream_seed); _MATCHING_STREAM: the base
+# samples and times of flow matching.
+_BATCH_STREAM, _INDEX_STREAM, _EVAL_STREAM, _NOISE_STREAM, _MATCHING_STREAM = 0, 1, 2, 3, 4
 STOP_VOTE_EVERY = 10
 """Steps between the ranks' votes on stopping under ``torchrun`` (signal or time limit), and
 between the reads of the on-device counters (non-finite steps, plateau schedule)."""
@@ -198,7 +203,9 @@ class Trainer:
     nothing is written). ``data``: ``train`` for forward-KL estimators, ``test`` for NLL,
     forward ESS and the observables' sample references. ``log_z``: where known (absolute KL).
     ``run_config``: JSON-ready description stored in checkpoints and the summary. The training
-    samples are held on ``device``; minibatches are drawn with replacement.
+    samples are held on ``device``; minibatches are drawn with replacement. ``config.estimator``
+    may also be ``flow-matching`` (:mod:`.objectives`). ``stream_salt``: non-zero for a run's
+    pretraining stage, whose random streams are then independent of the run's own.
     """
 
     def __init__(
@@ -216,6 +223,7 @@ class Trainer:
         run_config: dict[str, Any] | None = None,
         log: Callable[[str], None] = print,
         title: str = "",
+        stream_salt: int = 0,
     ) -> None:
         try:
             config.validate()
@@ -229,10 +237,7 @@ class Trainer:
         self.precision = apply_precision_policy(self.dtype, device)
         self.flow = flow.to(device=device, dtype=self.dtype)
         self.target = target
-        name, mode = config.estimator, config.compile_mode
-        self.estimator = (
-            compile_estimator(name, mode=mode) if config.compile else get_estimator(name)
-        )
+        self.stream_salt = stream_salt
         self.direction = direction(config.estimator)
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.data = data
@@ -251,9 +256,17 @@ class Trainer:
         # Fused: a non-finite step is skipped by the kernel (found_inf), with no host read.
         self.optimizer = torch.optim.Adam(self.params, lr=config.lr, fused=True)
         rank = self.ctx.rank
-        self.generators = {
-            "batch": device_generator(device, stream_seed(config.seed, rank, _BATCH_STREAM))
-        }
+        self.generators = {"batch": device_generator(device, self._seed(rank, _BATCH_STREAM))}
+        name, mode = config.estimator, config.compile_mode
+        if name == FLOW_MATCHING:
+            self.generators["matching"] = device_generator(
+                device, self._seed(rank, _MATCHING_STREAM)
+            )
+            fm = flow_matching_objective(self.generators["matching"])
+            self.estimator = compile_estimator(fm, mode=mode) if config.compile else fm
+        else:
+            est = get_estimator(name)
+            self.estimator = compile_estimator(est, mode=mode) if config.compile else est
         self.train_samples: Tensor | None = None  # on the device, for forward-KL minibatches
         self.train_subset: Tensor | None = None
         if self.direction == "forward":
@@ -262,8 +275,7 @@ class Trainer:
                 raise ConfigError("train.estimator", why + " of the target, but this run has none")
             check_finite(data.train, "training samples of the target")
             self.train_samples = data.train.to(device=device, dtype=self.dtype)
-            seed = stream_seed(config.seed, rank, _INDEX_STREAM)
-            self.generators["index"] = device_generator(device, seed)
+            self.generators["index"] = device_generator(device, self._seed(rank, _INDEX_STREAM))
             # A fixed part of the training set, as large as the held-out set, for the training
             # NLL (its gap to the held-out NLL shows overfitting).
             k = min(len(data.train), len(data.test) if data.test is not None else 10_000)
@@ -299,6 +311,25 @@ class Trainer:
             ("KL(q‖p)", " − log Z") if self.direction == "reverse" else ("KL(p‖q)", " + log Z")
         )
         self.loss_label = f"{kl}{'' if target.log_z is not None else shift} on the training batch"
+        if name == FLOW_MATCHING:
+            self.loss_label = "flow-matching loss E‖v_θ(x_τ, τ) − (x − z)‖² on the training batch"
+        # The training time at which the next time-based evaluation falls due (--eval-every-time).
+        self.next_eval_time = math.inf
+
+    def _seed(self, rank: int, stream: int, *more: int) -> int:
+        """The seed of ``stream`` of ``rank`` (and ``more``, e.g. a step), mixed from the
+        config's seed and a non-zero ``stream_salt``: a run's pretraining stage (salt 1) draws
+        streams independent of the run's own, which are those of a plain run (salt 0)."""
+        salt = (self.stream_salt,) if self.stream_salt else ()
+        return stream_seed(self.config.seed, rank, stream, *more, *salt)
+
+    def _next_due(self) -> float:
+        """The training time of the next time-based evaluation: the next multiple of
+        ``eval_every_time`` after the training time so far (``inf`` without one)."""
+        every = self.config.eval_every_time
+        if every is None:
+            return math.inf
+        return (math.floor(self.times["train"] / every) + 1) * every
 
     # ------------------------------------------------------------------ one step
 
@@ -366,18 +397,19 @@ class Trainer:
                 group["lr"] = max(float(group["lr"]) * cfg.lr_factor, cfg.lr_min)
             self.counters.restart("bad")
 
-    def _stop_vote(self, over_time: bool, boundary: bool) -> tuple[int, bool]:
-        """``(signal number or 0, over time)`` agreed by all ranks. Alone: every step, no
-        communication. Under ``torchrun``: every ``STOP_VOTE_EVERY`` steps and at
-        ``boundary`` steps (evaluation, checkpoint, last), so that all stop at one step."""
+    def _stop_vote(self, over_time: bool, due: bool, boundary: bool) -> tuple[int, bool, bool]:
+        """``(signal number or 0, over time, time-based evaluation due)`` agreed by all ranks.
+        Alone: every step, no communication. Under ``torchrun``: every ``STOP_VOTE_EVERY``
+        steps and at ``boundary`` steps (evaluation, checkpoint, last), so that all stop, and
+        evaluate by the clock, at one step (each rank's clock differs a little)."""
         signum = self.signals.received or 0
         if not self.ctx.enabled:
-            return signum, over_time
+            return signum, over_time, due
         if self.step % STOP_VOTE_EVERY and not boundary:
-            return 0, False
-        votes = torch.tensor([float(signum), float(over_time)], device=self.device)
-        s, t = all_reduce(votes, self.ctx, "max").tolist()
-        return int(s), t > 0
+            return 0, False, False
+        votes = torch.tensor([float(signum), float(over_time), float(due)], device=self.device)
+        s, t, d = all_reduce(votes, self.ctx, "max").tolist()
+        return int(s), t > 0, d > 0
 
     # ------------------------------------------------------------------ evaluation
 
@@ -389,7 +421,7 @@ class Trainer:
         """Metrics at the current parameters (see the module docstring), as a flat record,
         with the means since the last evaluation from the last :meth:`check`."""
         cfg = self.config
-        gen = device_generator(self.device, stream_seed(cfg.seed, 0, _EVAL_STREAM, self.step))
+        gen = device_generator(self.device, self._seed(0, _EVAL_STREAM, self.step))
         c = self.read
         n, steps = int(c.get("n", 0)), self.interval_steps
         record: MetricRecord = {
@@ -423,7 +455,7 @@ class Trainer:
         the path gradient of the run's direction at the current parameters, over
         ``grad_var_batches`` fresh batches from a stream seeded by the step (training streams
         and ``.grad`` untouched)."""
-        seed, n = stream_seed(self.config.seed, 0, _NOISE_STREAM, self.step), self.local_batch
+        seed, n = self._seed(0, _NOISE_STREAM, self.step), self.local_batch
         draw: Callable[[], Tensor]
         if self.data is not None and self.data.train is not None and self.direction == "forward":
             train, gen = self.data.train, torch.Generator().manual_seed(seed)
@@ -525,6 +557,7 @@ class Trainer:
         self.counters.restart("loss", "grad_norm", "n")
         self.read = {}
         self.interval_time, self.interval_steps = 0.0, 0
+        self.next_eval_time = self._next_due()
 
     def _checkpoint(self) -> None:
         with self._timed("checkpoint"):
@@ -559,6 +592,7 @@ class Trainer:
             if main:
                 self._log(f"resumed from {path} at step {self.step}")
         self._wall_at = (self.times["wall"], segment_start)
+        self.next_eval_time = self._next_due()
         if main and self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", keep_until=resumed_from)
@@ -588,8 +622,14 @@ class Trainer:
                 at_check = self.step % STOP_VOTE_EVERY == 0
                 last = self.step >= cfg.steps
                 over_time = limit is not None and self.times["train"] >= limit
+                due = self.times["train"] >= self.next_eval_time
                 with self._timed("train"):
-                    signum, over_time = self._stop_vote(over_time, at_eval or at_ckpt or last)
+                    signum, over_time, due = self._stop_vote(
+                        over_time, due, at_eval or at_ckpt or last
+                    )
+                    # A time-based evaluation also checkpoints: a killed run loses at most one
+                    # interval, whatever the step cost.
+                    at_eval, at_ckpt = at_eval or due, at_ckpt or due
                     stop = bool(signum) or over_time
                     if at_check or at_eval or at_ckpt or last or stop:
                         # The read waits for the steps' queued device work: training time.
