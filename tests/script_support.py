@@ -10,7 +10,7 @@ from types import ModuleType
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = ("gmm", "phi4", "u1")
+SCRIPTS = ("gmm", "phi4", "u1", "cnf")
 
 
 def load_script(name: str) -> ModuleType:

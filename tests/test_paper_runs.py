@@ -41,6 +41,18 @@ TINY = {
     "gmm": ["--dim", "2", "--n-couplings", "2", "--hidden", "8"],
     "phi4": ["--lattice", "4,4", "--n-couplings", "2", "--hidden", "8", *HMC],
     "u1": ["--L", "4", "--beta", "1", "--n-layers", "2", "--n-mixture", "2", "--hidden", "4", *HMC],
+    "cnf": [
+        "--dim",
+        "2",
+        "--hidden",
+        "8",
+        "--ode-steps",
+        "2",
+        "--pretrain-steps",
+        "4",
+        "--pretrain-batch-size",
+        "16",
+    ],
 }
 
 
@@ -50,7 +62,8 @@ def scripts() -> dict[str, ModuleType]:
 
 
 def tiny(name: str, tmp_path: Path, *extra: str) -> list[str]:
-    return [*COMMON, *TINY[name], "--cache-dir", str(tmp_path / "cache"), *extra]
+    where = ["--cache-dir", str(tmp_path / "cache"), "--pretrain-dir", str(tmp_path / "pre")]
+    return [*COMMON, *TINY[name], *where, *extra]
 
 
 def run(script: ModuleType, argv: list[str]) -> int:
@@ -107,6 +120,52 @@ def test_tiny_run_writes_its_files(
             meta = json.loads((folder / "metadata.json").read_text())
             assert 0 < meta["report"]["acceptance_rate"] <= 1
             assert meta["report"]["n_chains"] == 16 and "tau_int" in meta["report"]
+
+
+def test_cnf_pretrains_once_then_fine_tunes(
+    scripts: dict[str, ModuleType], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``cnf.py``: stage 1 (flow matching) is trained by the first run of a seed and reused by
+    the next one (another fine-tuning arm), each starting from its final parameters."""
+    cnf = scripts["cnf"]
+    arms = ["forward-path-fast", "flow-matching"]
+    for arm in arms:
+        assert (
+            run(cnf, tiny("cnf", tmp_path, "--estimator", arm, "--out", str(tmp_path / arm))) == 0
+        )
+    out = capsys.readouterr().out
+    assert out.count("stage 1: flow matching for 4 steps") == 1, out
+    assert out.count("stage 1: reusing the pretrained flow") == 1, out
+    (folder,) = [p for p in (tmp_path / "pre").iterdir() if p.is_dir()]
+    assert folder.name.startswith("cnf-seed0-")
+    stage1 = json.loads((folder / "summary.json").read_text())
+    assert stage1["estimator"] == "flow-matching" and stage1["steps_done"] == 4
+    for arm in arms:
+        summary = json.loads((tmp_path / arm / "summary.json").read_text())
+        assert summary["status"] == "completed" and summary["steps_done"] == 4
+        info = summary["config"]["runtime"]["pretraining"]
+        assert info["folder"] == str(folder) and info["steps"] == 4
+        first = json.loads((tmp_path / arm / "metrics.jsonl").read_text().splitlines()[0])
+        # The held-out NLL needs no flow samples: stage 2 starts at stage 1's final flow.
+        assert first["step"] == 0 and first["nll"] == stage1["final"]["nll"]
+
+
+def test_flow_matching_needs_a_continuous_flow(
+    scripts: dict[str, ModuleType], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    gmm = scripts["gmm"]
+    out = ["--out", str(tmp_path / "r")]
+    err = error_of(gmm, tiny("gmm", tmp_path, "--estimator", "flow-matching", *out), capsys)
+    assert "--estimator: flow matching trains a continuous flow" in err
+    err = error_of(gmm, tiny("gmm", tmp_path, "--pretrain-steps", "3", *out), capsys)
+    assert "--pretrain-steps: flow matching trains a continuous flow" in err
+    err = error_of(scripts["cnf"], ["--n-train-samples", "0", *out], capsys)
+    assert "--n-train-samples: is 0, but estimator forward-path-fast" in err
+    err = error_of(
+        scripts["cnf"], ["--estimator", "reverse-path-fast", "--n-train-samples", "0"], capsys
+    )
+    assert "stage 1 (flow matching, --pretrain-steps) needs training samples" in err
+    assert not (tmp_path / "r").exists()
 
 
 def test_hmc_samples_are_cached_between_runs(
@@ -222,7 +281,7 @@ def _free_port() -> int:
         return port
 
 
-def _ddp_main(rank: int, world: int, port: int, argv: list[str]) -> None:
+def _ddp_main(rank: int, world: int, port: int, argv: list[str], name: str = "gmm") -> None:
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
@@ -231,7 +290,7 @@ def _ddp_main(rank: int, world: int, port: int, argv: list[str]) -> None:
         LOCAL_RANK=str(rank),
     )
     torch.set_num_threads(1)
-    code = load_script("gmm").main(argv)
+    code = load_script(name).main(argv)
     if code != 0:
         sys.exit(code)
 
@@ -249,6 +308,24 @@ def test_data_parallel_run(tmp_path: Path) -> None:
     state = ckpt.load_checkpoint(out / "checkpoint.pt")
     gens = state["rng"]["generators"]
     assert len(gens) == 2 and not torch.equal(gens[0]["batch"], gens[1]["batch"])
+
+
+def test_data_parallel_two_stage_run_on_the_training_clock(tmp_path: Path) -> None:
+    """Under ``torchrun`` the ranks train stage 1 together (rank 0 holds its lock) and agree
+    on time-based evaluations: with every step past the time grid, they evaluate at the vote
+    steps (every 10) and at the end, not at every step."""
+    out = tmp_path / "ddp"
+    argv = tiny(
+        "cnf", tmp_path, "--device", "cpu", "--out", str(out), "--steps", "12",
+        "--eval-every", "1000", "--checkpoint-every", "1000", "--eval-every-time", "1e-9s",
+    )  # fmt: skip
+    mp.spawn(_ddp_main, args=(2, _free_port(), argv, "cnf"), nprocs=2, join=True)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["steps_done"] == 12
+    steps = [json.loads(s)["step"] for s in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [0, 10, 12]
+    (folder,) = [p for p in (tmp_path / "pre").iterdir() if p.is_dir()]
+    assert json.loads((folder / "summary.json").read_text())["world_size"] == 2
 
 
 # ---------------------------------------------------------------- the command line

@@ -327,6 +327,99 @@ def test_drop_in_estimators_are_reported_not_tested() -> None:
     assert "retraces `reverse-path-fast`" in markdown(study)
 
 
+FM, FWD, REV = "flow-matching", "forward-path-fast", "reverse-path-fast"
+UP = [0.02 + 0.001 * s for s in SEEDS8]  # a paired gain on every seed, no ties
+
+
+def _fine_tuning(
+    fwd: list[float],
+    rev: list[float],
+    *,
+    seconds: dict[str, float] | None = None,
+    unreliable: tuple[int, ...] = (),
+) -> dict[str, Any]:
+    """A study of the arms after flow matching: continued flow matching at STD8 (the seeds'
+    pretrained flows differ), each path arm at STD8 plus its per-seed difference ``fwd``,
+    ``rev``; every arm's first evaluation (the pretrained flow) is reliable except on the
+    seeds ``unreliable``."""
+    study = _synthetic(
+        {
+            FM: STD8,
+            FWD: [a + d for a, d in zip(STD8, fwd, strict=True)],
+            REV: [a + d for a, d in zip(STD8, rev, strict=True)],
+        },
+        seconds=seconds,
+    )
+    for run in study["runs"]:
+        run["curve"][0].update(reliable=run["seed"] not in unreliable, n_eff=4096.0)
+    return with_aggregates(study)
+
+
+def test_fine_tuning_claims_after_flow_matching() -> None:
+    """Claim 5: each path arm against continued flow matching, paired by seed (a gain of 0.02
+    on every seed is significant although the seeds spread over 0.07, which an unpaired test
+    would not resolve), one Holm family; no variances, no claim 2."""
+    down = [-d for d in UP]
+    assert _verdicts(_fine_tuning(UP, UP)) == {"5a": "holds", "5b": "holds"}
+    assert _verdicts(_fine_tuning(down, down)) == {"5a": "does not hold", "5b": "does not hold"}
+    mixed = _fine_tuning(UP, down)
+    assert _verdicts(mixed) == {"5a": "holds", "5b": "does not hold"}
+    five_a = rules.decide(mixed)[0]
+    assert (five_a.number, five_a.estimator) == ("5a", FWD)
+    # all 8 differences positive: the exact one-sided p-value is 2^-8
+    assert five_a.p_for == pytest.approx(2**-8, rel=1e-9)
+    assert five_a.values["difference"] == pytest.approx(0.8 * sum(UP) / 8, rel=1e-9)
+    assert "median final training time flow-matching 5 s" in five_a.figures
+    assert "seed 0: 0 → 0.4, 0.416" in five_a.figures  # pretrained → continued, path
+    alternating = [0.01 * (-1) ** s * (1 + 0.1 * s) for s in SEEDS8]
+    assert _verdicts(_fine_tuning(alternating, alternating)) == {
+        "5a": "inconclusive",
+        "5b": "inconclusive",
+    }
+
+
+def test_fine_tuning_claims_need_equal_time_and_their_premise() -> None:
+    """Arms that trained for different times (20 % apart) back no verdict; seeds whose
+    pretrained flow is unreliable are listed and left out, and with fewer than MIN_SEEDS
+    seeds inside the premise the claim is outside it, whatever its tests say."""
+    slow = _fine_tuning(UP, UP, seconds={FWD: 1.2})
+    assert _verdicts(slow) == {"5a": "pending re-run", "5b": "pending re-run"}
+    assert "differ by 20 % > 5 %" in rules.decide(slow)[0].note
+    out = _fine_tuning(UP, UP, unreliable=(2, 5))
+    assert rules.premise_seeds(out)[0] == [0, 1, 3, 4, 6, 7]
+    claims = rules.decide(out)
+    assert {c.verdict for c in claims} == {rules.OUTSIDE}
+    assert claims[0].n_seeds == 6 and "6 of 8 seeds" in claims[0].note
+    assert "tests on the seeds inside give holds" in claims[0].note
+    assert "seed 2: pretrained flow unreliable" in claims[0].figures
+    assert [r["verdict"] for r in verdict_rows(out)] == [rules.OUTSIDE] * 2
+
+
+def test_time_limited_runs_are_finished_runs(tmp_path: Path) -> None:
+    """A run that used up its training-time budget is finished; one stopped by a signal is
+    not. A study of a pretraining preset shares each seed's stage 1 in the study's folder (a
+    fresh-cache study: in each run's own)."""
+    from studies.running import StudySpec, run_command, run_state
+
+    def state(summary: dict[str, Any]) -> str:
+        run_dir = tmp_path / str(len(list(tmp_path.iterdir())))
+        run_dir.mkdir()
+        (run_dir / "summary.json").write_text(json.dumps(summary))
+        return run_state(run_dir)
+
+    assert state({"status": "stopped", "stop_reason": "time_limit"}) == "completed"
+    assert state({"status": "interrupted", "stop_reason": "SIGINT"}) == "partial"
+    spec = StudySpec("s", "cnf", "study", (FM,), (0,), "c", pretrains=True)
+    run_dir = spec.run_dir(tmp_path / "root", FM, 0)
+    cmd = run_command(spec, Path("paper_runs/cnf.py"), run_dir, FM, 0)
+    assert cmd[cmd.index("--pretrain-dir") + 1] == str(tmp_path / "root" / "pretrained")
+    fresh = StudySpec("s", "cnf", "quick", (FM,), (0,), "c", pretrains=True, fresh_cache=True)
+    cmd = run_command(fresh, Path("paper_runs/cnf.py"), run_dir, FM, 0)
+    assert cmd[cmd.index("--pretrain-dir") + 1] == str(run_dir / "pretrained")
+    plain = StudySpec("s", "gmm", "study", (FM,), (0,), "c")
+    assert "--pretrain-dir" not in run_command(plain, Path("gmm.py"), run_dir, FM, 0)
+
+
 def test_markdown_shows_the_verdicts_the_rules_give() -> None:
     study = _synthetic(
         {"reverse-standard": STD8, "reverse-path-fast": _shift(STD8, 0.3)},

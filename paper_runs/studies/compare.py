@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pathgrad_ref.estimators import ESTIMATORS
+from pathgrad_ref.training.objectives import OBJECTIVES
 
 
 def _fail(prog: str, message: str) -> int:
@@ -27,10 +27,10 @@ def _fail(prog: str, message: str) -> int:
 def estimator_list(prog: str, text: str) -> tuple[str, ...]:
     """The comma-separated estimator names, checked against the registry."""
     names = [n.strip() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in ESTIMATORS]
+    unknown = [n for n in names if n not in OBJECTIVES]
     if unknown:
         _fail(
-            prog, f"unknown estimator {unknown[0]!r}; expected names from: {', '.join(ESTIMATORS)}"
+            prog, f"unknown estimator {unknown[0]!r}; expected names from: {', '.join(OBJECTIVES)}"
         )
     if not names:
         _fail(prog, "--compare: expected a comma-separated list of estimator names")

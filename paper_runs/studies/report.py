@@ -156,6 +156,8 @@ def markdown(study: dict[str, Any], *, heading: str = "#", image_dir: str = "") 
         *provenance_lines(study),
         f"- clock: {clock_text(study)}",
     ]
+    if spec.get("design"):
+        lines.append(f"- how the settings were chosen: {spec['design']}")
     if spec.get("gpu_command"):
         lines.append(f"- paper size on a GPU: `{spec['gpu_command']}`")
     if study.get("equal_time_s") is not None and len(spec["estimators"]) > 1:

@@ -47,6 +47,29 @@ Claims
        held-out NLL of maximum likelihood exceed the path gradient's.
     4. *Held-out forward ESS* (forward studies): the fast forward path gradient's final
        held-out forward ESS exceeds maximum likelihood's (one-sided Mann–Whitney U).
+    5. *Fine-tuning after flow matching* (studies of a continuous flow whose arms all start from
+       one flow-matching pretraining per seed and include ``flow-matching``, i.e. continued flow
+       matching): each path-gradient arm (``forward-path-fast`` as 5a, ``reverse-path-fast`` as
+       5b) reaches a higher reverse ESS than continued flow matching at equal training time.
+       The arms of a seed start from one pretrained flow, so the test is paired: one-sided
+       Wilcoxon signed-rank (``scipy.stats.wilcoxon``) on the per-seed differences of the final
+       reverse ESS, path arm minus continued flow matching (the seeds' pretrained flows differ
+       more than the arms do); effect: the mean difference with its bootstrap interval over
+       the seeds' differences. Equal training time is the
+       design: every arm trains for one budget of training time (``--time-limit``), so the
+       final values (the last ``K`` evaluations, which fall at the same fractions of the budget
+       when evaluation follows the training clock, ``--eval-every-time``) are at equal time.
+       The arms' median final training times must agree to ``EQUAL_TIME_TOLERANCE = 5 %``,
+       else **pending re-run**. (Claim 1b's ``t*``, the smallest median, would cut off the last
+       evaluation of every arm that overshoots the budget by more than the cheapest one, i.e.
+       by one path-gradient step against one flow-matching step, and compare a path arm one
+       evaluation interval earlier.)
+       *Premise*: the pretrained flow is one whose weights can be trusted: the first evaluation
+       of every arm of the seed (the pretrained flow, before any fine-tuning step) is marked
+       reliable by ``pathgrad_ref/evaluation.py`` (``N_eff ≥ 1000`` and held-out forward ESS
+       ``≥ 0.01``). Seeds outside the premise are listed and left out of the tests; with fewer
+       than ``MIN_SEEDS`` seeds inside it the claim is **outside its premise** (no verdict; the
+       tests on the seeds inside are shown).
 
 Not tested
     ``reverse-path-dropin`` (Algorithm 2) and ``forward-path-gdreg`` (Algorithm 3) compute the
@@ -84,8 +107,14 @@ BOOTSTRAP_SEED = 0
 BOOTSTRAP_RESAMPLES = 9999
 QUICK_MIN_ESS = 0.2
 QUICK_MAX_WALL_S = 120.0
+EQUAL_TIME_TOLERANCE = 0.05
 
 HOLDS, FAILS, INCONCLUSIVE, PENDING = "holds", "does not hold", "inconclusive", "pending re-run"
+OUTSIDE = "outside its premise"
+
+# Claim 5: continued flow matching, and the path-gradient arms tested against it.
+CONTINUED = "flow-matching"
+FINE_TUNERS = {"5a": "forward-path-fast", "5b": "reverse-path-fast"}
 
 # The estimator whose trajectory each drop-in estimator retraces (same gradient to rounding).
 SAME_TRAJECTORY = {
@@ -254,6 +283,7 @@ class Claim:
     figures: str
     n_seeds: int
     needs_clock: bool = False
+    premise: str = ""  # why the claim is outside its premise ("" inside it)
     p_for_holm: float = math.nan
     p_against_holm: float = math.nan
     verdict: str = INCONCLUSIVE
@@ -376,6 +406,103 @@ def _overfitting_claim(study: dict[str, Any], std: str, fast: str) -> Claim:
     )
 
 
+def premise_seeds(study: dict[str, Any]) -> tuple[list[int], dict[int, str]]:
+    """Claim 5's premise per seed: ``(seeds inside, {seed outside: why})``. A seed is inside
+    when the first evaluation of every run of the seed (the pretrained flow) is reliable."""
+    by_seed: dict[int, list[dict[str, Any]]] = {}
+    for run in study["runs"]:
+        by_seed.setdefault(int(run["seed"]), []).append(run)
+    inside, outside = [], {}
+    for seed in sorted(by_seed):
+        firsts = [r["curve"][0] if r["curve"] else {} for r in by_seed[seed]]
+        bad = [f for f in firsts if f.get("reliable") is not True]
+        if not bad:
+            inside.append(seed)
+            continue
+        ess = bad[0].get("ess_reverse")
+        n_eff = bad[0].get("n_eff")
+        outside[seed] = (
+            f"pretrained flow unreliable (reverse ESS {_fmt(ess)}, N_eff {_fmt(n_eff)}, "
+            f"forward ESS {_fmt(bad[0].get('ess_forward'))})"
+        )
+    return inside, outside
+
+
+def _median_final_time(study: dict[str, Any], estimator: str, clock: str) -> float | None:
+    ts = per_seed(study, estimator, lambda c: _last(c, clock))
+    return statistics.median(ts) if ts else None
+
+
+def _mean(x: Any, axis: int = -1) -> Any:
+    return np.mean(x, axis=axis)
+
+
+def _fine_tuning_claims(study: dict[str, Any]) -> list[Claim]:
+    """Claim 5 (module docstring): one claim per path-gradient arm against continued flow
+    matching, paired by seed, on the seeds inside the premise."""
+    est = study["spec"]["estimators"]
+    clock = time_key(study)
+    inside, outside = premise_seeds(study)
+
+    def final_ess(estimator: str) -> dict[int, float]:
+        out = {}
+        for r in study["runs"]:
+            v = final_value(r["curve"], "ess_reverse")
+            if r["estimator"] == estimator and r["seed"] in inside and v is not None:
+                out[int(r["seed"])] = v
+        return out
+
+    times = {e: _median_final_time(study, e, clock) for e in est}
+    known = [t for t in times.values() if t is not None]
+    spread = max(known) / min(known) - 1 if known and min(known) > 0 else math.inf
+    time_text = ", ".join(f"{e} {_fmt(t)} s" for e, t in times.items())
+    continued = final_ess(CONTINUED)
+    pretrained = {
+        int(r["seed"]): r["curve"][0].get("ess_reverse")
+        for r in study["runs"]
+        if r["estimator"] == CONTINUED and r["curve"]
+    }
+    out = []
+    for number, arm in FINE_TUNERS.items():
+        if arm not in est:
+            continue
+        mine = final_ess(arm)
+        seeds = sorted(set(mine) & set(continued))
+        diffs = [mine[s] - continued[s] for s in seeds]
+        p_for, p_against = signed_rank(diffs)
+        mean = sum(diffs) / len(diffs) if diffs else None
+        pairs = ", ".join(
+            f"seed {s}: {_fmt(pretrained.get(s))} → {_fmt(continued[s])}, {_fmt(mine[s])}"
+            for s in seeds
+        )
+        c = Claim(
+            number=number,
+            text="fine-tuning the flow-matching flow reaches a higher reverse ESS than "
+            "continued flow matching at equal training time",
+            estimator=arm,
+            p_for=p_for,
+            p_against=p_against,
+            effect=f"mean paired difference {_fmt(mean)} {_ci(bootstrap_ci((diffs,), _mean))}",
+            figures=f"reverse ESS, pretrained → final of {CONTINUED}, of {arm}: {pairs}; "
+            f"median final training time {time_text}",
+            n_seeds=len(diffs),
+            needs_clock=True,
+            values={"differences": diffs, "difference": mean, "seeds": seeds},
+        )
+        if outside:
+            c.figures += "; outside the premise: " + "; ".join(
+                f"seed {s}: {why}" for s, why in outside.items()
+            )
+        if len(inside) < MIN_SEEDS:
+            c.premise = (
+                f"{len(inside)} of {len(inside) + len(outside)} seeds start from a reliable "
+                f"pretrained flow (< {MIN_SEEDS})"
+            )
+        c.values.update(inside=inside, outside=outside, time_spread=spread)
+        out.append(c)
+    return out
+
+
 def claims(study: dict[str, Any]) -> list[Claim]:
     """Every claim the study tests (the Holm family), before :func:`decide`."""
     est = study["spec"]["estimators"]
@@ -421,6 +548,8 @@ def claims(study: dict[str, Any]) -> list[Claim]:
                 std,
             )
         )
+    if CONTINUED in est:
+        out += _fine_tuning_claims(study)
     for fast in ("reverse-path-fast", "forward-path-fast"):
         if fast in est:
             variance = _variance_claim(study, fast)
@@ -451,9 +580,18 @@ def decide(study: dict[str, Any]) -> list[Claim]:
             reasons.append(f"{n_seeds} seeds < {MIN_SEEDS}")
         if c.needs_clock and old_clock:
             reasons.append("old clock, which counts evaluation as training")
+        spread = c.values.get("time_spread")
+        if isinstance(spread, float) and not spread <= EQUAL_TIME_TOLERANCE:
+            reasons.append(
+                f"the arms' median training times differ by {_fmt(100 * spread)} % > "
+                f"{100 * EQUAL_TIME_TOLERANCE:g} %"
+            )
         if reasons:
             c.note = "no verdict: " + " and ".join(reasons) + f"; the tests alone give {c.verdict}"
             c.verdict = PENDING
+        elif c.premise:
+            c.note = f"no verdict: {c.premise}; the tests on the seeds inside give {c.verdict}"
+            c.verdict = OUTSIDE
     return cs
 
 

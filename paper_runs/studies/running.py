@@ -55,6 +55,8 @@ CURVE_KEYS = (
     "nll_train",
     "grad_var_standard",
     "grad_var_path",
+    "n_eff",
+    "reliable",
 )
 
 
@@ -69,7 +71,12 @@ class StudySpec:
       command for a GPU, printed next to the CPU result.
     - ``fresh_cache``: every run makes its own target samples (``--cache-dir`` in its run
       folder), so that its wall time includes them (the quick presets' targets).
+    - ``pretrains``: the preset has a pretraining stage (``--pretrain-steps``); the runs of a
+      seed share it in ``<root>/pretrained`` (with ``fresh_cache``, each run trains its own in
+      its folder, so that its wall time includes it).
     - ``extra_args``: appended to every run's command.
+    - ``design``: how the settings were chosen (which exploratory runs, with which seeds, led
+      to them), shown with the study's results.
     """
 
     name: str
@@ -80,7 +87,9 @@ class StudySpec:
     claim: str
     gpu_command: str = ""
     fresh_cache: bool = False
+    pretrains: bool = False
     extra_args: tuple[str, ...] = field(default_factory=tuple)
+    design: str = ""
 
     def run_dir(self, root: Path, estimator: str, seed: int) -> Path:
         return root / estimator / f"seed{seed}"
@@ -102,15 +111,16 @@ class StudyInterruptedError(RuntimeError):
 
 
 def run_state(run_dir: Path) -> str:
-    """``"completed"`` (``summary.json`` says so), ``"partial"`` (a run was started: resume it)
-    or ``"absent"``."""
+    """``"completed"`` (``summary.json`` says so, or that the run used up its training-time
+    budget, ``--time-limit``), ``"partial"`` (a run was started: resume it) or ``"absent"``."""
     summary = run_dir / "summary.json"
     if summary.exists():
         try:
-            status = json.loads(summary.read_text()).get("status")
+            record = json.loads(summary.read_text())
+            status, reason = record.get("status"), record.get("stop_reason")
         except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-            status = None
-        if status == "completed":
+            status = reason = None
+        if status == "completed" or (status == "stopped" and reason == "time_limit"):
             return "completed"
     if run_dir.exists() and any(run_dir.iterdir()):
         return "partial"
@@ -121,6 +131,9 @@ def run_command(
     spec: StudySpec, script: Path, run_dir: Path, estimator: str, seed: int
 ) -> list[str]:
     """The training command of one run (``--resume`` starts it when nothing is there yet)."""
+    # run_dir is <root>/<estimator>/seed<k>: the seed's runs share <root>/pretrained.
+    shared = run_dir.parent.parent / "pretrained"
+    pretrained = run_dir / "pretrained" if spec.fresh_cache else shared
     return [
         sys.executable,
         str(script),
@@ -135,6 +148,7 @@ def run_command(
         "--resume",
         "--no-progress",
         *(["--cache-dir", str(run_dir / "cache")] if spec.fresh_cache else []),
+        *(["--pretrain-dir", str(pretrained)] if spec.pretrains else []),
         *spec.extra_args,
     ]
 
