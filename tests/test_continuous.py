@@ -94,6 +94,37 @@ def test_divergence_is_the_exact_trace() -> None:
         assert abs(float(torch.trace(J) - div[i].detach())) < 1e-13
 
 
+def test_score_rate_functional_branch_equals_eager(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The VJP of ``(v, div v)`` taken by ``torch.func.vjp`` (the form used under
+    ``torch.compile``) equals the eager ``autograd.grad`` form, forced here in eager mode; and
+    both equal ``−Jᵀ s − ∇ div v`` from the dense per-sample Jacobian."""
+    import pathgrad_ref.flows.continuous as continuous
+
+    layer = make_flow(4).layers[0]
+    assert isinstance(layer, ContinuousLayer)
+    gen = torch.Generator().manual_seed(8)
+    x, s = torch.randn(5, DIM, generator=gen), torch.randn(5, DIM, generator=gen)
+    t = torch.tensor(0.7)
+    eager = continuous.score_rate(layer.velocity, x, s, t)
+    monkeypatch.setattr(continuous, "is_compiling", lambda: True)
+    functional = continuous.score_rate(layer.velocity, x, s, t)
+    for a, b in zip(eager, functional, strict=True):
+        assert not a.requires_grad and not b.requires_grad
+        assert torch.allclose(a, b, rtol=1e-13, atol=1e-13)
+
+    def v_one(u: Tensor) -> Tensor:
+        return layer.velocity(u[None], t)[0]
+
+    for i in range(x.shape[0]):
+        J = torch.autograd.functional.jacobian(v_one, x[i])
+        grad_div = torch.autograd.functional.jacobian(
+            lambda u: torch.trace(torch.autograd.functional.jacobian(v_one, u, create_graph=True)),
+            x[i],
+        )
+        expected = -(J.T @ s[i]) - grad_div
+        assert torch.allclose(eager[2][i], expected, rtol=1e-12, atol=1e-12)
+
+
 def test_log_det_converges_to_slogdet_of_the_solver_map() -> None:
     """``∫ div v`` along the RK4 solve against ``log|det|`` of the RK4 map's dense Jacobian:
     both approximate the exact flow's log-det, so they differ by ``O(h⁴)``."""

@@ -27,11 +27,11 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.func import jacfwd, vmap
+from torch.func import vmap
 
 from ..distributions import StandardNormal
 from . import _args
-from .base import Flow, Layer
+from .base import Flow, Layer, is_compiling
 from .conditioners import MLP
 
 State = tuple[Tensor, ...]
@@ -70,18 +70,28 @@ def velocity_and_divergence(
     velocity: Callable[[Tensor, Tensor], Tensor], x: Tensor, t: Tensor
 ) -> tuple[Tensor, Tensor]:
     """``(v(x, t), div v(x, t))``, shapes ``(N, *event_shape)`` and ``(N,)``; the divergence is
-    the exact trace of each sample's Jacobian (``d`` forward-mode products per sample, batched by
-    ``vmap``). Differentiable in ``x`` and in the parameters ``v`` closes over."""
+    the exact trace of each sample's Jacobian, ``div v = Σ_k e_kᵀ J e_k``. Differentiable in
+    ``x`` and in the parameters ``v`` closes over.
+
+    The ``d`` products ``J e_k`` are forward-mode products of the whole batch, one per basis
+    direction ``e_k`` (applied to every sample at once), batched by ``vmap``. That is the
+    per-sample Jacobian because ``v`` acts on each sample alone (no batch statistics): the
+    contract of a velocity. (It costs less than a ``vmap`` over samples of ``jacfwd``, whose
+    per-sample calls of size one carry ``torch.func``'s overhead ``N`` times.)"""
+    n = x.shape[0]
     event = x.shape[1:]
     dim = math.prod(event)
+    eye = torch.eye(dim, dtype=x.dtype, device=x.device)
+    basis = eye.reshape(dim, 1, *event).expand(dim, n, *event)
 
-    def one(u: Tensor) -> tuple[Tensor, Tensor]:
-        out = velocity(u[None], t)[0]
-        return out, out
+    def column(e: Tensor) -> tuple[Tensor, Tensor]:
+        out: Any = torch.func.jvp(lambda u: velocity(u, t), (x,), (e,))
+        return out[0], out[1]
 
-    jac, v = vmap(jacfwd(one, has_aux=True))(x)
-    div = jac.reshape(x.shape[0], dim, dim).diagonal(dim1=1, dim2=2).sum(1)
-    return v, div
+    v, cols = vmap(column)(basis)
+    # cols[k, i] = J_i e_k, the k-th Jacobian column of sample i; its k-th entry is J_i[k, k].
+    div = cols.reshape(dim, n, dim).diagonal(dim1=0, dim2=2).sum(-1)
+    return v[0], div
 
 
 def score_rate(
@@ -90,17 +100,25 @@ def score_rate(
     """``(v, div v, ds/dt)`` with ``ds/dt = −Jᵀ s − ∇_x div v``, all detached, parameters held
     fixed: one VJP of ``u ↦ (v(u, t), div v(u, t))`` with cotangent ``(s, 1)``.
 
-    ``torch.func.vjp`` under ``no_grad`` differentiates ``u`` only and records no graph in the
-    parameters (it ignores the outer ``no_grad`` for its own level)."""
+    In eager code the VJP is an input-only ``autograd.grad`` (the cheaper of the two forms).
+    Under ``torch.compile`` it is ``torch.func.vjp`` under ``no_grad``, which differentiates
+    ``u`` only and records no graph in the parameters (it ignores the outer ``no_grad`` for its
+    own level), as the coupling step does (:func:`~pathgrad_ref.flows.base.is_compiling`)."""
+    if not is_compiling():
+        with torch.enable_grad():
+            u = x.detach().requires_grad_(True)
+            v, div = velocity_and_divergence(velocity, u, t)
+            (g,) = torch.autograd.grad((v, div), u, (score.detach(), torch.ones_like(div)))
+        return v.detach(), div.detach(), -g
 
     def field(u: Tensor) -> tuple[Tensor, Tensor]:
         return velocity_and_divergence(velocity, u, t)
 
     with torch.no_grad():
         result: Any = torch.func.vjp(field, x.detach())
-        (v, div), vjp_fn = result
-        (g,) = vjp_fn((score.detach(), torch.ones_like(div)))
-    return v, div, -g
+        (v_, div_), vjp_fn = result
+        (g_,) = vjp_fn((score.detach(), torch.ones_like(div_)))
+    return v_, div_, -g_
 
 
 def rk4(rate: Rate, state: State, t0: float, t1: float, steps: int) -> State:
