@@ -33,12 +33,23 @@ def git_commit(folder: Path) -> str | None:
 OUTPUTS = ("paper_runs/results", "paper_runs/RESULTS.md")
 
 
+# The code a run imports: an untracked file here (a new module not yet committed) is code the
+# commit does not hold, as much as a modified tracked file.
+CODE = ("pathgrad_ref", "paper_runs")
+
+
 def git_dirty(folder: Path) -> bool | None:
-    """Whether tracked files other than the study records (:data:`OUTPUTS`) differ from the
-    commit (``None`` outside git)."""
+    """Whether the checkout differs from its commit (``None`` outside git): a tracked file
+    other than the study records (:data:`OUTPUTS`) is modified, or an untracked file that git
+    does not ignore lies under the code a run imports (:data:`CODE`). Ignored files (run
+    outputs, caches, ``__pycache__``) are not code and do not count."""
     excluded = [f":(top,exclude){o}" for o in OUTPUTS]
-    status = _git(folder, "status", "--porcelain", "--untracked-files=no", "--", ":/", *excluded)
-    return None if status is None else bool(status)
+    tracked = _git(folder, "status", "--porcelain", "--untracked-files=no", "--", ":/", *excluded)
+    code = [f":(top){c}" for c in CODE]
+    untracked = _git(folder, "ls-files", "--others", "--exclude-standard", "--", *code, *excluded)
+    if tracked is None or untracked is None:
+        return None
+    return bool(tracked) or bool(untracked)
 
 
 def hardware_info() -> dict[str, Any]:
