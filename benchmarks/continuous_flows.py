@@ -12,12 +12,14 @@ The flow is ``continuous_flow(d, hidden, steps, zero_init=False)``: ``dx/dt = v_
 ``hidden`` on ``[x, t]``. Per RK4 stage (``pathgrad_ref/flows/continuous.py``):
 
 - ``reverse-standard`` / ``forward-standard`` evaluate ``(v, div v)`` with the graph
-  (``vmap(jacfwd)``: ``v`` and ``d`` forward-mode products per sample) and backpropagate
-  through all of it, parameters *and* state, i.e. through the divergence graph;
+  (``velocity_and_divergence``: ``v`` and ``d`` forward-mode products of the whole batch, one
+  ``jvp`` per basis direction under one ``vmap`` over the directions) and backpropagate through
+  all of it, parameters *and* state, i.e. through the divergence graph;
 - ``reverse-path-fast`` / ``forward-path-fast`` take one input-only VJP of ``u ↦ (v, div v)``
-  (the same ``d`` forward-mode products, then a reverse pass for ``∇div v`` and ``Jᵀs``, no
-  parameter gradients) and one more velocity evaluation with the graph; their backward runs
-  through the state trajectory alone;
+  (``score_rate``: the same ``d`` forward-mode products, then a reverse pass for ``∇div v`` and
+  ``Jᵀs``; in eager mode ``autograd.grad`` into a detached leaf ``u``, whose forward records a
+  graph in θ too, but no parameter gradient is computed from it) and one more velocity
+  evaluation with the graph; their backward runs through the state trajectory alone;
 - ``reverse-path-dropin`` (Algorithm 2) and ``forward-path-gdreg`` (Algorithm 3) solve the
   augmented system three and two times (``Flow.transform`` and ``Flow.inverse`` always carry
   ``ℓ = ∫ div v``).
@@ -31,7 +33,8 @@ round-robin blocks of at least ``--min-block`` seconds, the order rotated every 
 is taken round by round). Then, outside the timed rounds:
 
 - velocity evaluations of one step per estimator (:func:`count_evaluations`): calls of the
-  velocity module's ``forward``, by the ``torch.func`` transforms active at the call;
+  velocity module's ``forward``, by call site (inside ``score_rate`` or not), the ``torch.func``
+  transforms active at the call and whether autograd records;
 - peak step memory of every estimator (``harness.step_memory``: the profiler's CPU allocator
   events, or ``torch.cuda.max_memory_allocated``), and on Linux CPUs a cross-check of the
   fast and standard steps by resident memory, each in its own process (:func:`rss_step_delta`);
@@ -56,6 +59,7 @@ import re
 import subprocess
 import sys
 import time
+import types
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -142,28 +146,49 @@ def layer_of(bench: harness.Bench) -> ContinuousLayer:
 
 # ---- velocity evaluations --------------------------------------------------------------------
 
+SCORE_RATE_JACOBIAN = "jacobian in score_rate (input-only VJP)"
 CONTEXTS = (
     "jacobian, graph in θ",
     "jacobian, no graph",
-    "jacobian under input-only VJP",
+    SCORE_RATE_JACOBIAN,
     "plain, graph in θ",
     "plain, no graph",
 )
+"""The labels of :func:`count_evaluations` (plus ``SCORE_RATE_JACOBIAN + ", torch.func.vjp"``
+for the compiled form of ``score_rate`` and ``"other: ..."`` for a transform stack not listed)."""
 
 
 def _transform_stack() -> tuple[str, ...]:
-    """The ``torch.func`` transforms active at the call, outermost first: ``Grad``
-    (``torch.func.vjp``), ``Vmap``, ``Jvp`` (``jacfwd`` is a ``Vmap`` over a ``Jvp``)."""
+    """The ``torch.func`` transforms active at the call, outermost first: ``Vmap`` and ``Jvp``
+    in ``velocity_and_divergence`` (a ``vmap`` over basis directions of a whole-batch ``jvp``),
+    ``Grad`` outside them when ``torch.func.vjp`` (``score_rate``'s compiled form) wraps it."""
     get = getattr(torch._C._functorch, "get_interpreter_stack", None)
     stack = get() if get is not None else None
     return tuple(str(level.key()).rsplit(".", 1)[-1] for level in stack or ())
 
 
-def _context(stack: Sequence[str], grad_enabled: bool) -> str:
+def _called_from(code: types.CodeType) -> bool:
+    """Whether a frame running ``code`` is on the Python call stack of the caller."""
+    frame: types.FrameType | None = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code is code:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _context(stack: Sequence[str], grad_enabled: bool, in_score_rate: bool) -> str:
+    """The label of one velocity call. A *jacobian* call runs under ``velocity_and_divergence``'s
+    ``jvp`` (a ``Jvp`` level). One made inside ``score_rate`` is the forward of the fast path's
+    input-only VJP, told apart by its call site, not by transform levels: in eager mode that VJP
+    is ``autograd.grad`` with autograd recording (the parameters require grad, so the forward
+    records a graph in θ too, but only the input's gradient is taken), the same transforms and
+    grad mode as the standard gradient's call."""
     if "Jvp" in stack:
-        if "Grad" in stack:
-            return "jacobian under input-only VJP"
-        return "jacobian, graph in θ" if grad_enabled else "jacobian, no graph"
+        if in_score_rate:
+            return SCORE_RATE_JACOBIAN + (", torch.func.vjp" if "Grad" in stack else "")
+        if tuple(stack) == ("Vmap", "Jvp"):
+            return "jacobian, graph in θ" if grad_enabled else "jacobian, no graph"
     if stack:
         return "other: " + ">".join(stack)
     return "plain, graph in θ" if grad_enabled else "plain, no graph"
@@ -173,17 +198,21 @@ def count_evaluations(bench: harness.Bench, estimator: str) -> dict[str, Any]:
     """Calls of the velocity module's ``forward`` during one training step of ``estimator``.
 
     One call is one evaluation on the whole batch ``(N, d)``, whatever transforms wrap it. A
-    *jacobian* call runs under ``vmap(jacfwd)`` (``velocity_and_divergence``): it evaluates
-    ``v`` and its ``d`` forward-mode products (Jacobian columns) for all ``N`` samples; under
-    ``torch.func.vjp`` a reverse pass (input-only) follows it in the forward solve. A *plain*
-    call evaluates ``v`` alone. Backward passes through recorded graphs are no calls and are not
-    counted. ``directional_evaluations = plain + (1 + d) · jacobian``: velocity-sized forward
-    products, the unit of work the d-scaling is about."""
+    *jacobian* call runs in ``velocity_and_divergence`` (one ``vmap`` over the ``d`` basis
+    directions of a whole-batch ``torch.func.jvp``): it evaluates ``v`` and its ``d``
+    forward-mode products (Jacobian columns) for all ``N`` samples. One whose call stack holds
+    ``score_rate`` is labelled ``SCORE_RATE_JACOBIAN``: an input-only reverse pass follows it in
+    the forward solve (:func:`_context`). A *plain* call evaluates ``v`` alone; *graph in θ* /
+    *no graph*: whether autograd records. Backward passes through recorded graphs are no calls
+    and are not counted. ``directional_evaluations = plain + (1 + d) · jacobian``:
+    velocity-sized forward products, the unit of work the d-scaling is about."""
     velocity = layer_of(bench).velocity
     counts: Counter[str] = Counter()
+    score_rate_code = score_rate.__code__
 
     def hook(module: torch.nn.Module, args: Any) -> None:
-        counts[_context(_transform_stack(), torch.is_grad_enabled())] += 1
+        label = _context(_transform_stack(), torch.is_grad_enabled(), _called_from(score_rate_code))
+        counts[label] += 1
 
     step = harness.make_step(bench, estimator)
     handle = velocity.register_forward_pre_hook(hook)
@@ -273,13 +302,16 @@ def stage_pieces(bench: harness.Bench) -> dict[str, harness.Step]:
     - ``v, (1+d)N rows``: ``v`` without a graph on ``x`` repeated ``1 + d`` times, i.e. the
       arithmetic of ``v`` and ``d`` forward-mode products done as one plain evaluation;
     - ``(v, div v) fwd``: ``velocity_and_divergence`` without a graph (``v`` and the ``d``
-      forward-mode products);
-    - ``standard stage``: ``(v, div v)`` with the graph, then the backward with cotangents
-      ``(a, 1)`` into ``x`` and θ (what the standard gradient does per stage);
+      forward-mode products: one ``vmap`` over basis directions of a whole-batch ``jvp``);
+    - ``standard stage``: ``velocity_and_divergence`` with the graph, then the backward with
+      cotangents ``(a, 1)`` into ``x`` and θ (what the standard gradient does per stage);
     - ``fast stage``: ``score_rate`` (the input-only VJP of ``u ↦ (v, div v)`` with cotangent
-      ``(s, 1)``) plus ``v fwd+bwd`` (what the fast path does per stage).
+      ``(s, 1)``, in eager mode by ``autograd.grad``) plus ``v fwd+bwd`` (what the fast path
+      does per stage).
 
-    The RK4 combinations and the target's terms are left out: they are the same for both."""
+    The divergence pieces call the library's own ``velocity_and_divergence`` and ``score_rate``,
+    so they time whatever form ``continuous.py`` has. The RK4 combinations and the target's
+    terms are left out: they are the same for both."""
     layer = layer_of(bench)
     velocity = layer.velocity
     x0 = bench.batches["reverse"]
@@ -307,7 +339,7 @@ def stage_pieces(bench: harness.Bench) -> dict[str, harness.Step]:
             out: torch.Tensor = velocity(stacked, t)
         return out
 
-    def jacobian_fwd() -> torch.Tensor:
+    def divergence_fwd() -> torch.Tensor:
         with torch.no_grad():
             _, div = velocity_and_divergence(velocity, x0, t)
         return div
@@ -324,7 +356,7 @@ def stage_pieces(bench: harness.Bench) -> dict[str, harness.Step]:
         plain_fwd_bwd()
         return ds
 
-    pieces = (plain, plain_fwd_bwd, plain_stacked, jacobian_fwd, standard, fast)
+    pieces = (plain, plain_fwd_bwd, plain_stacked, divergence_fwd, standard, fast)
     return dict(zip(STAGE_PIECES, pieces, strict=True))
 
 
@@ -514,7 +546,8 @@ def work_model_ratio(d: int) -> float:
     work, in units of one velocity evaluation ``F`` on the batch. Standard: the forward of
     ``(v, div v)`` is ``(1 + d) F`` (``v`` and ``d`` forward-mode products), its backward
     ``2 (1 + d) F`` (input and parameter gradients of each product). Fast: the same forward,
-    an input-only reverse ``(1 + d) F``, one more evaluation of ``v`` with its backward ``3 F``.
+    an input-only reverse ``(1 + d) F`` (``autograd.grad`` into the input skips the parameter
+    gradients' products), one more evaluation of ``v`` with its backward ``3 F``.
     Per-operation overhead is not in it."""
     return (2 * (1 + d) + 3) / (3 * (1 + d))
 
@@ -641,12 +674,16 @@ def render(doc: Mapping[str, Any]) -> str:
     lines += [
         "",
         "Velocity evaluations per training step: calls of the velocity module's `forward`, "
-        "counted by a forward pre-hook, by the `torch.func` transforms around the call. A "
-        "*jacobian* call (inside `vmap(jacfwd)`) evaluates v and its d forward-mode products "
-        "for the whole batch, *under input-only VJP* inside `torch.func.vjp`; a *plain* call "
-        "evaluates v alone. Backward passes run no `forward` and are not counted. Per RK4 stage "
-        "of one solve (the counts of every row divided by its stages), then the directional "
-        "evaluations of a whole step, plain + (1 + d) · jacobian, per row:",
+        "counted by a forward pre-hook, labelled by call site, the `torch.func` transforms "
+        "around the call and whether autograd records (*graph in θ* / *no graph*). A "
+        "*jacobian* call (in `velocity_and_divergence`: one `vmap` over basis directions of a "
+        "whole-batch `jvp`) evaluates v and its d forward-mode products for the whole batch; "
+        "*in score_rate* marks one whose call stack holds `score_rate`, the forward of the fast "
+        "path's input-only VJP (in eager mode `autograd.grad` into the input: autograd records, "
+        "only the input's gradient is taken); a *plain* call evaluates v alone. Backward passes "
+        "run no `forward` and are not counted. Per RK4 stage of one solve (the counts of every "
+        "row divided by its stages), then the directional evaluations of a whole step, plain + "
+        "(1 + d) · jacobian, per row:",
         "",
         "| estimator | calls per RK4 stage | "
         + " | ".join(f"directional evaluations, {name}" for name in rows)

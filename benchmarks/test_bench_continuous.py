@@ -40,13 +40,16 @@ DROPIN_OVER_FAST_MIN = 1.3
 # allocator and torch changes. A fast path that kept the divergence graph would sit near 1.
 MEMORY_FAST_MAX = 0.2
 
-# Velocity calls per training step, in RK4 stages of one solve: the fast path solves once and
-# evaluates the velocity twice per stage (the VJP of (v, div v), then v with its graph).
+# Velocity calls per training step, in RK4 stages of one solve: the standard gradient makes one
+# jacobian call per stage (velocity_and_divergence with the graph); the fast path solves once
+# and evaluates the velocity twice per stage: the forward of score_rate's input-only VJP of
+# (v, div v) (told apart by its call site, cf.count_evaluations; in eager mode it runs under
+# the same transforms and grad mode as the standard call), then v with its graph.
 EXPECTED_CALLS = {
     "reverse-standard": {"jacobian, graph in θ": 1},
     "forward-standard": {"jacobian, graph in θ": 1},
-    "reverse-path-fast": {"jacobian under input-only VJP": 1, "plain, graph in θ": 1},
-    "forward-path-fast": {"jacobian under input-only VJP": 1, "plain, graph in θ": 1},
+    "reverse-path-fast": {cf.SCORE_RATE_JACOBIAN: 1, "plain, graph in θ": 1},
+    "forward-path-fast": {cf.SCORE_RATE_JACOBIAN: 1, "plain, graph in θ": 1},
 }
 
 
