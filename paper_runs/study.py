@@ -172,7 +172,13 @@ STUDIES: dict[str, StudySpec] = {
             "flow-matching steps); the stage-2 rate 1e-4 for every arm after a grid of 1e-4 "
             "and 1e-3 per arm (seeds 903, 904), where 1e-4 was better for continued flow "
             "matching and the reverse arm and within 0.003 for the forward arm; the 45 s "
-            "budget and the evaluation sizes to fit the studies' CPU budget.",
+            "budget and the evaluation sizes to fit the studies' CPU budget. A first run of "
+            "the study, at 31cb58c, was stopped after its first seeds because "
+            "`pathgrad_ref/flows/continuous.py` changed under it (097e0d6: a faster "
+            "divergence and score step, gradients equal to rounding), which would have mixed "
+            "two step costs in one equal-time comparison; its runs were deleted without being "
+            "looked at, and this record is the re-run from scratch, all runs at one commit, "
+            "rules, settings and seeds unchanged.",
         ),
         *(
             StudySpec(
