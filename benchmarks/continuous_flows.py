@@ -503,9 +503,15 @@ def calibrate_gates(device: torch.device, repeats: int) -> dict[str, Any]:
 # ---- provenance ------------------------------------------------------------------------------
 
 
+# What this script writes into a checkout (the record, rewritten after every row, and the
+# rendered block): a change there is no change of the code measured.
+OWN_OUTPUTS = ("benchmarks/results/continuous-*.json", "benchmarks/RESULTS.md")
+
+
 def code_commit() -> dict[str, Any]:
     """The commit of the checkout whose ``pathgrad_ref`` is imported (``+dirty`` when its tracked
-    files differ from it), that checkout's path, and whether this script lies in it."""
+    files, other than ``OWN_OUTPUTS``, differ from it), that checkout's path, and whether this
+    script lies in it."""
     package_root = Path(pathgrad_ref.__file__).resolve().parent.parent
 
     def git(*args: str) -> str:
@@ -515,12 +521,14 @@ def code_commit() -> dict[str, Any]:
 
     try:
         head = git("rev-parse", "--short", "HEAD")
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+        excluded = [f":(exclude,glob){p}" for p in OWN_OUTPUTS]
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", ".", *excluded))
     except (OSError, subprocess.CalledProcessError):
         return {"commit": "unknown", "package_root": str(package_root)}
     return {
         "commit": head + ("+dirty" if dirty else ""),
         "dirty": dirty,
+        "dirty_ignores": list(OWN_OUTPUTS),
         "package_root": str(package_root),
         "script_in_package_checkout": Path(__file__).resolve().is_relative_to(package_root),
     }

@@ -28,7 +28,8 @@ GATE_ROW = cf.DEFAULT_ROW
 # at about 0.8 of the standard step at d = 8 (RESULTS.md). Set above the calibration's medians
 # with room for a loaded runner; a fast path that picked up a second solve of the augmented
 # system (Algorithm 3's cost) would break it, one that kept the divergence graph would break
-# the memory gate below.
+# the memory gate below. Re-measured at 097e0d6's continuous.py: repeat medians 0.870 - 1.092
+# under a load of about 3, not under 1.0 in every repeat, so the limit was not tightened.
 FAST_MAX = 1.2
 # Algorithms 2 and 3 over the fast path: they solve the augmented system three and two times
 # (every solve with the d forward-mode products, whether or not the log-determinant is used).
@@ -37,7 +38,9 @@ DROPIN_OVER_FAST_MIN = 1.3
 # Peak step memory, fast / standard, both directions: the fast path keeps the graph of the
 # velocity alone, the standard gradient also that of the d forward-mode products of every
 # stage (model 1/(1 + d) = 0.11 at d = 8). Memory does not depend on the load; the room is for
-# allocator and torch changes. A fast path that kept the divergence graph would sit near 1.
+# allocator and torch changes. The eager input-only VJP (097e0d6) records one stage's graph in
+# θ too: 0.112 at d = 8 (0.104 with torch.func.vjp). A fast path that kept the divergence graph
+# would sit near 1.
 MEMORY_FAST_MAX = 0.2
 
 # Velocity calls per training step, in RK4 stages of one solve: the standard gradient makes one
