@@ -77,8 +77,15 @@ def one_thread() -> Iterator[None]:
 @pytest.fixture(autouse=True)
 def _seed_global_generators() -> None:
     """Every test starts from the same global torch state, so that a test gives the same result
-    alone, in the full suite and in any order (tests should still prefer explicit generators)."""
+    alone, in the full suite and in any order (tests should still prefer explicit generators).
+    The default dtype must be torch's own: a module that changes it at import time changes
+    every test collected after it (parameters drawn in another dtype, other random streams)."""
     torch.manual_seed(0)
+    if torch.get_default_dtype() != torch.float32:
+        raise RuntimeError(
+            f"the default dtype is {torch.get_default_dtype()} at the start of a test; a test "
+            "module changed it and did not restore it (use a fixture that restores it)"
+        )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -24,8 +25,6 @@ from pathgrad_ref.flows import ContinuousLayer, Flow, continuous_flow, flow_matc
 from pathgrad_ref.flows.continuous import rk4, velocity_and_divergence
 from pathgrad_ref.targets import GaussianMixture
 
-torch.set_default_dtype(torch.float64)
-
 DIM = 3
 PAIRS = {
     "reverse-path-fast": "reverse-path-naive",
@@ -35,6 +34,16 @@ PAIRS = {
     "forward-path-gdreg": "forward-path-naive",
     "forward-standard": "forward-standard-naive",
 }
+
+
+@pytest.fixture(autouse=True)
+def _float64() -> Iterator[None]:
+    """float64 within each test of this module, restored after it (a module-level default
+    would leak into every test collected after this file)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
 
 
 def make_flow(steps: int, dim: int = DIM, **layer: object) -> Flow:
