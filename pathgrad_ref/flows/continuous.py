@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import vmap
 
+from .._validation import per_call_finite_enabled
 from ..distributions import StandardNormal
 from . import _args
 from .base import Flow, Layer, is_compiling
@@ -357,7 +358,9 @@ def flow_matching_loss(flow: Flow, x1: Tensor, generator: torch.Generator | None
         raise ValueError(
             f"flow_matching_loss: expected a flow of one ContinuousLayer, got layers {kinds}"
         )
-    flow.check_input(x1, name="x1 (target samples)")
+    # Shape, dtype and device always; NaN/inf only while the per-call check is on (it reads a
+    # flag back to the host: a training loop checks each batch where it is made instead).
+    flow.check_input(x1, name="x1 (target samples)", finite=per_call_finite_enabled())
     layer = layers[0]
     n = x1.shape[0]
     z = flow.base.sample(n, generator)
