@@ -62,8 +62,8 @@ FACTORS: tuple[tuple[str, str], ...] = (
 
 # Sizes per setup and scale. ``paper`` is the paper's configuration (``docs/theory.md`` §7;
 # the GMM flow's sizes are ours); ``paper-arch`` keeps the paper's architectures with batches
-# that a CPU core runs in a few seconds; ``small`` is for the CI gates (steps of tens of
-# milliseconds).
+# cut down for one CPU core; ``small`` is for the CI gates (their step times on the CPU are in
+# results/table2-cpu.json).
 SIZES: dict[str, dict[str, dict[str, Any]]] = {
     "gmm": {
         "small": {"dim": 6, "n_couplings": 6, "hidden": [64, 64], "batch": 512},
@@ -453,8 +453,8 @@ def set_threads(threads: int) -> None:
 
     One thread is the default of the benchmarks on the CPU: on a shared two-core machine the
     default two threads spin in OpenMP barriers whenever another process holds a core, and we
-    measured steps of the same matrix products 15× slower that way; a single thread keeps the
-    ratios meaningful.
+    measured steps of the same matrix products many times slower that way (one measurement,
+    not recorded); a single thread keeps the ratios meaningful.
     """
     if threads > 0:
         torch.set_num_threads(threads)

@@ -1,7 +1,7 @@
 """Side-by-side step times against the flow libraries people use, in one process.
 
     pip install -e ".[zuko]" normflows==1.7.3      # normflows: for this benchmark only
-    python benchmarks/peers.py                      # CPU, float32, one thread: ~2 minutes
+    python benchmarks/peers.py                      # CPU, float32, one thread
     python benchmarks/peers.py --device cuda        # the GPU rows
     python benchmarks/peers.py --render-only        # re-render RESULTS.md from the JSON
 
@@ -328,8 +328,9 @@ def _round_trip_errors(
 
     def error(round_trip: Callable[[Tensor], Tensor], u: Tensor) -> float | None:
         """``max |round_trip(u) − u|``; ``None`` where our solver refuses a target at or inside a
-        jump of the map (zuko's Bernstein polynomial jumps by about 1e-5 at its bound ``B``, and
-        ``y = B`` is the jump's edge) instead of returning a point up to the jump off."""
+        jump of the map (zuko's Bernstein polynomial jumps by about 1e-5 at its bound ``B``, as
+        ``results/peers-roots-cpu.json`` shows, and ``y = B`` is the jump's edge) instead of
+        returning a point up to the jump off."""
         try:
             return float((round_trip(u) - u).abs().max())
         except BisectionError:

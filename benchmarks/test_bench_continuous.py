@@ -39,7 +39,8 @@ DROPIN_OVER_FAST_MIN = 1.3
 # velocity alone, the standard gradient also that of the d forward-mode products of every
 # stage (model 1/(1 + d) = 0.11 at d = 8). Memory does not depend on the load; the room is for
 # allocator and torch changes. The eager input-only VJP (097e0d6) records one stage's graph in
-# θ too: 0.112 at d = 8 (0.104 with torch.func.vjp). A fast path that kept the divergence graph
+# θ too: 0.112 at d = 8 (0.104 with torch.func.vjp, in the record at 6885273: git show
+# 54db48b:benchmarks/results/continuous-cpu.json). A fast path that kept the divergence graph
 # would sit near 1.
 MEMORY_FAST_MAX = 0.2
 

@@ -52,24 +52,28 @@ class Gate:
 # times per setup by calibrate_gates.py; the comments give the medians they were set against.
 
 # Coupling flows: the fast path adds one input-only VJP per conditioner to forward + backward
-# (F + B ~ 3 forward costs), so ~4/3 is its structural floor; measured medians 1.20-1.40 on
-# GMM and phi^4 (two calibrations of 5 repeats per setup and direction). The limit leaves 14%
-# for a noisy runner and protects the algorithm: one more forward pass per step would cost ~5/3,
-# an inverse pass or a dense Jacobian far more.
+# (F + B ~ 3 forward costs), so ~4/3 is its structural floor; the measured medians on GMM and
+# phi^4 are runtime.gmm / runtime.phi4, "*-path-fast / *-standard", in results/gates-cpu.json.
+# The limit leaves room above the largest of them for a noisy runner and protects the
+# algorithm: one more forward pass per step would cost ~5/3, an inverse pass or a dense
+# Jacobian far more.
 COUPLING_FAST_MAX = 1.6
 # Algorithm 1 must beat the drop-in Algorithms 2 and 3 (an inverse pass and its VJP on top of
-# forward + backward) on coupling flows: measured medians 1.19-1.73. Protects the point of the
-# fast path; a margin of ~12% below the smallest median.
+# forward + backward) on coupling flows: measured medians "reverse-path-dropin /
+# reverse-path-fast" and "forward-path-gdreg / forward-path-fast" in results/gates-cpu.json.
+# Protects the point of the fast path; the limit sits well below the smallest median.
 COUPLING_DROPIN_OVER_FAST_MIN = 1.05
 # U(1): the 8-channel conv conditioners' input-only VJP costs nearly a whole backward (their weight
-# gradients are cheap; profiled on 8x8: VJPs 118 ms against a 135 ms backward), so the factor
-# sits near (F + VJP + B)/(F + B) ~ 1.5; measured medians 1.39-1.62 (reverse), 1.15-1.39
-# (forward). Protects against the fast path picking up a second pass through the flow (reverse:
-# Algorithm 2, which adds the bisection inverse, is ~3x the standard step).
+# gradients are cheap; a profile of one 8x8 step, not recorded, put the VJPs close to the
+# backward), so the factor sits near (F + VJP + B)/(F + B) ~ 3/2; measured medians runtime.u1
+# in results/gates-cpu.json. Protects against the fast path picking up a second pass through
+# the flow (reverse: Algorithm 2, which adds the bisection inverse, costs a multiple of the
+# standard step: "reverse-path-dropin / reverse-standard" of U(1) in results/table2-cpu.json).
 U1_FAST_MAX = 2.0
 # U(1), reverse: Algorithm 2 needs the bisection inverse with implicit gradients; measured medians
-# 1.92-2.31 over the fast path on the CPU (float32, tolerance 1e-5). Protects the "no root
-# finding" property of Algorithm 1: a fast path that inverted would bring the ratio to ~1.
+# over the fast path on the CPU (float32, tolerance 1e-5): runtime.u1, "reverse-path-dropin /
+# reverse-path-fast", in results/gates-cpu.json. Protects the "no root finding" property of
+# Algorithm 1: a fast path that inverted would bring the ratio to ~1.
 U1_DROPIN_OVER_FAST_MIN = 1.5
 
 CPU_GATES: dict[str, list[Gate]] = {
@@ -120,16 +124,17 @@ CUDA_GATES: dict[str, list[Gate]] = {
 }
 
 # Peak step memory of the fast path over the standard estimator of its direction (the issue's
-# target, 10%). Memory does not depend on the machine's load, so no noise margin: measured
+# target: within 10%). Memory does not depend on the machine's load, so no noise margin: measured
 # 0.82-1.04 (results/gates-cpu.json).
 MEMORY_FAST_MAX = 1.10
 
 # Scaling (phi^4, L x L, L = 8, 16, 32, fixed flow; scaling.run_scaling). Two statistics:
 # the largest per-L median fast-path factor over the smallest, and the difference of the log-log
-# slopes (step time against volume) of the fast and the standard estimator. Measured spreads
-# 1.02-1.21 (the factor is a little higher at L = 8, where per-op overheads dominate) and slope
-# differences of at most 0.07 in size. A fast path whose extra work grew faster than the
-# standard estimator's with the volume (a dense Jacobian: V^2 or worse) breaks both at once.
+# slopes (step time against volume) of the fast and the standard estimator. Measured: the
+# spreads and slope differences of "scaling" in results/gates-cpu.json (the factor is a little
+# higher at L = 8, where per-op overheads dominate). A fast path whose extra work grew faster
+# than the standard estimator's with the volume (a dense Jacobian: V^2 or worse) breaks both at
+# once.
 SCALING_SPREAD_MAX = 1.4
 SCALING_SLOPE_DIFF_MAX = 0.15
 SCALING_SIZES = (8, 16, 32)

@@ -2,7 +2,7 @@
 path gradient (target samples and the target's force), the reverse path gradient, or more flow
 matching, on the Gaussian mixture at the corners of {−1, +1}^d (``docs/theory.md``).
 
-    python paper_runs/cnf.py                                   # quick preset: CPU, about 2 minutes
+    python paper_runs/cnf.py                                   # quick preset: CPU
     python paper_runs/cnf.py --estimator flow-matching         # continued flow matching instead
     python paper_runs/cnf.py --compare flow-matching,forward-path-fast,reverse-path-fast
     python paper_runs/cnf.py --preset paper --device cuda
@@ -21,11 +21,12 @@ The flow is ``continuous_flow``: one ODE ``dx/dt = v_θ(x, t)`` from ``t = 0`` t
 tanh MLP velocity, solved by a fixed-step RK4 (``--ode-steps``) with the exact divergence.
 
 φ⁴ is not run with a continuous flow. ``continuous_flow((L, L))`` takes a lattice, but the
-study of the mixture below (8 seeds × 3 arms) uses the CPU budget of the studies, about 40
-minutes; a φ⁴ study would need as much again at least (a forward path-gradient step on a 4 × 4
-lattice, 16 RK4 steps, batch 256, one thread, measured 0.45–0.52 s against 0.26 s for the d = 4
-mixture) and its own experiment with HMC samples for flow matching (this one draws exact
-samples).
+study of the mixture below (8 seeds × 3 arms) uses the CPU budget of the studies
+(``study.py cnf-gmm --dry-run`` prints its expected time); a φ⁴ study would need as much again
+at least (a forward path-gradient step on a 4 × 4 lattice, 16 RK4 steps, batch 256, one thread,
+cost more than one on the d = 4 mixture, in a measurement that left no record: its figures are
+in this docstring as first committed, 31cb58c) and its own experiment with HMC samples for flow
+matching (this one draws exact samples).
 """
 
 from __future__ import annotations
@@ -56,29 +57,30 @@ PARAMS = (
 )
 
 # The target, the flow and the stage-2 learning rate were chosen by exploratory runs with
-# seeds 900-904, which no study uses (commands as below plus --seed, --out and --pretrain-dir):
-#   d = 2, σ² = 0.5, 20,000 FM steps (seed 900): reverse ESS 0.991 after stage 1, 0.999 after
-#     60 s of forward path gradient (lr 1e-4); d = 2, σ² = 0.1, 10,000 FM steps (seed 901):
-#     0.947, then 0.974 after 60 s of continued FM and 0.968 of reverse path gradient. Both too
-#     close to 1 to tell the arms apart, so:
-#   d = 4, σ² = 0.1 (16 well separated modes), 10,000 FM steps (seeds 902-904): ESS 0.737,
-#     0.742, 0.814 after stage 1, where flow matching with this velocity network plateaus (its
-#     ESS stays at 0.73-0.77 from step 3,600 of stage 1 on, seed 902); 45-60 s of stage 2 raise
-#     it by 0.015-0.11 (final values, mean of the last 3 evaluations), so every arm has room.
-#   Stage-2 rate: lr 1e-4 and 1e-3 for each arm, 45 s, seeds 903 and 904; mean final reverse
-#     ESS continued FM 0.821 / 0.808, forward path 0.840 / 0.843, reverse path 0.831 / 0.815
-#     (lr 1e-4 / 1e-3): one rate for all arms, 1e-4, better for two arms and within 0.003 for
-#     the third. (Seed 902, 60 s, had shown continued FM at 1e-3 end at 0.830 against 0.795 at
-#     1e-4; seeds 903 and 904 did not confirm it.)
+# seeds 900-904, which no study uses and which left no record (commands as below plus --seed,
+# --out and --pretrain-dir; the ESS values they reached are in this comment as first
+# committed, 31cb58c):
+#   d = 2, σ² = 0.5, 20,000 FM steps (seed 900), and d = 2, σ² = 0.1, 10,000 FM steps
+#     (seed 901): the reverse ESS after stage 1, and after stage 2 in every arm, was too close
+#     to 1 to tell the arms apart, so:
+#   d = 4, σ² = 0.1 (16 well separated modes), 10,000 FM steps (seeds 902-904): flow matching
+#     with this velocity network plateaus well below an ESS of 1 (seed 902: from step 3,600 of
+#     stage 1 on), and stage 2 (the study's 45 s, or somewhat longer) raised the final ESS of
+#     every arm, so every arm has room.
+#   Stage-2 rate: lr 1e-4 or lr 1e-3 for each arm, 45 s, seeds 903 and 904: one rate for all
+#     arms, lr 1e-4, better for two arms and nearly equal for the third. (Seed 902 had favoured
+#     lr 1e-3 for continued FM; seeds 903 and 904 did not confirm it.)
 # Fixed by us, not tuned: the velocity MLP 64 × 64 tanh (the size of the coupling conditioners
 # of gmm.py), 16 RK4 steps (the low end of 16-32: a path-gradient step costs in proportion),
 # batch 256, stage-1 rate 1e-3, 100,000 training samples (flow matching sees each about 25
 # times in stage 1), 4,096 flow samples per evaluation (a reliable evaluation needs
 # N_eff = ESS · 4096 ≥ 1000, i.e. ESS ≥ 0.25), 2,048 held-out samples (evaluation solves the ODE
-# for every sample: with 4,096 it took up to 8 s at d = 4 on the loaded machine).
+# for every sample, which with 4,096 took a sizeable part of an evaluation interval on the
+# loaded machine).
 # Stage 2 trains for a budget of training time, evaluated on the training clock: a flow-matching
-# step cost 2-4 ms in these runs, a path-gradient step 0.3-0.8 s (the ODE solved with the score
-# and backpropagated), so equal steps would be no comparison at all.
+# step costs a small fraction of a path-gradient step (the ODE solved with the score and
+# backpropagated; mean_step_time_s of the runs in paper_runs/results/cnf-gmm/study.json), so
+# equal steps would be no comparison at all.
 STUDY: dict[str, Any] = {
     "dim": 4,
     "sigma2": 0.1,
@@ -104,9 +106,10 @@ STUDY: dict[str, Any] = {
     "n_test_samples": 2048,
 }
 
-# Quick: the study's setting, shorter, to finish within about 2 minutes on the 2-core CPU with
-# stage 1 included (6,000 flow-matching steps: the plateau is reached by about 4,000; 30 s of
-# forward path gradient).
+# Quick: the study's setting, shorter, meant to meet the quick targets of
+# paper_runs/studies/rules.py on the 2-core CPU, stage 1 included (6,000 flow-matching steps,
+# past the plateau of the exploratory runs' stage 1; 30 s of forward path gradient); its
+# measured wall time is runs[0].wall_s in paper_runs/results/cnf-quick/study.json.
 QUICK: dict[str, Any] = {
     **STUDY,
     "pretrain_steps": 6000,
@@ -120,7 +123,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "study": STUDY,
     # For a GPU (our choice: the flow-matching paper's molecular systems have no counterpart
     # here): the same mixture with a larger velocity network, 32 RK4 steps, batch 4096, 100,000
-    # pretraining steps and an hour of fine-tuning per arm.
+    # pretraining steps and fine-tuning for 1 h per arm.
     "paper": {
         **STUDY,
         "hidden": (256, 256, 256),

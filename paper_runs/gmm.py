@@ -1,7 +1,7 @@
 """Train a RealNVP flow (or a neural spline flow, ``--flow nsf``) on the Gaussian mixture at the
 corners of {−1, +1}^d (``docs/theory.md``).
 
-    python paper_runs/gmm.py                          # quick preset: d = 6, a few minutes on a CPU
+    python paper_runs/gmm.py                          # quick preset: d = 6, CPU
     python paper_runs/gmm.py --flow nsf               # rational-quadratic spline couplings
     python paper_runs/gmm.py --preset paper --device cuda
     python paper_runs/gmm.py --estimator forward-path-fast --seed 1
@@ -50,7 +50,9 @@ PARAMS = (
     Param("activation", str, "conditioner activation (tanh, relu, gelu, silu, softplus)"),
 )
 
-# Quick: about a minute on a 2-core CPU; the fast path reaches reverse ESS ≈ 0.95 (our choice).
+# Quick (our choice): meant to meet the quick targets of paper_runs/studies/rules.py on a 2-core
+# CPU; its measured wall time and the fast path's final reverse ESS are in
+# paper_runs/results/gmm-quick/study.json (runs[0].wall_s, runs[0].final.ess_reverse).
 QUICK: dict[str, Any] = {
     "dim": 6,
     "sigma2": 0.5,
@@ -72,15 +74,18 @@ QUICK: dict[str, Any] = {
 
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": QUICK,
-    # For paper_runs/study.py: the quick setting (the fast path reaches ESS ≈ 0.9, so a
-    # difference between estimators means something), with the variance of the standard and
-    # path gradients measured at every evaluation (8 batches).
+    # For paper_runs/study.py: the quick setting (where the fast path trains to a high reverse
+    # ESS, so a difference between estimators means something: estimators["reverse-path-fast"]
+    # .final_ess_reverse in paper_runs/results/gmm-reverse/study.json), with the variance of the
+    # standard and path gradients measured at every evaluation (8 batches).
     "study": {**QUICK, "grad_var_batches": 8},
     # The same study with the neural spline flow (6 rational-quadratic spline couplings, 8 bins):
     # the reverse-KL claim on a flow whose fast path needs f''/f' of the spline. 1,000 steps
-    # (evaluated every 100) instead of 5,000, for cost: a step costs about 3x a RealNVP step on
-    # the CPU. Fixed after one 200-step pilot of the fast path (seed 0), which reached reverse
-    # ESS 0.99 by step 100; no other estimator was run before the study.
+    # (evaluated every 100) instead of 5,000, for cost: a step costs several RealNVP steps on
+    # the CPU (the runs' mean_step_time_s in paper_runs/results/gmm-reverse-nsf/study.json
+    # against gmm-reverse/study.json). Fixed after one 200-step pilot of the fast path (seed 0,
+    # no record; its ESS is in this comment as of 0b0756e), whose reverse ESS had levelled off
+    # by step 100; no other estimator was run before the study.
     "study-nsf": {**QUICK, "flow": "nsf", "steps": 1000, "eval_every": 100, "grad_var_batches": 8},
     # Forward KL from a finite training set of 1000 samples, 6000 steps of batch 256: every
     # sample is seen about 1500 times by a flow of about 30k parameters, the regime where

@@ -1,7 +1,7 @@
 """Heavy tails of the forward-KL gradients: the distribution of per-batch gradient norms along
 forward training on the Gaussian mixture, per estimator, with and without clipping.
 
-    python paper_runs/heavy_tails.py                  # the committed small run (a few CPU minutes)
+    python paper_runs/heavy_tails.py                  # the committed small run (CPU)
     python paper_runs/heavy_tails.py --render         # re-write heavy_tails.md from the JSON
 
 Every (estimator, clipping) pair trains the GMM flow of ``paper_runs/gmm.py`` (preset

@@ -1,5 +1,5 @@
-"""Studies over seeds: the paper's claims, path against standard gradients, tested at a scale a
-2-core CPU finishes within about 90 minutes (all studies together, two runs at a time).
+"""Studies over seeds: the paper's claims, path against standard gradients, tested at a scale
+sized for a 90-minute budget on a 2-core CPU (all studies together, two runs at a time).
 
     python paper_runs/study.py all                          # every study; prints the expected time
     python paper_runs/study.py gmm-reverse                  # one study (resumes if killed)
