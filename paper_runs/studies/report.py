@@ -122,17 +122,39 @@ def verdict_changes(study: dict[str, Any], replaced: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
-def verdict_rows(study: dict[str, Any]) -> list[dict[str, str]]:
-    """One row per claim (:func:`.rules.decide`): claim, estimator, verdict, p-values, effect."""
+def premise_cell(c: rules.Claim) -> str:
+    """The claim's premise (:data:`.rules.PREMISES`) and whether the record meets it."""
+    rule = c.premise_rule
+    inside, outside = c.values.get("inside"), c.values.get("outside")
+    if c.premise:
+        return f"{rule}: **not met**, {c.premise}"
+    if inside is not None:
+        return f"{rule}: met ({len(inside)} of {len(inside) + len(outside or {})} seeds)"
+    return rule
+
+
+def test_cell(c: rules.Claim) -> str:
+    """The claim's p-value, Holm-adjusted within its study, and its seeds."""
+    return (
+        f"p = {c.p_for:.2g}, Holm {c.p_for_holm:.2g} (against: Holm {c.p_against_holm:.2g}); "
+        f"{c.n_seeds} seeds"
+    )
+
+
+def verdict_rows(
+    study: dict[str, Any], decided: list[rules.Claim] | None = None
+) -> list[dict[str, str]]:
+    """One row per claim (:func:`.rules.decide`, or the claims ``decided``): claim,
+    estimator, verdict, premise, p-values, effect."""
     out = []
-    for c in rules.decide(study):
+    for c in rules.decide(study) if decided is None else decided:
         out.append(
             {
                 "claim": f"{c.number}. {c.text}",
                 "estimator": c.estimator,
                 "verdict": c.verdict,
-                "test": f"p = {c.p_for:.2g}, Holm {c.p_for_holm:.2g} (against: Holm "
-                f"{c.p_against_holm:.2g}); {c.n_seeds} seeds",
+                "premise": premise_cell(c),
+                "test": test_cell(c),
                 "effect": c.effect,
                 "figures": c.figures,
                 "note": c.note,
@@ -146,12 +168,14 @@ def markdown(study: dict[str, Any], *, heading: str = "#", image_dir: str = "") 
     final values and the plots (``image_dir`` is prefixed to the image paths)."""
     spec, est = study["spec"], study["estimators"]
     seeds = ", ".join(str(s) for s in spec["seeds"])
+    confirms = spec.get("confirms")
+    command = f"{confirms} --confirm" if confirms else spec["name"]
     lines = [
         f"{heading} Study `{spec['name']}`: {spec['experiment']}, preset `{spec['preset']}`",
         "",
         f"*Claim tested*: {spec['claim']}",
         "",
-        f"- command: `python paper_runs/study.py {spec['name']}`; seeds: {seeds} (every seed "
+        f"- command: `python paper_runs/study.py {command}`; seeds: {seeds} (every seed "
         "is reported)",
         *provenance_lines(study),
         f"- clock: {clock_text(study)}",
@@ -166,7 +190,7 @@ def markdown(study: dict[str, Any], *, heading: str = "#", image_dir: str = "") 
             "final training time of the estimators)"
         )
     quick = rules.is_preset_check(study)
-    lines += ["", "**Targets**" if quick else "**Verdicts**", ""]
+    lines += ["", "**Targets**" if quick else "**Verdicts** (Holm over this study's claims)", ""]
     if len(spec["seeds"]) < 2 and not quick:
         lines.append("- one seed: no claim is tested (`paper_runs/study.py` runs the studies)")
     elif quick:
@@ -179,8 +203,8 @@ def markdown(study: dict[str, Any], *, heading: str = "#", image_dir: str = "") 
         for v in rows:
             note = f" — {v['note']}" if v["note"] else ""
             lines.append(
-                f"- {v['claim']} — `{v['estimator']}`: **{v['verdict']}**{note}. {v['test']}; "
-                f"effect {v['effect']}. Per seed: {v['figures']}"
+                f"- {v['claim']} — `{v['estimator']}`: **{v['verdict']}**{note}. Premise: "
+                f"{v['premise']}. {v['test']}; effect {v['effect']}. Per seed: {v['figures']}"
             )
         if not rows:
             lines.append("- (this study tests no claim by itself)")

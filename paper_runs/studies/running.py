@@ -77,6 +77,8 @@ class StudySpec:
     - ``extra_args``: appended to every run's command.
     - ``design``: how the settings were chosen (which exploratory runs, with which seeds, led
       to them), shown with the study's results.
+    - ``confirms``: for a confirmatory record, the name of the (exploratory) study it repeats on
+      fresh seeds (``paper_runs/study.py --confirm``; :mod:`.rules`, confirmation).
     """
 
     name: str
@@ -90,6 +92,7 @@ class StudySpec:
     pretrains: bool = False
     extra_args: tuple[str, ...] = field(default_factory=tuple)
     design: str = ""
+    confirms: str = ""
 
     def run_dir(self, root: Path, estimator: str, seed: int) -> Path:
         return root / estimator / f"seed{seed}"
