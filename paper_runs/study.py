@@ -431,7 +431,7 @@ def disclosure(studies: Sequence[dict[str, Any]]) -> list[str]:
         "",
         "Not every rule was fixed before the data it judges. Per rule set: the commit that set "
         "it, which records had been read by then, what it replaced and why, and the verdicts "
-        "the replacement flipped. The rules set last, in this rule set (premises, claim 2 as "
+        f"the replacement flipped. The rules set last, in {rules.LATEST} (premises, claim 2 as "
         "the paper makes it, Holm across all claims, the confirmation), are **new and were "
         "written after every committed record had been read**: on those records they are "
         "exploratory, and only the confirmatory records on fresh seeds test them.",

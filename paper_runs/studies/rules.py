@@ -186,10 +186,15 @@ PREMISES = {
 }
 
 
+# The commit that set the premises, claim 2 as the paper makes it, Holm across all claims and
+# the confirmation (the last entry of RULE_HISTORY), before any confirmatory record existed.
+LATEST = "6441852"
+
+
 @dataclass(frozen=True)
 class Threshold:
-    """A number a verdict depends on: its value, the commit that set it (``"this rule set"``:
-    the commit that adds :data:`RULE_HISTORY`'s last entry) and why it has this value."""
+    """A number a verdict depends on: its value, the commit that set it and why it has this
+    value."""
 
     name: str
     value: str
@@ -215,13 +220,13 @@ THRESHOLDS = (
         "c80e2c0",
         "one evaluation draws one batch of samples and is noisy; the mean of the last three "
         "stays at the end of training and smooths that noise (no reason was recorded in "
-        "c80e2c0); claim 2's ratio uses it too from this rule set on (it used single "
+        "c80e2c0); claim 2's ratio uses it too from 6441852 on (it used single "
         "evaluations before, against the rules' docstring)",
     ),
     Threshold(
         "NEAR_ESS",
         f"{NEAR_ESS}",
-        "this rule set (after every record was read)",
+        f"{LATEST} (after every record was read)",
         "claim 2's premise. The reverse ESS estimates 1/(1 + χ²(p‖q)): ESS ≥ 0.5 means a "
         "χ²-divergence of at most 1, the importance weights' variance at most their squared "
         "mean, about half the samples effective. No value is free of the data here: the "
@@ -231,7 +236,7 @@ THRESHOLDS = (
     Threshold(
         "VAR_RATIO_MAX",
         f"{VAR_RATIO_MAX:g}",
-        "this rule set (after every record was read)",
+        f"{LATEST} (after every record was read)",
         "claim 2's end condition: below 1 the path gradient is the less noisy of the two at the "
         "end of training. Any smaller bound would be chosen after seeing the ratios (the bound "
         "0.1 of c80e2c0 was); 1 is the one value whose meaning does not depend on them",
@@ -240,7 +245,7 @@ THRESHOLDS = (
         "RELIABLE_FORWARD_ESS",
         f"{RELIABLE_FORWARD_ESS}",
         "ea6b15b (pathgrad_ref/evaluation.py, before the first study record); claim 4's "
-        "premise from this rule set on",
+        f"premise from {LATEST} on",
         "evaluation.py's reliability threshold for reweighted estimates: below it the flow "
         "misses part of p, and no reweighting recovers what it never visits",
     ),
@@ -275,7 +280,7 @@ THRESHOLDS = (
     Threshold(
         "CONFIRM_SEEDS",
         f"{CONFIRM_SEEDS[0]}–{CONFIRM_SEEDS[-1]}",
-        "this rule set (before any confirmatory run)",
+        f"{LATEST} (before any confirmatory run)",
         "seeds never trained by any study or exploratory run (the studies use 0–7, the cnf "
         "exploratory runs 900–904), as many as MIN_SEEDS",
     ),
@@ -381,7 +386,7 @@ RULE_HISTORY = (
         flips="none",
     ),
     RuleChange(
-        commit="this rule set",
+        commit=LATEST,
         date="2026-12-03",
         rules="claim 2 restated as the paper makes it (rank correlation of V_path with the "
         "distance from p along each run, and V_path/V_standard < 1 at the end, as last-K "
