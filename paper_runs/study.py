@@ -1,5 +1,6 @@
-"""Studies over seeds: the paper's claims, path against standard gradients, tested at a scale
-sized for a 90-minute budget on a 2-core CPU (all studies together, two runs at a time).
+"""Studies over seeds: the paper's claims, path against standard gradients, tested at a scale a
+2-core CPU runs (``--dry-run`` prints the expected time of each study from the committed
+records; the 90-minute budget the studies were first sized for no longer holds, see below).
 
     python paper_runs/study.py all                          # every study; prints the expected time
     python paper_runs/study.py gmm-reverse                  # one study (resumes if killed)
@@ -31,12 +32,13 @@ confirmation holds (Holm across all claims). Run it only at a commit whose rules
 Sizes: 8 seeds per study (the rules' minimum, up from 4). Nothing else changed: the presets
 keep the 4-seed studies' training sizes, so that no setting was re-tuned after their outcomes
 were seen, and the new ``gmm-forward-10k`` differs from ``gmm-forward`` in the training-set size
-alone. By the wall times of the 4-seed records, all studies at 8 seeds, two runs at a time, fit
-the 90-minute budget for the 2-core machine; ``--dry-run`` prints the estimate per study from
-the committed records (:func:`expected_seconds`). The budget is the machine's: when the 8-seed
-re-run came, the same machine ran the same code several times slower (compare the mean step
-times in the study tables with those of the 4-seed records in git history), so ``u1-reverse``
-was run on its own after the others (each record's provenance gives its date and load).
+alone. By the wall times of the 4-seed records, all studies at 8 seeds, two runs at a time,
+were to fit a 90-minute budget on the 2-core machine; by the 8-seed records they do not
+(``--dry-run`` prints the estimate per study from the committed records,
+:func:`expected_seconds`; the continuous-flow study came on top). When the 8-seed re-run came,
+the same machine ran the same code several times slower (compare the mean step times in the
+study tables with those of the 4-seed records in git history), so ``u1-reverse`` was run on its
+own after the others (each record's provenance gives its date and load).
 """
 
 from __future__ import annotations
