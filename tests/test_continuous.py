@@ -393,6 +393,14 @@ def test_bad_arguments_are_refused() -> None:
         ContinuousLayer(velocity, adjoint=1)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="dim must be a positive int"):
         continuous_flow(2.5)  # type: ignore[arg-type]
+
+    class WrongShape(nn.Module):
+        def forward(self, x: Tensor, t: Tensor) -> Tensor:
+            return x.sum(1, keepdim=True)
+
+    odd = Flow(make_flow(2).base, [ContinuousLayer(WrongShape(), 2)])
+    with pytest.raises(ValueError, match=r"velocity\(x, t\) returned shape \(4, 1\)"):
+        odd(torch.zeros(4, DIM))
     flow = make_flow(2)
     with pytest.raises(ValueError, match="expected a flow of one ContinuousLayer"):
         from pathgrad_ref.flows import real_nvp

@@ -90,6 +90,13 @@ def velocity_and_divergence(
         return out[0], out[1]
 
     v, cols = vmap(column)(basis)
+    if v.shape[1:] != x.shape:
+        # Checked on shapes alone (no host read); a wrong shape would otherwise broadcast or
+        # fail in a reshape far from its cause.
+        raise ValueError(
+            f"velocity(x, t) returned shape {tuple(v.shape[1:])}; expected x's shape "
+            f"{tuple(x.shape)} (the velocity maps each sample to a vector of its own shape)"
+        )
     # cols[k, i] = J_i e_k, the k-th Jacobian column of sample i; its k-th entry is J_i[k, k].
     div = cols.reshape(dim, n, dim).diagonal(dim1=0, dim2=2).sum(-1)
     return v[0], div
