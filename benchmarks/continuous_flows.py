@@ -68,7 +68,6 @@ from typing import Any
 import harness
 import torch
 
-import pathgrad_ref
 from pathgrad_ref.flows import ContinuousLayer, continuous_flow
 from pathgrad_ref.flows.continuous import score_rate, velocity_and_divergence
 from pathgrad_ref.targets import GaussianMixture
@@ -509,29 +508,8 @@ OWN_OUTPUTS = ("benchmarks/results/continuous-*.json", "benchmarks/RESULTS.md")
 
 
 def code_commit() -> dict[str, Any]:
-    """The commit of the checkout whose ``pathgrad_ref`` is imported (``+dirty`` when its tracked
-    files, other than ``OWN_OUTPUTS``, differ from it), that checkout's path, and whether this
-    script lies in it."""
-    package_root = Path(pathgrad_ref.__file__).resolve().parent.parent
-
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", *args], cwd=package_root, capture_output=True, text=True, check=True
-        ).stdout.strip()
-
-    try:
-        head = git("rev-parse", "--short", "HEAD")
-        excluded = [f":(exclude,glob){p}" for p in OWN_OUTPUTS]
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", ".", *excluded))
-    except (OSError, subprocess.CalledProcessError):
-        return {"commit": "unknown", "package_root": str(package_root)}
-    return {
-        "commit": head + ("+dirty" if dirty else ""),
-        "dirty": dirty,
-        "dirty_ignores": list(OWN_OUTPUTS),
-        "package_root": str(package_root),
-        "script_in_package_checkout": Path(__file__).resolve().is_relative_to(package_root),
-    }
+    """The commit of the code measured (:func:`harness.code_commit`)."""
+    return harness.code_commit(OWN_OUTPUTS, __file__)
 
 
 # ---- rendering -------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ import math
 import os
 import platform
 import statistics
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -31,6 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+import pathgrad_ref
 from pathgrad_ref.estimators import compile_estimator, get_estimator, per_call_finite_check
 from pathgrad_ref.flows import Flow, real_nvp, u1_flow, z2_nice
 from pathgrad_ref.targets import GaussianMixture, Phi4, Target, U1Gauge
@@ -446,6 +448,45 @@ def provenance(device: torch.device) -> dict[str, Any]:
         info["gpu"] = torch.cuda.get_device_name(device)
         info["cuda"] = torch.version.cuda
     return info
+
+
+# The code a benchmark runs: the library and the benchmark scripts. An untracked file there (a
+# module not yet committed) is code the commit does not hold, as much as a modified tracked file.
+BENCHMARK_CODE = ("pathgrad_ref", "benchmarks")
+
+
+def code_commit(
+    own_outputs: Sequence[str], script: str, root: Path | None = None
+) -> dict[str, Any]:
+    """The commit of the checkout whose ``pathgrad_ref`` is imported, with ``+dirty`` where the
+    measured code differs from it: a tracked file other than the script's own outputs
+    (``own_outputs``, globs relative to the checkout: the records it rewrites) is modified, or an
+    untracked file that git does not ignore lies under :data:`BENCHMARK_CODE`. Also that
+    checkout's path and whether ``script`` (the caller's ``__file__``) lies in it. Outside git:
+    ``{"commit": "unknown"}``. ``root`` replaces the imported package's checkout (for tests)."""
+    package_root = root or Path(pathgrad_ref.__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=package_root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+
+    excluded = [f":(top,exclude,glob){p}" for p in own_outputs]
+    try:
+        head = git("rev-parse", "--short", "HEAD")
+        tracked = git("status", "--porcelain", "--untracked-files=no", "--", ":/", *excluded)
+        code = [f":(top){c}" for c in BENCHMARK_CODE]
+        untracked = git("ls-files", "--others", "--exclude-standard", "--", *code, *excluded)
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": "unknown", "package_root": str(package_root)}
+    dirty = bool(tracked) or bool(untracked)
+    return {
+        "commit": head + ("+dirty" if dirty else ""),
+        "dirty": dirty,
+        "dirty_ignores": list(own_outputs),
+        "package_root": str(package_root),
+        "script_in_package_checkout": Path(script).resolve().is_relative_to(package_root),
+    }
 
 
 def set_threads(threads: int) -> None:

@@ -33,6 +33,8 @@ from pathgrad_ref.estimators import per_call_finite_check, per_call_finite_enabl
 
 RESULTS = Path(__file__).resolve().parent / "results"
 RESULTS_MD = RESULTS.parent / "RESULTS.md"
+# What this script rewrites in a checkout: a change there is no change of the code measured.
+OWN_OUTPUTS = ("benchmarks/results/table2-*", "benchmarks/RESULTS.md")
 
 
 def _parse_batches(items: list[str]) -> dict[str, int]:
@@ -146,6 +148,7 @@ def measure_setup(
         "factors": factors,
         "memory": memory,
         "provenance": harness.provenance(device),
+        "code": harness.code_commit(OWN_OUTPUTS, __file__),
     }
 
 
@@ -327,8 +330,8 @@ def render_markdown(doc: Mapping[str, Any]) -> str:
     lines += ["", "## Provenance", ""]
     lines += [
         "| setup | scale | batch | device | CPU / GPU | torch | threads | rounds × steps | "
-        "load avg at end (1, 5, 15 min) | date (UTC) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "load avg at end (1, 5, 15 min) | date (UTC) | code commit |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for e in entries:
         p, pr = e["provenance"], e["protocol"]
@@ -337,7 +340,7 @@ def render_markdown(doc: Mapping[str, Any]) -> str:
             f"| {e['setup']} | {e['scale']} | {e['sizes']['batch']} | {p['device']} | {hw} | "
             f"{p['torch']} | {p['torch_threads']} of {p['cpu_count']} | "
             f"{pr['rounds']} × {pr['steps_per_round']} | {p.get('load_average_1_5_15', 'n/a')} | "
-            f"{p['time_utc']} |"
+            f"{p['time_utc']} | {(e.get('code') or {}).get('commit', 'not recorded')} |"
         )
     mem_methods = sorted({e["memory"]["method"] for e in entries})
     lines += ["", "Memory measured by: " + "; ".join(mem_methods) + "."]

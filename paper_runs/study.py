@@ -326,15 +326,27 @@ def cost_claim() -> str:
         return f"{lo:.2f}" if f"{lo:.2f}" == f"{hi:.2f}" else f"{lo:.2f}–{hi:.2f}"
 
     provs = [e.get("provenance") or {} for e in entries]
-    commits = sorted({str(c) for pr in provs if (c := pr.get("commit") or pr.get("code_commit"))})
-    commits += [str(c) for c in [(record.get("provenance") or {}).get("commit")] if c]
+    stamps = [(e.get("code") or {}).get("commit") for e in entries]
+    commits = sorted({str(c) for c in stamps if c and c != "unknown"})
+    unstamped = sum(1 for c in stamps if not c or c == "unknown")
     dates = sorted(str(pr["time_utc"]) for pr in provs if pr.get("time_utc"))
     torch = sorted({str(pr["torch"]) for pr in provs if pr.get("torch")})
-    commit_text = (
-        "code commit " + ", ".join(f"`{c}`" for c in commits)
-        if commits
-        else "**no code commit recorded**, so the code it measured cannot be named"
+    load_1m = [pr["load_average_1_5_15"][0] for pr in provs if pr.get("load_average_1_5_15")]
+    loads = (
+        "not recorded"
+        if not load_1m
+        else f"{min(load_1m):.2f}"
+        if f"{min(load_1m):.2f}" == f"{max(load_1m):.2f}"
+        else f"{min(load_1m):.2f}–{max(load_1m):.2f}"
     )
+    if not commits:
+        commit_text = "**no code commit recorded**, so the code it measured cannot be named"
+    else:
+        commit_text = "code commit " + ", ".join(f"`{c}`" for c in commits)
+        if any(c.endswith("+dirty") for c in commits):
+            commit_text += " (**+dirty**: the measured tree differed from its commit)"
+        if unstamped:
+            commit_text += f"; **{unstamped} entries without a commit**"
     stale = [
         f"{', '.join(setups)} rows measured before {commit} ({date[:10]}), which changed {what}"
         for commit, date, setups, what in COST_CHANGES
@@ -360,7 +372,11 @@ def cost_claim() -> str:
         f"entries measured {dates[0] if dates else '–'} to {dates[-1] if dates else '–'}"
         f"{', torch ' + ', '.join(torch) if torch else ''}"
         + (f"; {'; '.join(stale)}" if stale else "")
-        + ". A re-measurement at the current commit, with its commit in the record, is owed."
+        + (
+            ". A re-measurement at the current commit, with its commit in the record, is owed."
+            if stale or unstamped or not commits
+            else f"; load averages at the end of each entry in the record (1 min: {loads})."
+        )
     )
 
 

@@ -60,3 +60,45 @@ def test_ignored_files_records_and_other_folders_do_not_count(tmp_path: Path) ->
     assert git_dirty(folder) is False
     (tmp_path / "paper_runs" / "gmm.py").write_text("1\n")
     assert git_dirty(folder) is True
+
+
+def test_benchmark_code_commit_counts_untracked_code_not_its_own_outputs(tmp_path: Path) -> None:
+    """The benchmarks' commit stamp (``benchmarks/harness.py:code_commit``): a modified or new
+    file of the library or the benchmarks marks it ``+dirty``; the records the script rewrites
+    and ignored files do not."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import harness
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    _repo(tmp_path)
+    for f in [
+        "benchmarks/table2.py",
+        "benchmarks/results/table2-cpu.json",
+        "benchmarks/RESULTS.md",
+    ]:
+        (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / f).write_text("0\n")
+    subprocess.run(["git", "-C", str(tmp_path), "add", "-A"], check=True, capture_output=True)
+    subprocess.run(
+        ["git", "-C", str(tmp_path), "commit", "-qm", "b"], check=True, capture_output=True
+    )
+    outputs = ("benchmarks/results/table2-*", "benchmarks/RESULTS.md")
+    script = str(tmp_path / "benchmarks" / "table2.py")
+
+    def stamp() -> dict[str, object]:
+        return harness.code_commit(outputs, script, root=tmp_path)
+
+    clean = stamp()
+    assert clean["dirty"] is False and "+dirty" not in str(clean["commit"])
+    assert clean["script_in_package_checkout"] is True
+    (tmp_path / "benchmarks" / "results" / "table2-cpu.json").write_text("1\n")
+    (tmp_path / "benchmarks" / "RESULTS.md").write_text("1\n")
+    (tmp_path / "pathgrad_ref" / "__pycache__").mkdir()
+    (tmp_path / "pathgrad_ref" / "__pycache__" / "base.pyc").write_text("")
+    assert stamp()["dirty"] is False
+    (tmp_path / "benchmarks" / "helper.py").write_text("x = 1\n")
+    assert stamp()["dirty"] is True and str(stamp()["commit"]).endswith("+dirty")
+    (tmp_path / "benchmarks" / "helper.py").unlink()
+    (tmp_path / "pathgrad_ref" / "flows" / "base.py").write_text("1\n")
+    assert stamp()["dirty"] is True

@@ -886,6 +886,50 @@ def test_cost_claim_figures_come_from_the_benchmarks() -> None:
     assert "4/3" not in text
 
 
+def test_cost_claim_names_the_measured_commit_or_says_it_is_owed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cost (C) names the commit stamped in every entry of the benchmark record, and says a
+    re-measurement is owed where an entry has none or was measured before a change to its
+    setup's code (``COST_CHANGES``)."""
+    from script_support import load_script
+
+    study = load_script("study")
+    fast, dropin = "reverse-path-fast / reverse-standard", "reverse-path-dropin / reverse-path-fast"
+
+    def entry(setup: str, when: str, commit: str | None) -> dict[str, object]:
+        e: dict[str, object] = {
+            "setup": setup,
+            "factors": {fast: {"median": 1.3}, dropin: {"median": 2.0}},
+            "provenance": {"time_utc": when, "torch": "2.13.0", "load_average_1_5_15": [0.5, 1, 1]},
+        }
+        if commit:
+            e["code"] = {"commit": commit}
+        return e
+
+    def claim(*entries: dict[str, object]) -> str:
+        path = tmp_path / "table2-cpu.json"
+        path.write_text(json.dumps({"entries": {str(i): e for i, e in enumerate(entries)}}))
+        monkeypatch.setattr(study, "BENCHMARKS", path)
+        return str(study.cost_claim())
+
+    late = "2026-12-03T20:00:00Z"
+    text = claim(
+        entry("gmm", late, "abc1234"), entry("phi4", late, "abc1234"), entry("u1", late, "abc1234")
+    )
+    assert "code commit `abc1234`" in text and "owed" not in text and "0.50–0.50" not in text
+    text = claim(
+        entry("gmm", late, "abc1234"), entry("phi4", late, None), entry("u1", late, "abc1234")
+    )
+    assert "1 entries without a commit" in text and "is owed" in text
+    text = claim(entry("gmm", late, None), entry("phi4", late, None), entry("u1", late, None))
+    assert "no code commit recorded" in text and "is owed" in text
+    text = claim(entry("gmm", late, "abc1234"), entry("u1", "2026-11-24T00:00:00Z", "abc1234"))
+    assert "u1 rows measured before a469adc" in text and "is owed" in text
+    text = claim(entry("gmm", late, "abc1234+dirty"), entry("u1", late, "abc1234+dirty"))
+    assert "+dirty" in text
+
+
 def test_expected_time_counts_only_the_runs_left(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1006,7 +1050,12 @@ def test_committed_results_disclose_the_rules_and_name_the_cost_claim_apart() ->
     assert "41300bc" in text and "true of seeds 4–7 only" in text
     assert "Holm across all" in text and "not yet run" in text
     assert "**Cost (C)**" in text and "claim 4, measured" not in text
-    assert "no code commit recorded" in text
+    table = json.loads((ROOT / "benchmarks" / "results" / "table2-cpu.json").read_text())
+    stamps = {(e.get("code") or {}).get("commit") for e in table["entries"].values()}
+    if None in stamps or "unknown" in stamps:
+        assert "no code commit recorded" in text or "without a commit" in text
+    else:
+        assert all(f"`{c}`" in text for c in stamps) and "no code commit recorded" not in text
 
 
 def test_dirty_flag_ignores_the_study_records_only(tmp_path: Path) -> None:
