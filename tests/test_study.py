@@ -1048,7 +1048,8 @@ def test_committed_results_disclose_the_rules_and_name_the_cost_claim_apart() ->
     for h in rules.RULE_HISTORY:
         assert f"**{h.commit}** ({h.date})" in text
     assert "41300bc" in text and "true of seeds 4–7 only" in text
-    assert "Holm across all" in text and "not yet run" in text
+    assert "Holm across all" in text and "confirmatory, seeds 100–107" in text
+    assert "claims have a confirmatory verdict" in text
     assert "**Cost (C)**" in text and "claim 4, measured" not in text
     table = json.loads((ROOT / "benchmarks" / "results" / "table2-cpu.json").read_text())
     stamps = {(e.get("code") or {}).get("commit") for e in table["entries"].values()}
