@@ -309,6 +309,12 @@ def finish(spec: StudySpec, root: Path, *, commit: bool, why: str | None) -> dic
 COST_CHANGES = (("a469adc", "2026-11-25T00:28:44Z", ("u1",), "the U(1) flow's bisection"),)
 
 
+def _span(xs: Sequence[float]) -> str:
+    """``lo–hi`` to two decimals, or one value where both round alike."""
+    lo, hi = f"{min(xs):.2f}", f"{max(xs):.2f}"
+    return lo if lo == hi else f"{lo}–{hi}"
+
+
 def cost_claim() -> str:
     """The cost claim, named *Cost (C)* (not claim 4 of the verdict table), with its figures
     read from ``benchmarks/results/table2-cpu.json`` (the medians over rounds of the step-time
@@ -322,8 +328,7 @@ def cost_claim() -> str:
             for e in entries
             if e["setup"] in setups and factor in e["factors"]
         ]
-        lo, hi = min(xs), max(xs)
-        return f"{lo:.2f}" if f"{lo:.2f}" == f"{hi:.2f}" else f"{lo:.2f}–{hi:.2f}"
+        return _span(xs)
 
     provs = [e.get("provenance") or {} for e in entries]
     stamps = [(e.get("code") or {}).get("commit") for e in entries]
@@ -332,18 +337,13 @@ def cost_claim() -> str:
     dates = sorted(str(pr["time_utc"]) for pr in provs if pr.get("time_utc"))
     torch = sorted({str(pr["torch"]) for pr in provs if pr.get("torch")})
     load_1m = [pr["load_average_1_5_15"][0] for pr in provs if pr.get("load_average_1_5_15")]
-    loads = (
-        "not recorded"
-        if not load_1m
-        else f"{min(load_1m):.2f}"
-        if f"{min(load_1m):.2f}" == f"{max(load_1m):.2f}"
-        else f"{min(load_1m):.2f}–{max(load_1m):.2f}"
-    )
+    loads = _span(load_1m) if load_1m else "not recorded"
+    dirty = False
     if not commits:
         commit_text = "**no code commit recorded**, so the code it measured cannot be named"
     else:
         commit_text = "code commit " + ", ".join(f"`{c}`" for c in commits)
-        if any(c.endswith("+dirty") for c in commits):
+        if dirty := any(c.endswith("+dirty") for c in commits):
             commit_text += " (**+dirty**: the measured tree differed from its commit)"
         if unstamped:
             commit_text += f"; **{unstamped} entries without a commit**"
@@ -374,7 +374,7 @@ def cost_claim() -> str:
         + (f"; {'; '.join(stale)}" if stale else "")
         + (
             ". A re-measurement at the current commit, with its commit in the record, is owed."
-            if stale or unstamped or not commits
+            if stale or unstamped or dirty or not commits
             else f"; load averages at the end of each entry in the record (1 min: {loads})."
         )
     )
@@ -672,9 +672,10 @@ def results_markdown() -> str:
             if not confirmatory
             else ". "
         )
-        + f"The plan: `python paper_runs/study.py all --confirm --commit` runs every claim "
-        f"study ({', '.join(f'`{n}`' for n in CLAIM_STUDIES)}) on seeds {seeds}"
-        + _plan_time()
+        + ("The command that reproduces them" if n_conf == m else "The plan")
+        + f": `python paper_runs/study.py all --confirm --commit` runs every claim study "
+        f"({', '.join(f'`{n}`' for n in CLAIM_STUDIES)}) on seeds {seeds}"
+        + ("" if n_conf == m else _plan_time())
         + ".",
         "",
         cost_claim(),

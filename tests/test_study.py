@@ -927,7 +927,7 @@ def test_cost_claim_names_the_measured_commit_or_says_it_is_owed(
     text = claim(entry("gmm", late, "abc1234"), entry("u1", "2026-11-24T00:00:00Z", "abc1234"))
     assert "u1 rows measured before a469adc" in text and "is owed" in text
     text = claim(entry("gmm", late, "abc1234+dirty"), entry("u1", late, "abc1234+dirty"))
-    assert "+dirty" in text
+    assert "+dirty" in text and "is owed" in text
 
 
 def test_expected_time_counts_only_the_runs_left(
